@@ -1,0 +1,259 @@
+"""Load ``cdc.yaml`` into a validated ``Registry``; report every problem at once, with its place.
+
+Errors name the file, the line, the path inside the file (``sources.billing.tables[1].primary_key``),
+what was expected and, for a misspelt key or value, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+
+from state_models.errors import ConfigError, ConfigProblem
+from state_models.registry import ENV_VAR_RE, Registry
+
+DEFAULT_CONFIG = "cdc.yaml"
+
+
+@dataclass
+class LoadedConfig:
+    registry: Registry
+    path: Path
+    warnings: list[ConfigProblem] = field(default_factory=list)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.resolve().parent
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the file, relative to the file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve_path(self.registry.state_dir)
+
+    @property
+    def changelog_root(self) -> str:
+        root = self.registry.changelog
+        if "://" in root:
+            return root
+        return str(self.resolve_path(root))
+
+    @property
+    def warehouse_url(self) -> str:
+        """The warehouse URL with a relative DuckDB path made absolute against the file's folder."""
+        url = self.registry.warehouse
+        if url.startswith("duckdb:///"):
+            rest = url[len("duckdb:///") :]
+            if rest == ":memory:" or rest.startswith("/"):
+                return url
+            return "duckdb:///" + str(self.resolve_path(rest))
+        return url
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config file a command uses: ``--config``, else ``$CDC_CONFIG``, else ``./cdc.yaml``."""
+    return Path(explicit or os.environ.get("CDC_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None
+) -> LoadedConfig:
+    """Read, interpolate and validate a registry file. Raises ``ConfigError`` listing every problem."""
+    p = config_path(path)
+    file = str(p)
+    if not p.exists():
+        raise ConfigError(
+            f"config file {file} not found (pass --config FILE, set CDC_CONFIG, or copy examples/cdc.yaml)",
+            file=file,
+        )
+    try:
+        doc = YAML(typ="rt").load(p.read_text())
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = ConfigProblem(
+            path="", message=f"not valid YAML: {getattr(exc, 'problem', exc)}", line=line
+        )
+        raise ConfigError(f"{file} is not valid YAML", [problem], file=file) from exc
+    if doc is None:
+        doc = CommentedMap()
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"{file} must hold a mapping (changelog:, warehouse:, sources:)",
+            [
+                ConfigProblem(
+                    "", f"expected a mapping at the top level, got {type(doc).__name__}", 1
+                )
+            ],
+            file=file,
+        )
+    warnings: list[ConfigProblem] = []
+    data = _interpolate(doc, (), env if env is not None else dict(os.environ), doc, warnings)
+    try:
+        registry = Registry.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem_from_error(err, doc) for err in exc.errors()]
+        raise ConfigError(
+            f"{file} has {len(problems)} problem{'s' if len(problems) != 1 else ''}",
+            problems,
+            file=file,
+        ) from None
+    return LoadedConfig(registry=registry, path=p, warnings=warnings)
+
+
+# --------------------------------------------------------------------------- interpolation
+
+
+def _interpolate(
+    node: Any, loc: tuple[Any, ...], env: dict[str, str], doc: Any, warnings: list[ConfigProblem]
+) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, (*loc, k), env, doc, warnings) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, (*loc, i), env, doc, warnings) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            warnings.append(
+                ConfigProblem(
+                    path=format_loc(loc),
+                    message=f"environment variable {name} is not set; commands that need this value will fail",
+                    line=_line_of(doc, loc),
+                    severity="warning",
+                )
+            )
+            return m.group(0)
+
+        return ENV_VAR_RE.sub(sub, node)
+    return node
+
+
+# --------------------------------------------------------------------------- error rendering
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _line_of(doc: Any, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest node of ``loc`` that exists in the round-trip document."""
+    node, line = doc, None
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            with contextlib.suppress(KeyError, TypeError):
+                line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            with contextlib.suppress(KeyError, TypeError):
+                line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic adds the validator kind ("function-after[...]") or a Literal tag to some locations
+    return tuple(
+        p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+    )
+
+
+def _problem_from_error(err: Any, doc: Any) -> ConfigProblem:
+    loc = _clean_loc(tuple(err["loc"]))
+    kind = err["type"]
+    path = format_loc(loc)
+    line = _line_of(doc, loc)
+    if kind == "extra_forbidden":
+        field_name = str(loc[-1])
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(field_name, allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        expected = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+        return ConfigProblem(path, f"unknown field {field_name!r}{hint}{expected}", line)
+    if kind == "literal_error":
+        allowed = _allowed_values(loc)
+        given = err.get("input")
+        close = difflib.get_close_matches(str(given), allowed, n=1, cutoff=0.5) if allowed else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return ConfigProblem(
+            path, f"{given!r} is not valid{hint} (expected one of: {', '.join(allowed)})", line
+        )
+    if kind == "missing":
+        return ConfigProblem(path, "required field is missing", line)
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind in ("list_type", "dict_type", "string_type", "int_type", "int_parsing", "bool_type"):
+        msg = f"{msg} (got {err.get('input')!r})"
+    return ConfigProblem(path, msg, line)
+
+
+def _field_type_at(loc: tuple[Any, ...]) -> Any:
+    """Walk the Registry model along ``loc`` and return the annotation found there."""
+    tp: Any = Registry
+    for part in loc:
+        tp = _unwrap_optional(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            f = tp.model_fields.get(str(part))
+            if f is None:
+                return None
+            tp = f.annotation
+            continue
+        origin = get_origin(tp)
+        if origin in (dict, typing.Mapping) or origin is list:
+            tp = get_args(tp)[-1]
+            continue
+        return None
+    return _unwrap_optional(tp)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    tp = _field_type_at(loc)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _allowed_values(loc: tuple[Any, ...]) -> list[str]:
+    tp = _field_type_at(loc)
+    origin = get_origin(tp)
+    if origin in (dict, list):
+        tp = get_args(tp)[-1]
+    if get_origin(tp) is Literal:
+        return [str(a) for a in get_args(tp)]
+    return []

@@ -1,0 +1,412 @@
+"""Checks that a source database is ready for log-based CDC, each failure with its exact fix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from connectors.sources import libpq_dsn, mysql_params, redact, require_dsn
+from state_models.errors import SourceUnavailableError
+from state_models.registry import Source
+
+
+@dataclass(frozen=True)
+class Check:
+    source: str
+    name: str
+    status: str  # "ok" | "warn" | "fail"
+    detail: str
+    fix: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "fail"
+
+
+def default_slot(source_name: str, source: Source) -> str:
+    return source.slot or f"cdc_{source_name}"
+
+
+def default_publication(source_name: str, source: Source) -> str:
+    return source.publication or f"cdc_{source_name}"
+
+
+def preflight(source_name: str, source: Source) -> list[Check]:
+    """Run every check for one source. A source that cannot be reached is one failed check."""
+    try:
+        if source.kind == "postgres":
+            return check_postgres(source_name, source)
+        return check_mysql(source_name, source)
+    except SourceUnavailableError as exc:
+        return [
+            Check(
+                source_name,
+                "connect",
+                "fail",
+                str(exc),
+                "check the dsn, that the server runs, and the network path",
+            )
+        ]
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def check_postgres(source_name: str, source: Source) -> list[Check]:
+    dsn = libpq_dsn(require_dsn(source, source_name))
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise SourceUnavailableError(
+            f"cannot connect to {redact(dsn)}: {str(exc).strip()}"
+        ) from exc
+    checks: list[Check] = []
+    add = checks.append
+    with conn:
+        version = conn.info.server_version
+        add(
+            Check(
+                source_name,
+                "connect",
+                "ok",
+                f"PostgreSQL {version // 10000}.{version % 10000} at {redact(dsn)}",
+            )
+        )
+
+        def one(sql: str, *params: Any) -> Any:
+            row = conn.execute(sql, params).fetchone()
+            return row[0] if row else None
+
+        wal_level = one("SHOW wal_level")
+        if wal_level == "logical":
+            add(Check(source_name, "wal_level", "ok", "wal_level = logical"))
+        else:
+            add(
+                Check(
+                    source_name,
+                    "wal_level",
+                    "fail",
+                    f"wal_level = {wal_level}; logical decoding needs 'logical'",
+                    "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL "
+                    "(Cloud SQL: set the flag cloudsql.logical_decoding=on)",
+                )
+            )
+
+        user = one("SELECT current_user")
+        can_replicate = one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        if can_replicate:
+            add(Check(source_name, "replication privilege", "ok", f"role {user} may replicate"))
+        else:
+            add(
+                Check(
+                    source_name,
+                    "replication privilege",
+                    "fail",
+                    f"role {user} has no REPLICATION attribute",
+                    f"ALTER ROLE {user} WITH REPLICATION;",
+                )
+            )
+
+        slot = default_slot(source_name, source)
+        max_slots = int(one("SHOW max_replication_slots"))
+        used = int(one("SELECT count(*) FROM pg_replication_slots"))
+        ours = conn.execute(
+            "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+        if ours is not None:
+            active, retained, wal_status = ours
+            retained_mb = (retained or 0) / 1024 / 1024
+            if wal_status == "lost":
+                add(
+                    Check(
+                        source_name,
+                        "replication slot",
+                        "fail",
+                        f"slot {slot} lost its WAL (wal_status=lost); changes are gone",
+                        f"SELECT pg_drop_replication_slot('{slot}'); then re-snapshot the source",
+                    )
+                )
+            elif not active and retained_mb > 1024:
+                add(
+                    Check(
+                        source_name,
+                        "replication slot",
+                        "warn",
+                        f"slot {slot} exists, inactive, retaining {retained_mb:.0f} MiB of WAL",
+                        "start the capture (`cdc run`) or drop the slot if the source is retired",
+                    )
+                )
+            else:
+                add(
+                    Check(
+                        source_name,
+                        "replication slot",
+                        "ok",
+                        f"slot {slot} exists ({'active' if active else 'inactive'}, retaining {retained_mb:.1f} MiB of WAL)",
+                    )
+                )
+        elif used < max_slots:
+            add(
+                Check(
+                    source_name,
+                    "replication slot",
+                    "ok",
+                    f"{max_slots - used} of {max_slots} slots free; {slot} will be created",
+                )
+            )
+        else:
+            add(
+                Check(
+                    source_name,
+                    "replication slot",
+                    "fail",
+                    f"all {max_slots} replication slots are in use",
+                    "ALTER SYSTEM SET max_replication_slots = <more>; then restart, or drop an unused slot "
+                    "(SELECT slot_name, active FROM pg_replication_slots)",
+                )
+            )
+
+        senders = int(one("SHOW max_wal_senders"))
+        if senders < 1:
+            add(
+                Check(
+                    source_name,
+                    "wal senders",
+                    "fail",
+                    "max_wal_senders = 0",
+                    "ALTER SYSTEM SET max_wal_senders = 10; then restart PostgreSQL",
+                )
+            )
+
+        for t in source.tables:
+            schema, table = t.schema_name, t.table_name
+            row = conn.execute(
+                "SELECT c.relreplident, "
+                "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
+                "has_table_privilege(c.oid, 'SELECT') "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                (schema, table),
+            ).fetchone()
+            name = f"table {t.name}"
+            if row is None:
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "fail",
+                        f"{t.name} does not exist",
+                        "create the table or fix its name in the registry",
+                    )
+                )
+                continue
+            ident, has_pk, can_select = row
+            ident = ident.decode() if isinstance(ident, bytes) else ident
+            quoted = f"{_pg_ident(schema)}.{_pg_ident(table)}"
+            if not can_select:
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "fail",
+                        f"role {user} cannot SELECT {t.name} (needed for the snapshot)",
+                        f"GRANT SELECT ON {quoted} TO {user};",
+                    )
+                )
+            elif ident == "n":
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "fail",
+                        "REPLICA IDENTITY NOTHING: updates and deletes carry no key",
+                        f"ALTER TABLE {quoted} REPLICA IDENTITY FULL;",
+                    )
+                )
+            elif ident == "d" and not has_pk:
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "fail",
+                        "REPLICA IDENTITY DEFAULT without a primary key: updates and deletes carry no key",
+                        f"ALTER TABLE {quoted} ADD PRIMARY KEY (...); or ALTER TABLE {quoted} REPLICA IDENTITY FULL;",
+                    )
+                )
+            elif ident == "d":
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "ok",
+                        "REPLICA IDENTITY DEFAULT (deletes carry the key; for full before-images use FULL)",
+                    )
+                )
+            else:
+                label = {"f": "FULL", "i": "USING INDEX"}.get(ident, ident)
+                add(Check(source_name, name, "ok", f"REPLICA IDENTITY {label}"))
+    return checks
+
+
+def _pg_ident(name: str) -> str:
+    return name if re.match(r"^[a-z_][a-z0-9_]*$", name) else '"' + name.replace('"', '""') + '"'
+
+
+# --------------------------------------------------------------------------- MySQL / MariaDB
+
+
+def check_mysql(source_name: str, source: Source) -> list[Check]:
+    import pymysql
+
+    params = mysql_params(require_dsn(source, source_name))
+    try:
+        conn = pymysql.connect(connect_timeout=5, **params)
+    except pymysql.err.OperationalError as exc:
+        raise SourceUnavailableError(
+            f"cannot connect to {params['host']}:{params['port']} as {params['user']}: {exc.args[-1]}"
+        ) from exc
+    checks: list[Check] = []
+    add = checks.append
+    with conn, conn.cursor() as cur:
+
+        def variable(name: str) -> str | None:
+            cur.execute("SHOW GLOBAL VARIABLES LIKE %s", (name,))
+            row = cur.fetchone()
+            return None if row is None else str(row[1])
+
+        cur.execute("SELECT VERSION()")
+        version = cur.fetchone()[0]
+        mariadb = "mariadb" in version.lower()
+        add(
+            Check(
+                source_name,
+                "connect",
+                "ok",
+                f"{'MariaDB' if mariadb else 'MySQL'} {version} at {params['host']}:{params['port']}",
+            )
+        )
+
+        log_bin = (variable("log_bin") or "OFF").upper()
+        if log_bin in ("ON", "1"):
+            add(Check(source_name, "log_bin", "ok", "binary log is on"))
+        else:
+            add(
+                Check(
+                    source_name,
+                    "log_bin",
+                    "fail",
+                    "binary log is off",
+                    "start the server with log_bin (my.cnf [mysqld]: log_bin = mysql-bin, server_id = 1) and restart",
+                )
+            )
+
+        expected = {
+            "binlog_format": ("ROW", "row events carry the changed rows; STATEMENT/MIXED do not"),
+            "binlog_row_image": ("FULL", "before and after images with every column"),
+            "binlog_row_metadata": (
+                "FULL",
+                "column names in the binlog (MySQL 8.0.14+, MariaDB 10.5+)",
+            ),
+        }
+        for name, (want, why) in expected.items():
+            have = variable(name)
+            if have is None:
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "warn",
+                        f"{name} is not supported by this server ({why})",
+                        "upgrade to MySQL 8.0.14+ / MariaDB 10.5+ for column names in the binlog",
+                    )
+                )
+            elif have.upper() == want:
+                add(Check(source_name, name, "ok", f"{name} = {have}"))
+            else:
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "fail",
+                        f"{name} = {have}; expected {want}: {why}",
+                        f"SET GLOBAL {name} = '{want}'; and in my.cnf [mysqld]: {name} = {want}",
+                    )
+                )
+
+        cur.execute("SHOW GRANTS FOR CURRENT_USER()")
+        grants = " ".join(str(r[0]) for r in cur.fetchall()).upper()
+        user = params["user"]
+        if "ALL PRIVILEGES ON *.*" in grants:
+            add(Check(source_name, "privileges", "ok", f"{user} has ALL PRIVILEGES"))
+        else:
+            needed = ["REPLICATION SLAVE", "SELECT"]
+            needed.append("BINLOG MONITOR" if mariadb else "REPLICATION CLIENT")
+            missing = [
+                p
+                for p in needed
+                if p not in grants
+                and not (p == "BINLOG MONITOR" and "REPLICATION CLIENT" in grants)
+            ]
+            if missing:
+                add(
+                    Check(
+                        source_name,
+                        "privileges",
+                        "fail",
+                        f"{user} lacks {', '.join(missing)}",
+                        f"GRANT {', '.join(missing)} ON *.* TO '{user}'@'%';",
+                    )
+                )
+            else:
+                add(Check(source_name, "privileges", "ok", f"{user} has {', '.join(needed)}"))
+
+        for t in source.tables:
+            cur.execute(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                (t.schema_name, t.table_name),
+            )
+            name = f"table {t.name}"
+            if not cur.fetchone()[0]:
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "fail",
+                        f"{t.name} does not exist",
+                        "create the table or fix its name in the registry",
+                    )
+                )
+                continue
+            cur.execute(
+                # statistics, not table_constraints: MariaDB hides constraints from a SELECT-only user
+                "SELECT COUNT(*) FROM information_schema.statistics "
+                "WHERE table_schema = %s AND table_name = %s AND index_name = 'PRIMARY'",
+                (t.schema_name, t.table_name),
+            )
+            if cur.fetchone()[0] or t.primary_key:
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "ok",
+                        "exists" + ("" if not t.primary_key else f", key {t.primary_key}"),
+                    )
+                )
+            else:
+                add(
+                    Check(
+                        source_name,
+                        name,
+                        "fail",
+                        "no primary key and none declared in the registry",
+                        f"ALTER TABLE {t.name} ADD PRIMARY KEY (...); or declare primary_key: in the registry",
+                    )
+                )
+    return checks

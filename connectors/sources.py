@@ -1,0 +1,138 @@
+"""Connections to the source databases, and introspection of their tables (SQLAlchemy).
+
+Users write plain DSNs (``postgresql://user@host:5432/db``, ``mysql://root@host:3306/db``); this
+module turns them into driver URLs, opens connections, and reads a table's columns and key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+from state_models.errors import ConfigError, SourceUnavailableError, UnknownTableError
+from state_models.registry import Source, unresolved_variables
+
+_PG_SCHEMES = ("postgresql", "postgres")
+_MYSQL_SCHEMES = ("mysql", "mariadb")
+
+
+def require_dsn(source: Source, source_name: str) -> str:
+    """The source's DSN, or a ConfigError when a ${VAR} in it was not set."""
+    missing = unresolved_variables(source.dsn)
+    if missing:
+        raise ConfigError(
+            f"sources.{source_name}.dsn needs environment variable(s) {', '.join(missing)}, which are not set"
+        )
+    return source.dsn
+
+
+def sqlalchemy_url(kind: str, dsn: str) -> URL:
+    """A SQLAlchemy URL with our chosen driver (psycopg 3, PyMySQL) for a plain DSN."""
+    try:
+        url = make_url(dsn)
+    except Exception as exc:  # SQLAlchemy raises ArgumentError with a terse message
+        raise ConfigError(
+            f"dsn {redact(dsn)!r} is not a URL like postgresql://user@host:5432/db: {exc}"
+        ) from exc
+    backend = url.get_backend_name()
+    if kind == "postgres":
+        if backend not in _PG_SCHEMES and backend != "postgresql":
+            raise ConfigError(
+                f"a postgres source needs a postgresql:// dsn, got {url.drivername}://"
+            )
+        return url.set(drivername="postgresql+psycopg")
+    if backend not in _MYSQL_SCHEMES:
+        raise ConfigError(f"a mysql source needs a mysql:// dsn, got {url.drivername}://")
+    return url.set(drivername="mysql+pymysql")
+
+
+def libpq_dsn(dsn: str) -> str:
+    """A DSN psycopg / libpq accept (no SQLAlchemy driver suffix)."""
+    return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", dsn)
+
+
+def mysql_params(dsn: str) -> dict[str, Any]:
+    """Connection keyword arguments for PyMySQL / mysql-replication."""
+    url = make_url(dsn)
+    return {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 3306,
+        "user": url.username or "root",
+        "password": url.password or "",
+        "database": url.database,
+    }
+
+
+def redact(dsn: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+def create_engine(source: Source, source_name: str) -> sa.Engine:
+    url = sqlalchemy_url(source.kind, require_dsn(source, source_name))
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def connect(engine: sa.Engine, source_name: str) -> sa.Connection:
+    try:
+        return engine.connect()
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise SourceUnavailableError(
+            f"cannot connect to source {source_name!r} at {redact(str(engine.url))}: {reason}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class IntrospectedTable:
+    name: str  # schema.table
+    columns: dict[str, str]  # column -> source type name, in table order
+    primary_key: list[str]  # [] when the table has none
+
+
+def introspect_table(engine: sa.Engine, source_name: str, qualified: str) -> IntrospectedTable:
+    """Columns (with readable source type names) and primary key of ``schema.table``."""
+    schema, _, table = qualified.partition(".")
+    if not table:
+        raise ConfigError(f"expected schema.table (e.g. public.payments), got {qualified!r}")
+    with connect(engine, source_name) as conn:
+        insp = sa.inspect(conn)
+        if not insp.has_table(table, schema=schema):
+            try:
+                names = [f"{schema}.{t}" for t in insp.get_table_names(schema=schema)]
+            except sa.exc.SQLAlchemyError:
+                names = []
+            close = difflib.get_close_matches(qualified, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownTableError(f"source {source_name!r} has no table {qualified!r}{hint}")
+        cols = insp.get_columns(table, schema=schema)
+        pk = insp.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
+        dialect = conn.dialect
+        columns = {c["name"]: readable_type(c["type"].compile(dialect=dialect)) for c in cols}
+    return IntrospectedTable(name=qualified, columns=columns, primary_key=list(pk))
+
+
+_TYPE_ALIASES = {
+    "timestamp with time zone": "timestamptz",
+    "timestamp without time zone": "timestamp",
+    "time with time zone": "timetz",
+    "time without time zone": "time",
+    "character varying": "varchar",
+}
+
+
+def readable_type(compiled: str) -> str:
+    """``NUMERIC(12, 2)`` -> ``numeric(12,2)``, ``TIMESTAMP WITH TIME ZONE`` -> ``timestamptz``."""
+    t = re.sub(r"\s*,\s*", ",", compiled.strip().lower())
+    t = re.sub(r"\s+", " ", t)
+    for long, short in _TYPE_ALIASES.items():
+        if t.startswith(long):
+            t = short + t[len(long) :]
+    # MySQL integer display widths are cosmetic (and gone in 8.0); tinyint(1) conventionally means bool
+    if t != "tinyint(1)":
+        t = re.sub(r"^(tinyint|smallint|mediumint|int|integer|bigint)\(\d+\)", r"\1", t)
+    return t

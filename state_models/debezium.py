@@ -1,0 +1,452 @@
+"""Decode Debezium JSON change events (PostgreSQL and MySQL/MariaDB connectors) into ``ChangeEvent``.
+
+Accepts the envelope with or without the ``{"schema", "payload"}`` wrapper. Logical types are
+converted when the schema block says what they are, else from the registry's declared column
+types; an exact numeric always ends up as ``Decimal``, a time as ISO-8601 text. Anything we cannot
+decode raises ``DecodeError`` carrying the raw message, so it can go to the dead-letter store.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from state_models.errors import DecodeError, UnknownTableError
+from state_models.events import (
+    UNAVAILABLE_PLACEHOLDER,
+    UNAVAILABLE_PLACEHOLDER_B64,
+    ChangeEvent,
+    Op,
+    make_event_id,
+)
+from state_models.seq import binlog_seq, pg_seq
+from state_models.tables import TableInfo, TableResolver
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_EPOCH_DATE = dt.date(1970, 1, 1)
+_DECIMAL_TYPE_RE = re.compile(
+    r"^\s*(?:numeric|decimal|dec)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I
+)
+_TIME_PRECISION_RE = re.compile(r"\((\d)\)")
+
+
+class Tombstone:
+    """The null-valued record Debezium sends after a delete (for Kafka log compaction).
+
+    It carries nothing the delete event did not already carry, so callers count it and move on.
+    """
+
+    def __repr__(self) -> str:
+        return "Tombstone"
+
+
+TOMBSTONE = Tombstone()
+
+
+def decode_debezium(
+    message: str | bytes | Mapping[str, Any] | None,
+    resolve: TableResolver,
+    *,
+    record_key: str | bytes | Mapping[str, Any] | None = None,
+    keep_raw: bool = True,
+) -> ChangeEvent | Tombstone:
+    """Decode one Debezium change event value (and optionally its record key)."""
+    raw = _raw_text(message)
+    try:
+        return _decode(message, raw, resolve, record_key, keep_raw)
+    except (DecodeError, UnknownTableError):
+        raise
+    except (KeyError, TypeError, ValueError, ArithmeticError, binascii.Error) as exc:
+        raise DecodeError(
+            f"malformed Debezium event: {type(exc).__name__}: {exc}", raw=raw
+        ) from exc
+
+
+def _raw_text(message: Any) -> str | None:
+    if message is None:
+        return None
+    if isinstance(message, bytes | bytearray):
+        return bytes(message).decode("utf-8", errors="replace")
+    if isinstance(message, str):
+        return message
+    return json.dumps(message, default=str, separators=(",", ":"))
+
+
+def _decode(
+    message: Any, raw: str | None, resolve: TableResolver, record_key: Any, keep_raw: bool
+) -> ChangeEvent | Tombstone:
+    doc = _parse(message, raw)
+    if doc is None:
+        return TOMBSTONE
+    schema: Mapping[str, Any] | None = None
+    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        schema, doc = doc["schema"], doc["payload"]
+        if doc is None:
+            return TOMBSTONE
+    if not isinstance(doc, dict):
+        raise DecodeError(
+            f"expected a JSON object (a Debezium envelope), got {type(doc).__name__}", raw=raw
+        )
+    op_text = doc.get("op")
+    if op_text is None:
+        raise DecodeError("missing field 'op' (expected one of c, u, d, r, t)", raw=raw)
+    try:
+        op = Op(op_text)
+    except ValueError:
+        raise DecodeError(
+            f"unsupported op {op_text!r} (expected one of c, u, d, r, t)", raw=raw
+        ) from None
+    source = doc.get("source")
+    if not isinstance(source, dict):
+        raise DecodeError("missing or invalid field 'source' (expected an object)", raw=raw)
+    connector = source.get("connector")
+    if connector not in ("postgresql", "mysql", "mariadb"):
+        raise DecodeError(
+            f"unsupported connector {connector!r} (expected postgresql, mysql or mariadb)", raw=raw
+        )
+    schema_name = source.get("schema") if connector == "postgresql" else source.get("db")
+    table_name = source.get("table")
+    if not schema_name or not table_name:
+        raise DecodeError(
+            f"source block does not name the table (connector={connector!r}, "
+            f"schema/db={schema_name!r}, table={table_name!r})",
+            raw=raw,
+        )
+    try:
+        info = resolve(schema_name, table_name)
+    except UnknownTableError as exc:
+        raise UnknownTableError(str(exc), raw=raw) from None
+
+    field_schemas = _field_schemas(schema)
+    before, _ = _convert_image(doc.get("before"), field_schemas.get("before"), info, raw, "before")
+    after, unavailable = _convert_image(
+        doc.get("after"), field_schemas.get("after"), info, raw, "after"
+    )
+    if op in (Op.INSERT, Op.UPDATE, Op.READ) and after is None:
+        raise DecodeError(f"op {op.value!r} without an 'after' image", raw=raw)
+    if op is Op.DELETE and before is None:
+        raise DecodeError(
+            "delete without a 'before' image (cannot tell which row was deleted)", raw=raw
+        )
+
+    seq = _seq(connector, source, raw)
+    commit_ts = _commit_ts(source, doc, raw)
+    tx_id = _tx_id(connector, source, doc)
+    key = {} if op is Op.TRUNCATE else _key(op, before, after, info, record_key, raw)
+    return ChangeEvent(
+        table=info.id,
+        op=op,
+        key=key,
+        before=before,
+        after=after,
+        seq=seq,
+        commit_ts=commit_ts,
+        tx_id=tx_id,
+        event_id=make_event_id(info.id, key, seq),
+        unavailable=tuple(unavailable),
+        source_types=_source_types(field_schemas.get("after") or field_schemas.get("before")),
+        raw=raw if keep_raw else None,
+    )
+
+
+def _parse(message: Any, raw: str | None) -> Any:
+    if message is None:
+        return None
+    if isinstance(message, Mapping):
+        return dict(message)
+    text = raw or ""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}", raw=raw) from None
+
+
+# --------------------------------------------------------------------------- positions and times
+
+
+def _seq(connector: str | None, source: Mapping[str, Any], raw: str | None) -> str:
+    if connector == "postgresql":
+        sequence = source.get("sequence")
+        if sequence:
+            parts = json.loads(sequence) if isinstance(sequence, str) else sequence
+            if not isinstance(parts, list) or len(parts) != 2:
+                raise DecodeError(
+                    f"source.sequence is not [lastCommitLsn, lsn]: {sequence!r}", raw=raw
+                )
+            last_commit, lsn = parts
+            if last_commit is None and str(source.get("snapshot", "false")) == "false":
+                # The first transaction a fresh engine streams has no previous commit. Its own change
+                # LSN orders it after the snapshot (0/...) and before the next transaction, whose
+                # first section is this one's commit end.
+                last_commit = lsn
+            return pg_seq(last_commit, lsn)
+        if source.get("lsn") is None:
+            raise DecodeError("PostgreSQL event without source.sequence or source.lsn", raw=raw)
+        # Pre-1.9 Debezium: no commit ordering available; the change LSN is the best we have.
+        return pg_seq(source.get("lsn"), source.get("lsn"))
+    if connector in ("mysql", "mariadb"):
+        file, pos = source.get("file"), source.get("pos")
+        if not file or pos is None:
+            raise DecodeError("MySQL event without source.file/source.pos", raw=raw)
+        return binlog_seq(file, int(pos), int(source.get("row") or 0))
+    raise DecodeError(
+        f"unsupported connector {connector!r} (expected postgresql, mysql or mariadb)", raw=raw
+    )
+
+
+def _commit_ts(source: Mapping[str, Any], doc: Mapping[str, Any], raw: str | None) -> int:
+    if source.get("ts_us") is not None:
+        return int(source["ts_us"])
+    if source.get("ts_ns") is not None:
+        return int(source["ts_ns"]) // 1000
+    if source.get("ts_ms") is not None:
+        return int(source["ts_ms"]) * 1000
+    raise DecodeError("source block has no commit time (ts_us / ts_ms)", raw=raw)
+
+
+def _tx_id(connector: str | None, source: Mapping[str, Any], doc: Mapping[str, Any]) -> str | None:
+    tx = doc.get("transaction")
+    if isinstance(tx, dict) and tx.get("id"):
+        return str(tx["id"])
+    value = (
+        source.get("txId")
+        if connector == "postgresql"
+        else (source.get("gtid") or source.get("xid"))
+    )
+    return None if value is None else str(value)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _key(
+    op: Op,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    info: TableInfo,
+    record_key: Any,
+    raw: str | None,
+) -> dict[str, Any]:
+    if record_key is not None:
+        parsed = _parse(record_key, _raw_text(record_key))
+        if isinstance(parsed, dict) and "payload" in parsed and "schema" in parsed:
+            parsed = parsed["payload"]
+        if isinstance(parsed, dict) and parsed:
+            if info.primary_key:
+                return {k: parsed[k] for k in info.primary_key if k in parsed} or dict(parsed)
+            return dict(parsed)
+    if not info.primary_key:
+        raise DecodeError(
+            f"no primary key known for {info.id}: set primary_key in the registry "
+            "(or `cdc register` it from the live table)",
+            raw=raw,
+        )
+    image = before if op is Op.DELETE else after
+    assert image is not None
+    missing = [c for c in info.primary_key if c not in image]
+    if missing:
+        raise DecodeError(
+            f"key column(s) {missing} of {info.id} are missing from the row image", raw=raw
+        )
+    return {c: image[c] for c in info.primary_key}
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _field_schemas(schema: Mapping[str, Any] | None) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """{'before': {col: field schema}, 'after': {...}} from an envelope schema block."""
+    out: dict[str, dict[str, Mapping[str, Any]]] = {}
+    if not isinstance(schema, dict):
+        return out
+    for f in schema.get("fields") or []:
+        if f.get("field") in ("before", "after") and isinstance(f.get("fields"), list):
+            out[f["field"]] = {
+                c["field"]: c for c in f["fields"] if isinstance(c, dict) and "field" in c
+            }
+    return out
+
+
+def _source_types(fields: Mapping[str, Mapping[str, Any]] | None) -> dict[str, str] | None:
+    if not fields:
+        return None
+    out = {}
+    for name, f in fields.items():
+        logical = f.get("name")
+        params = f.get("parameters") or {}
+        t = logical or f.get("type", "")
+        if logical == "org.apache.kafka.connect.data.Decimal" and "scale" in params:
+            t = f"{logical}(scale={params['scale']})"
+        out[name] = t
+    return out
+
+
+def _convert_image(
+    image: Any,
+    fields: Mapping[str, Mapping[str, Any]] | None,
+    info: TableInfo,
+    raw: str | None,
+    which: str,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    if image is None:
+        return None, []
+    if not isinstance(image, dict):
+        raise DecodeError(
+            f"'{which}' must be an object or null, got {type(image).__name__}", raw=raw
+        )
+    out: dict[str, Any] = {}
+    unavailable: list[str] = []
+    declared = info.columns or {}
+    for col, value in image.items():
+        if _is_placeholder(value):
+            unavailable.append(col)
+            continue
+        try:
+            out[col] = convert_value(value, (fields or {}).get(col), declared.get(col))
+        except (ValueError, TypeError, ArithmeticError, binascii.Error) as exc:
+            raise DecodeError(
+                f"column {col!r} in '{which}': cannot decode {value!r}: {exc}", raw=raw
+            ) from None
+    return out, unavailable
+
+
+def _is_placeholder(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in (UNAVAILABLE_PLACEHOLDER, UNAVAILABLE_PLACEHOLDER_B64)
+    if isinstance(value, list) and value:
+        return all(isinstance(v, str) and v == UNAVAILABLE_PLACEHOLDER for v in value)
+    return False
+
+
+def convert_value(value: Any, field: Mapping[str, Any] | None, declared: str | None) -> Any:
+    """One column value from its Debezium JSON form into our canonical form."""
+    if value is None:
+        return None
+    if field and (field.get("name") in _LOGICAL_TYPES or not declared):
+        return _convert_by_schema(value, field)
+    if declared:
+        return _convert_by_declared_type(value, declared)
+    if isinstance(value, dict) and set(value) == {"scale", "value"}:
+        return _variable_scale_decimal(value)
+    return value
+
+
+_LOGICAL_TYPES = frozenset(
+    {
+        "org.apache.kafka.connect.data.Decimal",
+        "io.debezium.data.VariableScaleDecimal",
+        "io.debezium.time.Date",
+        "org.apache.kafka.connect.data.Date",
+        "io.debezium.time.Timestamp",
+        "org.apache.kafka.connect.data.Timestamp",
+        "io.debezium.time.MicroTimestamp",
+        "io.debezium.time.NanoTimestamp",
+        "io.debezium.time.Time",
+        "org.apache.kafka.connect.data.Time",
+        "io.debezium.time.MicroTime",
+        "io.debezium.time.NanoTime",
+    }
+)
+
+
+def _convert_by_schema(value: Any, field: Mapping[str, Any]) -> Any:
+    name = field.get("name")
+    params = field.get("parameters") or {}
+    if name == "org.apache.kafka.connect.data.Decimal":
+        if isinstance(value, str) and _looks_decimal_text(value):
+            return Decimal(value)
+        return _bytes_to_decimal(value, int(params.get("scale", 0)))
+    if name == "io.debezium.data.VariableScaleDecimal":
+        return _variable_scale_decimal(value)
+    if name in ("io.debezium.time.Date", "org.apache.kafka.connect.data.Date"):
+        return (_EPOCH_DATE + dt.timedelta(days=int(value))).isoformat()
+    if name in ("io.debezium.time.Timestamp", "org.apache.kafka.connect.data.Timestamp"):
+        return _timestamp_text(int(value) * 1000)
+    if name == "io.debezium.time.MicroTimestamp":
+        return _timestamp_text(int(value))
+    if name == "io.debezium.time.NanoTimestamp":
+        return _timestamp_text(int(value) // 1000)
+    if name in ("io.debezium.time.Time", "org.apache.kafka.connect.data.Time"):
+        return _time_text(int(value) * 1000)
+    if name == "io.debezium.time.MicroTime":
+        return _time_text(int(value))
+    if name == "io.debezium.time.NanoTime":
+        return _time_text(int(value) // 1000)
+    if field.get("type") == "double" and isinstance(value, str):
+        return float(value)  # NaN / Infinity arrive as strings
+    return value
+
+
+def _convert_by_declared_type(value: Any, declared: str) -> Any:
+    t = declared.strip().lower()
+    if t.startswith(("numeric", "decimal", "dec", "money")):
+        if isinstance(value, dict):
+            return _variable_scale_decimal(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return Decimal(str(value))
+        if isinstance(value, str):
+            if _looks_decimal_text(value):
+                return Decimal(value)
+            m = _DECIMAL_TYPE_RE.match(t)
+            if m is None:
+                raise ValueError(
+                    f"base64 decimal for type {declared!r} without a scale; declare numeric(p,s) "
+                    "or set decimal.handling.mode=string"
+                )
+            return _bytes_to_decimal(value, int(m.group(2) or 0))
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if t == "date":
+            return (_EPOCH_DATE + dt.timedelta(days=value)).isoformat()
+        if t.startswith(("timestamp", "datetime")) and "with time zone" not in t and "tz" not in t:
+            # Debezium's adaptive precision: up to 3 fractional digits travel as milliseconds
+            p = _TIME_PRECISION_RE.search(t)
+            micros = (
+                value * 1000
+                if (p and int(p.group(1)) <= 3) or (t.startswith("datetime") and not p)
+                else value
+            )
+            return _timestamp_text(micros)
+        if t.startswith("time") and "with time zone" not in t:
+            p = _TIME_PRECISION_RE.search(t)
+            micros = value * 1000 if p and int(p.group(1)) <= 3 else value
+            return _time_text(micros)
+    return value
+
+
+def _looks_decimal_text(value: str) -> bool:
+    try:
+        Decimal(value)
+    except ArithmeticError:
+        return False
+    return any(ch.isdigit() for ch in value) and not value.endswith("=")
+
+
+def _bytes_to_decimal(value: Any, scale: int) -> Decimal:
+    if not isinstance(value, str):
+        raise ValueError(f"expected base64 text for a decimal, got {type(value).__name__}")
+    unscaled = int.from_bytes(base64.b64decode(value, validate=True), "big", signed=True)
+    return Decimal(unscaled).scaleb(-scale)
+
+
+def _variable_scale_decimal(value: Any) -> Decimal:
+    if not isinstance(value, dict) or "scale" not in value or "value" not in value:
+        raise ValueError("expected {'scale': n, 'value': base64} for a variable-scale decimal")
+    return _bytes_to_decimal(value["value"], int(value["scale"]))
+
+
+def _timestamp_text(micros: int) -> str:
+    return (_EPOCH + dt.timedelta(microseconds=micros)).isoformat(timespec="microseconds")
+
+
+def _time_text(micros: int) -> str:
+    t = (_EPOCH + dt.timedelta(microseconds=micros)).time()
+    return t.isoformat(timespec="microseconds")

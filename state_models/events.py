@@ -1,0 +1,109 @@
+"""The canonical change event (ARCHITECTURE.md §3).
+
+Every capture path (Debezium, pgoutput, binlog, Datastream) produces this one shape. Row images are
+plain dicts of JSON-compatible values plus ``Decimal`` for exact numerics. Values the source did not
+send (PostgreSQL TOAST columns that did not change) are never stored as data: their names are listed
+in ``unavailable`` and they are absent from ``after``; the merge carries the previous version's
+value forward.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from state_models.seq import is_seq
+
+#: Debezium's default ``unavailable.value.placeholder`` (PostgreSQL unchanged TOAST values).
+UNAVAILABLE_PLACEHOLDER = "__debezium_unavailable_value"
+#: The same placeholder as Debezium sends it for bytea columns (base64 of the text above).
+UNAVAILABLE_PLACEHOLDER_B64 = base64.b64encode(UNAVAILABLE_PLACEHOLDER.encode()).decode()
+
+
+class Op(StrEnum):
+    INSERT = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    READ = "r"  # snapshot read
+    TRUNCATE = "t"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One row change, decoded once, whatever engine captured it."""
+
+    table: str  # registered table id: source.schema.table
+    op: Op
+    key: dict[str, Any]  # primary-key values, registry column order; {} for a truncate
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    seq: str
+    commit_ts: int  # microseconds since the epoch, UTC
+    tx_id: str | None = None
+    event_id: str = ""
+    unavailable: tuple[str, ...] = ()  # columns whose new value the source did not send (TOAST)
+    source_types: dict[str, str] | None = field(default=None, compare=False)  # from a schema block
+    raw: str | None = field(default=None, compare=False, repr=False)  # the original message
+
+    def __post_init__(self) -> None:
+        if not is_seq(self.seq):
+            raise ValueError(f"seq must be 16-hex-digit sections joined by '/': {self.seq!r}")
+        if not self.event_id:
+            object.__setattr__(self, "event_id", make_event_id(self.table, self.key, self.seq))
+
+    @property
+    def source(self) -> str:
+        return self.table.split(".", 1)[0]
+
+    @property
+    def image(self) -> dict[str, Any] | None:
+        """The row as it is after this change (None for a delete or truncate)."""
+        return None if self.op in (Op.DELETE, Op.TRUNCATE) else self.after
+
+    def with_raw(self, raw: str | None) -> ChangeEvent:
+        return replace(self, raw=raw)
+
+
+def make_event_id(table: str, key: Mapping[str, Any], seq: str) -> str:
+    """Deterministic id: two deliveries of one change have one id.
+
+    Keys are serialised as a JSON list of [column, value] pairs, so composite keys whose values
+    would collide when concatenated (``("ab", "c")`` vs ``("a", "bc")``) never share an id.
+    """
+    payload = json.dumps(
+        [table, [[k, json_value(key[k])] for k in sorted(key)], seq],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-safe form of an image value: exact decimals and times as strings."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, dict):
+        return {k: json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    return value
+
+
+def image_to_json(image: Mapping[str, Any] | None) -> str | None:
+    """Serialise a row image for the changelog (stable: same image, same text)."""
+    if image is None:
+        return None
+    return json.dumps(
+        {k: json_value(v) for k, v in image.items()}, separators=(",", ":"), ensure_ascii=False
+    )

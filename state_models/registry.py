@@ -1,0 +1,264 @@
+"""The registry: what a user writes in ``cdc.yaml`` (ARCHITECTURE.md §7), as validated models.
+
+Pure models only; reading the file, ``${VAR}`` interpolation and error rendering live in
+``cdc.config``. Every model forbids unknown keys so that a typo is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from state_models.tables import TableInfo
+
+SourceKind = Literal["postgres", "mysql"]
+Engine = Literal["debezium", "pgoutput", "binlog", "datastream"]
+PiiPolicy = Literal["hash", "mask", "drop"]
+SnapshotMode = Literal["initial", "never"]
+
+#: Which capture engines can read which source kinds.
+ENGINES_BY_KIND: dict[str, tuple[str, ...]] = {
+    "postgres": ("debezium", "pgoutput", "datastream"),
+    "mysql": ("debezium", "binlog", "datastream"),
+}
+
+#: ``${VAR}`` or ``${VAR:-default}`` inside a registry value.
+ENV_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableSpec(_Model):
+    """One registered source table."""
+
+    name: str = Field(description="schema.table (PostgreSQL) or database.table (MySQL)")
+    primary_key: list[str] | None = Field(
+        default=None, description="key columns; read from the database when omitted"
+    )
+    columns: dict[str, str] | None = Field(
+        default=None, description="column name -> source type name; `cdc register` fills it"
+    )
+    pii: dict[str, PiiPolicy] | None = None
+    state_table: str | None = Field(default=None, description="state table name in the warehouse")
+
+    @field_validator("name")
+    @classmethod
+    def _schema_dot_table(cls, v: str) -> str:
+        parts = v.split(".")
+        if len(parts) != 2 or not all(_IDENT_RE.match(p) for p in parts):
+            raise ValueError(f"expected 'schema.table' (e.g. public.subscriptions), got {v!r}")
+        return v
+
+    @field_validator("primary_key")
+    @classmethod
+    def _non_empty_key(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError(
+                    "expected at least one column; omit the field to read it from the database"
+                )
+            if len(set(v)) != len(v):
+                raise ValueError(f"a column is listed twice: {v}")
+        return v
+
+    @field_validator("state_table")
+    @classmethod
+    def _valid_state_table(cls, v: str | None) -> str | None:
+        if v is not None and not _IDENT_RE.match(v):
+            raise ValueError(f"expected a plain identifier (letters, digits, _), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _columns_cover_key_and_pii(self) -> TableSpec:
+        if self.columns:
+            missing = [c for c in (self.primary_key or []) if c not in self.columns]
+            if missing:
+                raise ValueError(
+                    f"primary_key column(s) {missing} are not in columns {sorted(self.columns)}"
+                )
+            missing = [c for c in (self.pii or {}) if c not in self.columns]
+            if missing:
+                raise ValueError(
+                    f"pii column(s) {missing} are not in columns {sorted(self.columns)}"
+                )
+        return self
+
+    @property
+    def schema_name(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def table_name(self) -> str:
+        return self.name.split(".", 1)[1]
+
+
+class Source(_Model):
+    """One source database and the tables captured from it."""
+
+    kind: SourceKind
+    engine: Engine
+    dsn: str = Field(
+        description="connection URL, e.g. postgresql://user@host:5432/db; use ${VAR} for secrets"
+    )
+    tables: list[TableSpec] = Field(default_factory=list)
+    snapshot: SnapshotMode = "initial"
+    slot: str | None = Field(
+        default=None, description="PostgreSQL replication slot (default cdc_<source>)"
+    )
+    publication: str | None = Field(
+        default=None, description="PostgreSQL publication (default cdc_<source>)"
+    )
+    server_id: int | None = Field(
+        default=None, description="MySQL replica server id for the binlog reader"
+    )
+    debezium: dict[str, str] | None = Field(
+        default=None, description="extra Debezium connector properties, passed through verbatim"
+    )
+
+    @model_validator(mode="after")
+    def _engine_fits_kind(self) -> Source:
+        allowed = ENGINES_BY_KIND[self.kind]
+        if self.engine not in allowed:
+            raise ValueError(
+                f"engine {self.engine!r} cannot read a {self.kind} source; expected one of {list(allowed)}"
+            )
+        seen: set[str] = set()
+        for t in self.tables:
+            if t.name in seen:
+                raise ValueError(f"table {t.name!r} is registered twice")
+            seen.add(t.name)
+        return self
+
+    @field_validator("slot", "publication")
+    @classmethod
+    def _pg_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME_RE.match(v):
+            raise ValueError(f"expected lower-case letters, digits and _ (max 63), got {v!r}")
+        return v
+
+
+class Registry(_Model):
+    """The whole ``cdc.yaml``."""
+
+    changelog: str = "./.cdc/changelog"
+    warehouse: str = "duckdb:///.cdc/warehouse.duckdb"
+    state_dir: str = "./.cdc"
+    sources: dict[str, Source] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, v: dict[str, Source]) -> dict[str, Source]:
+        for name in v:
+            if not _NAME_RE.match(name):
+                raise ValueError(
+                    f"source name {name!r} must be lower-case letters, digits and _ (it names slots and topics)"
+                )
+        return v
+
+    @field_validator("warehouse")
+    @classmethod
+    def _warehouse_url(cls, v: str) -> str:
+        if not (v.startswith("duckdb://") or v.startswith("bigquery://")):
+            raise ValueError(
+                f"expected duckdb:///path.duckdb or bigquery://project/dataset, got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _state_tables_unique(self) -> Registry:
+        owners: dict[str, str] = {}
+        for source_name, source in self.sources.items():
+            for t in source.tables:
+                tid = table_id(source_name, t)
+                name = state_table_name(source_name, t)
+                if name in owners:
+                    raise ValueError(
+                        f"tables {owners[name]} and {tid} would both use state table {name!r}; "
+                        "set `state_table:` on one of them"
+                    )
+                owners[name] = tid
+        return self
+
+    def tables(self) -> list[RegisteredTable]:
+        return [
+            RegisteredTable(source_name=s_name, source=s, spec=t)
+            for s_name, s in self.sources.items()
+            for t in s.tables
+        ]
+
+    def table(self, ref: str) -> RegisteredTable:
+        """Find a table by id (billing.public.subscriptions), state table name, or unique schema.table."""
+        tables = self.tables()
+        for t in tables:
+            if ref in (t.id, t.state_table):
+                return t
+        matches = [t for t in tables if t.spec.name == ref or t.spec.table_name == ref]
+        if len(matches) == 1:
+            return matches[0]
+        from state_models.errors import ConfigError
+
+        if len(matches) > 1:
+            raise ConfigError(f"table {ref!r} is ambiguous: {', '.join(t.id for t in matches)}")
+        known = [t.id for t in tables]
+        import difflib
+
+        close = difflib.get_close_matches(ref, known + [t.state_table for t in tables], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"no registered table {ref!r}{hint} (registered: {', '.join(known) or 'none'})"
+        )
+
+
+class RegisteredTable(BaseModel):
+    """A table with the source it belongs to: what most commands work on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source_name: str
+    source: Source
+    spec: TableSpec
+
+    @property
+    def id(self) -> str:
+        return table_id(self.source_name, self.spec)
+
+    @property
+    def state_table(self) -> str:
+        return state_table_name(self.source_name, self.spec)
+
+    @property
+    def primary_key(self) -> list[str] | None:
+        return self.spec.primary_key
+
+
+def table_id(source_name: str, spec: TableSpec) -> str:
+    return f"{source_name}.{spec.name}"
+
+
+def state_table_name(source_name: str, spec: TableSpec) -> str:
+    """Default state table: ``<source>_<table>`` (``billing_subscriptions``)."""
+    return spec.state_table or f"{source_name}_{spec.table_name}".lower()
+
+
+def table_infos(registry: Registry, source_name: str) -> list[TableInfo]:
+    """What the decoders need to know about each table of one source."""
+    source = registry.sources[source_name]
+    return [
+        TableInfo(
+            id=table_id(source_name, t),
+            primary_key=tuple(t.primary_key) if t.primary_key else None,
+            columns=dict(t.columns) if t.columns else None,
+        )
+        for t in source.tables
+    ]
+
+
+def unresolved_variables(value: str) -> list[str]:
+    """Names of ``${VAR}`` references left in a value because the variable was not set."""
+    return [m.group(1) for m in ENV_VAR_RE.finditer(value)]

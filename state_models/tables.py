@@ -1,0 +1,44 @@
+"""What decoders and capture engines need to know about a registered table, and how they find it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from state_models.errors import UnknownTableError
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    id: str  # source.schema.table
+    primary_key: tuple[str, ...] | None = None
+    columns: Mapping[str, str] | None = None  # declared source type names
+
+    @property
+    def source(self) -> str:
+        return self.id.split(".", 1)[0]
+
+    @property
+    def schema_table(self) -> tuple[str, str]:
+        _, schema, table = self.id.split(".", 2)
+        return schema, table
+
+
+#: (schema or database, table) -> TableInfo; raises UnknownTableError for an unregistered table.
+TableResolver = Callable[[str, str], TableInfo]
+
+
+def resolver_for(tables: Iterable[TableInfo], source: str) -> TableResolver:
+    """Resolve (schema, table) names seen in a source's log to the registered tables of that source."""
+    by_name = {t.schema_table: t for t in tables if t.source == source}
+
+    def resolve(schema: str, table: str) -> TableInfo:
+        info = by_name.get((schema, table))
+        if info is None:
+            known = ", ".join(".".join(k) for k in by_name) or "none"
+            raise UnknownTableError(
+                f"table {schema}.{table} is not registered for source {source!r} (registered: {known})"
+            )
+        return info
+
+    return resolve

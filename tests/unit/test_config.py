@@ -1,0 +1,184 @@
+"""The registry file: validation, every problem at once, with places and suggestions."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cdc.cli import main
+from cdc.config import load_config
+from state_models.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cdc.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cdc.yaml"
+    p.write_text(text)
+    return p
+
+
+def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env=env or {})
+    return [p.render(str(path)) for p in exc.value.problems]
+
+
+def test_example_registry_is_valid(capsys):
+    assert main(["validate", "--config", str(EXAMPLE)]) == 0
+    assert "valid (2 sources, 4 tables)" in capsys.readouterr().out
+
+
+def test_misspelt_primary_key_names_the_key_its_path_and_the_suggestion(tmp_path, capsys):
+    bad = tmp_path / "cdc.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("primary_key: [id]  ", "primay_key: [id]  ", 1))
+    assert "primay_key" in bad.read_text()
+    assert main(["validate", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "sources.billing.tables[0].primay_key" in err
+    assert "did you mean 'primary_key'?" in err
+    assert f"{bad}:14:" in err  # file and line
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    p = write(
+        tmp_path,
+        """
+warehouse: duckdb:///w.duckdb
+sources:
+  billing:
+    kind: postgress
+    engine: debezum
+    dsn: postgresql://x@h/db
+    tables:
+      - name: subscriptions
+      - name: public.payments
+        primary_key: []
+        pii: {email: encrypt}
+""",
+    )
+    problems = problems_of(p)
+    text = "\n".join(problems)
+    assert "sources.billing.kind: 'postgress' is not valid; did you mean 'postgres'?" in text
+    assert "sources.billing.engine: 'debezum' is not valid; did you mean 'debezium'?" in text
+    assert "sources.billing.tables[0].name: expected 'schema.table'" in text
+    assert "sources.billing.tables[1].primary_key: expected at least one column" in text
+    assert "sources.billing.tables[1].pii.email: 'encrypt' is not valid" in text
+    assert "(expected one of: hash, mask, drop)" in text
+    assert len(problems) == 5
+
+
+def test_engine_must_fit_kind(tmp_path):
+    p = write(
+        tmp_path,
+        """
+sources:
+  pay:
+    kind: mysql
+    engine: pgoutput
+    dsn: mysql://root@h/db
+""",
+    )
+    (problem,) = problems_of(p)
+    assert "sources.pay" in problem and "engine 'pgoutput' cannot read a mysql source" in problem
+    assert "['debezium', 'binlog', 'datastream']" in problem
+
+
+def test_missing_required_and_wrong_types(tmp_path):
+    p = write(
+        tmp_path,
+        """
+sources:
+  billing:
+    kind: postgres
+    tables: nope
+""",
+    )
+    text = "\n".join(problems_of(p))
+    assert "sources.billing.engine: required field is missing" in text
+    assert "sources.billing.dsn: required field is missing" in text
+    assert "sources.billing.tables:" in text and "'nope'" in text
+
+
+def test_colliding_state_tables_need_an_explicit_name(tmp_path):
+    p = write(
+        tmp_path,
+        """
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://h/db
+    tables:
+      - {name: public.subscriptions, primary_key: [id]}
+      - {name: archive.subscriptions, primary_key: [id]}
+""",
+    )
+    (problem,) = problems_of(p)
+    assert "billing_subscriptions" in problem and "state_table" in problem
+
+
+def test_env_interpolation_and_defaults(tmp_path):
+    p = write(
+        tmp_path,
+        """
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: ${BILLING_DSN}
+    tables:
+      - {name: public.subscriptions, primary_key: [id]}
+  other:
+    kind: postgres
+    engine: pgoutput
+    dsn: ${OTHER_DSN:-postgresql://fallback/db}
+""",
+    )
+    cfg = load_config(p, env={"BILLING_DSN": "postgresql://secret@db/billing"})
+    assert cfg.registry.sources["billing"].dsn == "postgresql://secret@db/billing"
+    assert cfg.registry.sources["other"].dsn == "postgresql://fallback/db"
+    assert cfg.warnings == []
+    cfg = load_config(p, env={})
+    assert [w.path for w in cfg.warnings] == ["sources.billing.dsn"]
+    assert "BILLING_DSN is not set" in cfg.warnings[0].message
+
+
+def test_unknown_top_level_key_and_invalid_yaml(tmp_path):
+    p = write(tmp_path, "warehous: duckdb:///x.duckdb\n")
+    (problem,) = problems_of(p)
+    assert "unknown field 'warehous'; did you mean 'warehouse'?" in problem
+    p = write(tmp_path, "sources: [\n")
+    (problem,) = problems_of(p)
+    assert "not valid YAML" in problem
+
+
+def test_missing_file_is_a_usage_error(tmp_path, capsys):
+    assert main(["tables", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    d = tmp_path / "proj"
+    d.mkdir()
+    shutil.copy(EXAMPLE, d / "cdc.yaml")
+    cfg = load_config(d / "cdc.yaml", env={})
+    assert cfg.warehouse_url == f"duckdb:///{d / '.cdc' / 'warehouse.duckdb'}"
+    assert cfg.changelog_root == str(d / ".cdc" / "changelog")
+
+
+def test_tables_command_lists_keys_engines_and_state_tables(capsys):
+    assert main(["tables", "--config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "billing.public.subscriptions" in out and "billing_subscriptions" in out
+    assert "payments.payments.refunds" in out and "(from database)" in out
+
+
+def test_table_lookup_suggests(tmp_path):
+    cfg = load_config(EXAMPLE, env={})
+    assert cfg.registry.table("billing.public.subscriptions").state_table == "billing_subscriptions"
+    assert cfg.registry.table("billing_invoices").id == "billing.public.invoices"
+    with pytest.raises(ConfigError, match=r"did you mean 'billing\.public\.subscriptions'"):
+        cfg.registry.table("billing.public.subscription")
