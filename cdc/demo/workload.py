@@ -241,11 +241,14 @@ class SubscriptionWorkload:
 
     def _attempt_payment(self, sub: int, invoice: int) -> bool:
         ok = self.rng.random() < 0.85
-        user_id, amount = self.pg.execute(
+        row = self.pg.execute(
             "SELECT s.user_id, i.amount FROM public.invoices i JOIN public.subscriptions s ON s.id = i.subscription_id "
             "WHERE i.id = %s",
             (invoice,),
         ).fetchone()
+        if row is None:  # the account was deleted meanwhile
+            return False
+        user_id, amount = row
         if self.my is not None:
             with self.my.cursor() as cur:
                 cur.execute(
