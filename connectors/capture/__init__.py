@@ -1,0 +1,67 @@
+"""Capture engines: a registered source becomes batches of change events (see ``base``).
+
+``make_capture`` picks the engine the registry names; engines import their heavy dependencies
+(the JVM for Debezium, mysql-replication for binlog) only when chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from connectors.capture.base import (
+    Capture,
+    CaptureError,
+    CaptureStats,
+    CountingSink,
+    EventSink,
+    MemorySink,
+    PositionLostError,
+)
+from state_models.errors import ConfigError
+from state_models.registry import Source
+from state_models.tables import TableInfo
+
+__all__ = [
+    "Capture",
+    "CaptureError",
+    "CaptureStats",
+    "CountingSink",
+    "EventSink",
+    "MemorySink",
+    "PositionLostError",
+    "make_capture",
+]
+
+
+def make_capture(
+    source_name: str,
+    source: Source,
+    tables: Sequence[TableInfo],
+    state_dir: str | Path,
+    **options: Any,
+) -> Capture:
+    """The capture engine the registry names for this source."""
+    engine = source.engine
+    if engine == "debezium" and source.kind == "postgres":
+        from connectors.capture.debezium import DebeziumCapture
+
+        return DebeziumCapture(source_name, source, tables, state_dir, **options)
+    if engine == "pgoutput":
+        from connectors.capture.pgoutput import PgoutputCapture
+
+        return PgoutputCapture(source_name, source, tables, state_dir, **options)
+    if engine == "binlog":
+        from connectors.capture.binlog import BinlogCapture
+
+        return BinlogCapture(source_name, source, tables, state_dir, **options)
+    if engine == "debezium":
+        raise ConfigError(
+            f"sources.{source_name}: the embedded Debezium engine here captures PostgreSQL only "
+            "(Debezium's MySQL connector refuses MariaDB 10.11); use engine: binlog, or run Debezium "
+            "Server (`cdc debezium-config`) against MySQL"
+        )
+    raise ConfigError(
+        f"sources.{source_name}: engine {engine!r} has no local capture (Datastream runs in Google Cloud)"
+    )

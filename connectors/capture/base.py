@@ -1,0 +1,195 @@
+"""The contracts every capture engine and every sink share.
+
+A *capture* turns one registered source into batches of ``ChangeEvent`` read from the database log
+(after an initial snapshot when asked). It hands each batch to an ``EventSink`` and only after
+``write`` has returned does it make the batch's position durable (offset file, Debezium offset store)
+and tell the database it may discard the log up to there (PostgreSQL: confirm the slot LSN). So
+delivery is **at least once**: a crash between ``write`` and the offset save re-delivers that batch
+(same ``seq``, same ``event_id``), and nothing a sink acknowledged is ever asked for again, nor is
+anything lost.
+
+::
+
+    capture = make_capture("billing", source, table_infos, state_dir)
+    stop = threading.Event()
+    capture.run(sink, stop)   # blocks; set `stop` from another thread to flush and return
+
+``run`` returns when ``stop`` is set (after the pending batch is written and its position saved) or
+raises on a fatal error: ``PositionLostError`` (the source can no longer serve our position:
+re-snapshot), ``CaptureError`` (the engine failed, with the engine's reason), ``ConfigError``. A
+source that cannot be reached is retried with backoff inside ``run`` (each attempt is logged and
+counted in ``stats().retries``); it is not an error until ``max_retry_seconds`` have passed.
+
+Sinks own durability: ``write`` returns only once the batch is durable (fsynced file, Pub/Sub
+publish futures resolved, ...) and raises otherwise; the capture then stops without advancing its
+position. Events inside a batch are in source commit order (``seq`` ascending, except that the rows
+of one snapshot share the snapshot's seq). Across restarts a sink may see a suffix of what it
+already acknowledged again, never a gap.
+
+Native readers (pgoutput, binlog) also render the Debezium JSON envelope of every event into
+``ChangeEvent.raw`` (``keep_raw=True``, the default), so that sinks that publish or archive the
+wire message treat every engine alike.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from state_models.errors import TerminalError
+from state_models.events import ChangeEvent
+from state_models.registry import Source
+from state_models.tables import TableInfo
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Where a capture delivers its batches.
+
+    ``write`` must return only once the whole batch is durable, and raise otherwise. A capture calls
+    it from one thread at a time, with batches in source order; the same events may come again after
+    a crash or a failed ``write`` (at-least-once), identified by their ``event_id``.
+    """
+
+    def write(self, events: Sequence[ChangeEvent]) -> None: ...
+
+
+class CaptureError(TerminalError):
+    """The capture engine stopped and retrying will not help; the message carries the engine's reason."""
+
+
+class PositionLostError(CaptureError):
+    """The source can no longer serve the stored position (slot dropped or recreated, binlog purged).
+
+    Continuing would silently skip changes, so the capture stops; the fix is a fresh snapshot.
+    """
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    """Progress of a capture, as a consistent snapshot (see ``Capture.stats``)."""
+
+    source: str
+    engine: str
+    phase: str = "starting"  # starting | snapshot | streaming | retrying | stopped | failed
+    events: int = 0  # change events handed to the sink and acknowledged
+    batches: int = 0
+    snapshot_rows: int = 0
+    last_seq: str | None = None
+    last_commit_ts: int | None = None  # microseconds, UTC, of the last acknowledged event
+    last_batch_at: float | None = None  # time.time() of the last acknowledged batch
+    retries: int = 0
+    last_error: str | None = None
+
+    def lag_seconds(self, now: float | None = None) -> float | None:
+        """Seconds between now and the commit time of the last acknowledged change."""
+        if self.last_commit_ts is None:
+            return None
+        return max(0.0, (now if now is not None else time.time()) - self.last_commit_ts / 1e6)
+
+
+class Capture(ABC):
+    """One capture engine reading one source. Subclasses implement ``_run``."""
+
+    engine: str = ""
+
+    def __init__(
+        self,
+        source_name: str,
+        source: Source,
+        tables: Sequence[TableInfo],
+        state_dir: str | Path,
+    ):
+        self.source_name = source_name
+        self.source = source
+        self.tables = list(tables)
+        self.state_dir = Path(state_dir)
+        self._stats = CaptureStats(source=source_name, engine=self.engine)
+        self._stats_lock = threading.Lock()
+
+    def run(self, sink: EventSink, stop: threading.Event) -> None:
+        """Capture until ``stop`` is set (flush, save the position, return) or a fatal error."""
+        try:
+            self._run(sink, stop)
+        except BaseException as exc:
+            self._update(phase="failed", last_error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._update(phase="stopped")
+
+    @abstractmethod
+    def _run(self, sink: EventSink, stop: threading.Event) -> None: ...
+
+    def stats(self) -> CaptureStats:
+        """A consistent copy of the progress counters; safe to call from any thread."""
+        with self._stats_lock:
+            return self._stats
+
+    def _update(self, **changes: object) -> None:
+        with self._stats_lock:
+            self._stats = replace(self._stats, **changes)  # type: ignore[arg-type]
+
+    def _acknowledged(self, events: Sequence[ChangeEvent], *, snapshot: bool = False) -> None:
+        """Count a batch the sink acknowledged and whose position is saved."""
+        if not events:
+            return
+        last = events[-1]
+        with self._stats_lock:
+            s = self._stats
+            self._stats = replace(
+                s,
+                events=s.events + len(events),
+                batches=s.batches + 1,
+                snapshot_rows=s.snapshot_rows + (len(events) if snapshot else 0),
+                last_seq=last.seq,
+                last_commit_ts=last.commit_ts,
+                last_batch_at=time.time(),
+            )
+
+
+def deliver(sink: EventSink, events: Sequence[ChangeEvent]) -> None:
+    """Hand a batch to the sink; an empty batch is not a write."""
+    if events:
+        sink.write(events)
+
+
+# --------------------------------------------------------------------------- sinks for tests and tools
+
+
+class MemorySink:
+    """Keeps every acknowledged batch in memory. ``fail_on_write=n`` makes the n-th write (1-based)
+    raise, to test that a capture never advances past a batch its sink refused."""
+
+    def __init__(self, fail_on_write: int | None = None):
+        self.batches: list[list[ChangeEvent]] = []
+        self.writes = 0
+        self.fail_on_write = fail_on_write
+        self._lock = threading.Lock()
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        with self._lock:
+            self.writes += 1
+            if self.fail_on_write is not None and self.writes == self.fail_on_write:
+                raise OSError(f"MemorySink: write #{self.writes} refused on purpose")
+            self.batches.append(list(events))
+
+    @property
+    def events(self) -> list[ChangeEvent]:
+        with self._lock:
+            return [e for batch in self.batches for e in batch]
+
+
+class CountingSink:
+    """Counts events and remembers nothing else: the cheapest sink, for benchmarks."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_seq: str | None = None
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        self.count += len(events)
+        self.last_seq = events[-1].seq
