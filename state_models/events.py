@@ -107,3 +107,56 @@ def image_to_json(image: Mapping[str, Any] | None) -> str | None:
     return json.dumps(
         {k: json_value(v) for k, v in image.items()}, separators=(",", ":"), ensure_ascii=False
     )
+
+
+#: The flat record of an event as the changelog (ARCHITECTURE.md §6), the local journal and other
+#: stores keep it: images and key as JSON text, times as integers. ``ingested_at`` is added by the
+#: writer.
+RECORD_FIELDS = (
+    "event_id",
+    "table",
+    "op",
+    "seq",
+    "commit_ts",
+    "tx_id",
+    "key",
+    "before",
+    "after",
+    "unavailable",
+    "raw",
+)
+
+
+def event_to_record(event: ChangeEvent) -> dict[str, Any]:
+    """The flat, JSON/Arrow-friendly form of an event (see ``RECORD_FIELDS``)."""
+    return {
+        "event_id": event.event_id,
+        "table": event.table,
+        "op": event.op.value,
+        "seq": event.seq,
+        "commit_ts": event.commit_ts,
+        "tx_id": event.tx_id,
+        "key": image_to_json(event.key),
+        "before": image_to_json(event.before),
+        "after": image_to_json(event.after),
+        "unavailable": list(event.unavailable),
+        "raw": event.raw,
+    }
+
+
+def event_from_record(record: Mapping[str, Any]) -> ChangeEvent:
+    """Rebuild an event from ``event_to_record`` output. Exact numerics come back as their text
+    (``"12.50"``); the warehouse casts by column type, and ``event_id`` is kept as stored."""
+    return ChangeEvent(
+        table=record["table"],
+        op=Op(record["op"]),
+        key=json.loads(record["key"]) if record.get("key") else {},
+        before=json.loads(record["before"]) if record.get("before") else None,
+        after=json.loads(record["after"]) if record.get("after") else None,
+        seq=record["seq"],
+        commit_ts=int(record["commit_ts"]),
+        tx_id=record.get("tx_id"),
+        event_id=record["event_id"],
+        unavailable=tuple(record.get("unavailable") or ()),
+        raw=record.get("raw"),
+    )
