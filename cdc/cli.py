@@ -25,6 +25,7 @@ AddCommand = Callable[[str, str, Handler], argparse.ArgumentParser]
 COMMAND_MODULES = [
     "cdc.commands.registry",
     "cdc.commands.demo",
+    "cdc.commands.datastream",
 ]
 
 

@@ -17,6 +17,8 @@ SourceKind = Literal["postgres", "mysql"]
 Engine = Literal["debezium", "pgoutput", "binlog", "datastream"]
 PiiPolicy = Literal["hash", "mask", "drop"]
 SnapshotMode = Literal["initial", "never"]
+DatastreamFormat = Literal["avro", "json"]
+DatastreamCdcMethod = Literal["binlog", "gtid"]
 
 #: Which capture engines can read which source kinds.
 ENGINES_BY_KIND: dict[str, tuple[str, ...]] = {
@@ -28,6 +30,9 @@ ENGINES_BY_KIND: dict[str, tuple[str, ...]] = {
 ENV_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_RESOURCE_ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")
+_LOCATION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 
 
 class _Model(BaseModel):
@@ -98,6 +103,65 @@ class TableSpec(_Model):
         return self.name.split(".", 1)[1]
 
 
+class DatastreamSpec(_Model):
+    """Where the Google Datastream stream of an ``engine: datastream`` source lives and writes.
+
+    ``cdc datastream plan/apply`` turn this, the source's ``dsn`` (host, port, user, password) and
+    its registered tables into two connection profiles and one stream.
+    """
+
+    project: str = Field(description="Google Cloud project that owns the stream")
+    location: str = Field(description="Datastream region, e.g. us-central1")
+    bucket: str = Field(description="GCS bucket the stream writes to")
+    prefix: str = Field(default="datastream", description="folder in the bucket for all streams")
+    format: DatastreamFormat = Field(default="avro", description="file format: avro | json (gzip)")
+    stream: str | None = Field(default=None, description="stream id (default cdc-<source>)")
+    source_profile: str | None = Field(
+        default=None, description="source connection profile id (default cdc-<source>-source)"
+    )
+    destination_profile: str | None = Field(
+        default=None, description="GCS connection profile id (default cdc-<source>-gcs)"
+    )
+    cdc_method: DatastreamCdcMethod | None = Field(
+        default=None, description="MySQL only: binlog (default) or gtid"
+    )
+    private_connection: str | None = Field(
+        default=None, description="private connection id; Datastream's static IPs when omitted"
+    )
+    file_rotation_mb: int | None = Field(default=None, ge=1, le=1000)
+    file_rotation_interval_s: int | None = Field(default=None, ge=15, le=86400)
+
+    @field_validator("stream", "source_profile", "destination_profile", "private_connection")
+    @classmethod
+    def _resource_id(cls, v: str | None) -> str | None:
+        if v is not None and not _RESOURCE_ID_RE.match(v):
+            raise ValueError(
+                f"expected a Datastream id: lower-case letters, digits and '-', starting with a "
+                f"letter, at most 63 characters; got {v!r}"
+            )
+        return v
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, v: str) -> str:
+        v = v.removeprefix("gs://").rstrip("/")
+        if not _BUCKET_RE.match(v):
+            raise ValueError(f"expected a GCS bucket name (e.g. acme-cdc), got {v!r}")
+        return v
+
+    @field_validator("location")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _LOCATION_RE.match(v):
+            raise ValueError(f"expected a Google Cloud region such as us-central1, got {v!r}")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _clean_prefix(cls, v: str) -> str:
+        return v.strip("/")
+
+
 class Source(_Model):
     """One source database and the tables captured from it."""
 
@@ -120,6 +184,9 @@ class Source(_Model):
     debezium: dict[str, str] | None = Field(
         default=None, description="extra Debezium connector properties, passed through verbatim"
     )
+    datastream: DatastreamSpec | None = Field(
+        default=None, description="engine: datastream only: the stream's project, region, bucket"
+    )
 
     @model_validator(mode="after")
     def _engine_fits_kind(self) -> Source:
@@ -128,6 +195,13 @@ class Source(_Model):
             raise ValueError(
                 f"engine {self.engine!r} cannot read a {self.kind} source; expected one of {list(allowed)}"
             )
+        if self.datastream is not None:
+            if self.engine != "datastream":
+                raise ValueError(
+                    f"a datastream: section only applies to engine: datastream (engine is {self.engine!r})"
+                )
+            if self.datastream.cdc_method is not None and self.kind != "mysql":
+                raise ValueError("datastream.cdc_method applies to MySQL sources only")
         seen: set[str] = set()
         for t in self.tables:
             if t.name in seen:

@@ -28,7 +28,7 @@ def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
 
 def test_example_registry_is_valid(capsys):
     assert main(["validate", "--config", str(EXAMPLE)]) == 0
-    assert "valid (2 sources, 4 tables)" in capsys.readouterr().out
+    assert "valid (3 sources, 6 tables)" in capsys.readouterr().out
 
 
 def test_misspelt_primary_key_names_the_key_its_path_and_the_suggestion(tmp_path, capsys):
