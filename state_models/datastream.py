@@ -122,8 +122,8 @@ def decode_datastream(
 def fold_update_halves(changes: Iterable[DatastreamChange]) -> list[ChangeEvent]:
     """Turn the records of one file into events, making each UPDATE one version, not two.
 
-    An ``UPDATE-DELETE`` (the row before) is paired with the next ``UPDATE``/``UPDATE-INSERT`` of
-    the same table at the same log position, in file order:
+    An ``UPDATE-DELETE`` (the row before) is paired with an ``UPDATE``/``UPDATE-INSERT`` of the
+    same table at the same log position, whichever of the two comes first in the file:
 
     - same key: one update version, whose ``before`` is the old row;
     - another key (the primary key changed): a delete of the old key and an insert of the new one,
@@ -135,32 +135,38 @@ def fold_update_halves(changes: Iterable[DatastreamChange]) -> list[ChangeEvent]
     Pairing per file keeps the result independent of how files are batched later.
     """
     items = list(changes)
-    drop: set[int] = set()
-    out: dict[int, ChangeEvent] = {}
-    waiting: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    halves: dict[tuple[str, tuple[int, ...]], tuple[list[int], list[int]]] = {}
     for i, ch in enumerate(items):
         ev = ch.event
-        position = (ev.table, parse_seq(ev.seq)[:-1])
-        if ch.is_update_before:
-            waiting.setdefault(position, []).append(i)
+        if ch.is_update_before or ev.op is Op.UPDATE:
+            befores, afters = halves.setdefault((ev.table, parse_seq(ev.seq)[:-1]), ([], []))
+            (befores if ch.is_update_before else afters).append(i)
+
+    drop: set[int] = set()
+    out: dict[int, ChangeEvent] = {}
+    for befores, afters in halves.values():
+        if not befores or not afters:
             continue
-        if ev.op is not Op.UPDATE or not waiting.get(position):
-            continue
-        j = waiting[position].pop(0)
-        before = items[j].event
-        if before.key == ev.key:
-            drop.add(j)
-            out[i] = replace(ev, before=before.before, raw=_joined_raw(before.raw, ev.raw))
-        else:
-            out[i] = replace(ev, op=Op.INSERT, before=None)
+        # the same key first (an ordinary update), whatever order the two records came in ...
+        for j in list(befores):
+            match = next((i for i in afters if items[i].event.key == items[j].event.key), None)
+            if match is not None:
+                before, after = items[j].event, items[match].event
+                out[match] = replace(after, before=before.before, raw=_joined_raw(before, after))
+                drop.add(j)
+                befores.remove(j)
+                afters.remove(match)
+        # ... then what is left is a key change: old key deleted, new key inserted, in file order
+        for _j, i in zip(befores, afters, strict=False):
+            out[i] = replace(items[i].event, op=Op.INSERT, before=None)
     return [out.get(i, ch.event) for i, ch in enumerate(items) if i not in drop]
 
 
-def _joined_raw(first: str | None, second: str | None) -> str | None:
+def _joined_raw(before: ChangeEvent, after: ChangeEvent) -> str | None:
     # both original records, one per line, so nothing of the pair is lost from the changelog
-    if first is None or second is None:
-        return second or first
-    return f"{first}\n{second}"
+    if before.raw is None or after.raw is None:
+        return after.raw or before.raw
+    return f"{before.raw}\n{after.raw}"
 
 
 # --------------------------------------------------------------------------- decoding

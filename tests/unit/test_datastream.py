@@ -227,6 +227,33 @@ def test_fold_keeps_an_unpaired_update_before_as_a_delete_that_sorts_first():
     assert one.op is Op.UPDATE and one.seq == later.seq and one.event_id == later.event_id
 
 
+def test_fold_pairs_the_halves_whichever_comes_first():
+    raw = lines("mysql_binlog.jsonl")
+    before_half, after_half = (decode_datastream(raw[i], SHOP) for i in (6, 7))
+    assert fold_update_halves([after_half, before_half]) == [
+        fold_update_halves([before_half, after_half])[0]
+    ]
+
+
+def test_fold_turns_a_multi_row_key_change_into_deletes_and_inserts():
+    raw = lines("mysql_binlog.jsonl")
+
+    def half(i: int, key: int):
+        doc = json.loads(raw[i])
+        doc["payload"]["id"] = key
+        return decode_datastream(doc, SHOP)
+
+    # UPDATE orders SET id = id + 100 WHERE id IN (1, 2): one rows event, four records
+    out = fold_update_halves([half(4, 1), half(5, 101), half(4, 2), half(5, 102)])
+    assert [(e.op, e.key["id"]) for e in out] == [
+        (Op.DELETE, 1),
+        (Op.INSERT, 101),
+        (Op.DELETE, 2),
+        (Op.INSERT, 102),
+    ]
+    assert all(e.before is None for e in out if e.op is Op.INSERT)
+
+
 def test_fold_only_pairs_halves_at_the_same_position():
     raw = lines("mysql_binlog.jsonl")
     before_half = decode_datastream(raw[6], SHOP)  # mysql-bin.000042:300
