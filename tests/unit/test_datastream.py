@@ -16,20 +16,10 @@ from state_models.errors import DecodeError, UnknownTableError
 from state_models.events import Op
 from state_models.seq import int_to_pg_lsn, make_seq, parse_seq
 from state_models.tables import TableInfo, resolver_for
+from tests.scenario_orders import ORDERS
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "datastream"
 
-ORDERS = TableInfo(
-    "shop.shop.orders",
-    ("id",),
-    {
-        "id": "bigint",
-        "customer_id": "bigint",
-        "total": "decimal(10,2)",
-        "status": "varchar(20)",
-        "created_at": "datetime",
-    },
-)
 SUBSCRIPTIONS = TableInfo(
     "billing.public.subscriptions",
     ("id",),
