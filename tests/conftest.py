@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.pubsub_emulator.fixture import pubsub_emulator, pubsub_host  # noqa: F401
 from tests.servers import (
     MariaDBServer,
     PostgresServer,
