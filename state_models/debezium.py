@@ -12,6 +12,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
@@ -23,9 +24,10 @@ from state_models.events import (
     UNAVAILABLE_PLACEHOLDER_B64,
     ChangeEvent,
     Op,
+    json_value,
     make_event_id,
 )
-from state_models.seq import binlog_seq, pg_seq
+from state_models.seq import binlog_seq, parse_seq, pg_seq
 from state_models.tables import TableInfo, TableResolver
 
 _EPOCH = dt.datetime(1970, 1, 1)
@@ -403,6 +405,8 @@ def _convert_by_declared_type(value: Any, declared: str) -> Any:
                 )
             return _bytes_to_decimal(value, int(m.group(2) or 0))
         return value
+    if isinstance(value, str) and t.startswith(("double", "float", "real")):
+        return float(value)  # Debezium sends NaN and infinities of a double as text
     if isinstance(value, int) and not isinstance(value, bool):
         if t == "date":
             return (_EPOCH_DATE + dt.timedelta(days=value)).isoformat()
@@ -450,3 +454,78 @@ def _timestamp_text(micros: int) -> str:
 def _time_text(micros: int) -> str:
     t = (_EPOCH + dt.timedelta(microseconds=micros)).time()
     return t.isoformat(timespec="microseconds")
+
+
+# --------------------------------------------------------------------------- encoding
+
+#: The Debezium connector name for each registry source kind.
+CONNECTORS = {"postgres": "postgresql", "mysql": "mysql"}
+
+
+def encode_debezium(event: ChangeEvent, kind: str) -> str:
+    """The Debezium JSON envelope (no schema block) of an event; ``decode_debezium`` inverts it.
+
+    For events our native readers captured, so that every wire message is Debezium JSON whatever the
+    engine. ``kind`` is the source kind (``postgres`` | ``mysql``). The shape is the one Debezium
+    emits with ``decimal.handling.mode=string``: exact numerics as decimal text, times as ISO-8601
+    text, bytes as base64; columns the source did not send carry the unavailable-value placeholder.
+    The position travels as Debezium's: PostgreSQL ``source.sequence`` = [commit-ordering LSN,
+    change LSN], MySQL ``file`` / ``pos`` / ``row``. The same event always gives the same text.
+    """
+    connector = CONNECTORS.get(kind)
+    if connector is None:
+        raise ValueError(f"unknown source kind {kind!r} (expected one of {sorted(CONNECTORS)})")
+    try:
+        source_name, schema_name, table_name = event.table.split(".", 2)
+    except ValueError:
+        raise ValueError(f"table id must be source.schema.table, got {event.table!r}") from None
+    sections = parse_seq(event.seq)
+    source: dict[str, Any] = {
+        "version": "cdc-history",
+        "connector": connector,
+        "name": source_name,
+        "ts_ms": event.commit_ts // 1000,
+        "ts_us": event.commit_ts,
+        "snapshot": "true" if event.op is Op.READ else "false",
+        "table": table_name,
+    }
+    if connector == "postgresql":
+        if len(sections) != 2:
+            raise ValueError(
+                f"a PostgreSQL seq has 2 sections (commit LSN / LSN), got {event.seq!r}"
+            )
+        source.update(
+            schema=schema_name,
+            sequence=json.dumps([str(sections[0]), str(sections[1])]),
+            lsn=sections[1],
+        )
+    else:
+        if len(sections) != 3:
+            raise ValueError(
+                f"a MySQL seq has 3 sections (file / position / row), got {event.seq!r}"
+            )
+        source.update(
+            db=schema_name, file=f"mysql-bin.{sections[0]:06d}", pos=sections[1], row=sections[2]
+        )
+    after = None if event.after is None else _encode_image(event.after)
+    if after is not None:
+        after.update(dict.fromkeys(event.unavailable, UNAVAILABLE_PLACEHOLDER))
+    envelope = {
+        "before": None if event.before is None else _encode_image(event.before),
+        "after": after,
+        "source": source,
+        "transaction": None if event.tx_id is None else {"id": event.tx_id},
+        "op": event.op.value,
+        "ts_ms": event.commit_ts // 1000,
+    }
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _encode_image(image: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for column, value in image.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            # Debezium sends NaN and infinities of a double column as text.
+            value = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        out[column] = json_value(value)
+    return out
