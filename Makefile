@@ -5,7 +5,7 @@ PIP_FLAGS ?= -q
 export NO_GCE_CHECK := true
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: install system-deps test test-unit lint format typecheck demo check clean
+.PHONY: install bqemu system-deps test test-unit lint format typecheck demo check clean
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -16,7 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev,gcp,debezium,mysql]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed bqemu
+
+# bqemulator, the BigQuery stand-in of the tests, in its own cached virtualenv (tests/bqemu.py);
+# quick when it is already built
+bqemu: $(VENV)/.installed
+	$(PY) -m tests.bqemu
 
 test: install
 	$(PY) -m pytest -q

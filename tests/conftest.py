@@ -13,11 +13,12 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from tests.bqemu import BigQueryEmulator, BootstrapError, ensure_venv
 from tests.pubsub_emulator.fixture import pubsub_emulator, pubsub_host  # noqa: F401
 from tests.servers import (
     MariaDBServer,
@@ -205,6 +206,87 @@ def mariadb_factory() -> Iterator[Any]:
     finally:
         for s in made:
             s.destroy()
+
+
+# --------------------------------------------------------------------------- BigQuery
+
+
+def _unavailable(reason: str) -> None:
+    # CI installs everything (make install builds the emulator): a missing component there is a bug
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator() -> Iterator[BigQueryEmulator]:
+    """bqemulator on loopback for the session; its virtualenv is built on first use (tests/bqemu.py)."""
+    try:
+        venv = ensure_venv()
+    except BootstrapError as exc:
+        _unavailable(
+            f"no BigQuery emulator: {exc}\nFix: run `make bqemu` where PyPI is reachable, or set "
+            "CDC_BQEMU_VENV to a prepared virtualenv, or set CDC_TEST_BIGQUERY_PROJECT (with "
+            "Application Default Credentials) to test against real BigQuery"
+        )
+    emulator = BigQueryEmulator(venv=venv).start()
+    try:
+        yield emulator
+    finally:
+        emulator.destroy()
+
+
+@pytest.fixture(scope="session")
+def bigquery_client(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    """A factory of ``bigquery.Client``: real BigQuery when ``CDC_TEST_BIGQUERY_PROJECT`` is set
+    (Application Default Credentials), else the session's bqemulator."""
+    from google.cloud import bigquery
+
+    project = os.environ.get("CDC_TEST_BIGQUERY_PROJECT")
+    if project:
+        import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
+
+        problem = None
+        try:
+            google.auth.default()
+        except DefaultCredentialsError as exc:
+            problem = str(exc)
+        if problem:
+            pytest.fail(
+                f"CDC_TEST_BIGQUERY_PROJECT={project} but no credentials ({problem}); run "
+                "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS",
+                pytrace=False,
+            )
+        return lambda: bigquery.Client(project=project)
+
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+
+    emulator: BigQueryEmulator = request.getfixturevalue("bigquery_emulator")
+    return lambda: bigquery.Client(
+        project=emulator.project,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=emulator.api_endpoint),
+    )
+
+
+@pytest.fixture(scope="session")
+def bigquery_dataset(bigquery_client: Callable[[], Any]) -> Iterator[str]:
+    """A throwaway dataset for the session, ``project.dataset``; deleted with its tables at the end."""
+    from google.cloud import bigquery
+
+    client = bigquery_client()
+    dataset = bigquery.Dataset(f"{client.project}.cdc_test_{uuid.uuid4().hex[:10]}")
+    dataset.location = os.environ.get("CDC_TEST_BIGQUERY_LOCATION", "US")
+    # a session killed before its teardown must not leave billed tables behind for long
+    dataset.default_table_expiration_ms = 24 * 3600 * 1000
+    created = client.create_dataset(dataset)
+    try:
+        yield f"{created.project}.{created.dataset_id}"
+    finally:
+        client.delete_dataset(created, delete_contents=True, not_found_ok=True)
+        client.close()
 
 
 __all__ = ["ServerError"]
