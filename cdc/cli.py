@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "cdc.commands.registry",
     "cdc.commands.demo",
     "cdc.commands.datastream",
+    "cdc.commands.pubsub",
 ]
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from state_models.pubsub import PubSubLayout, PubSubSettings
 from state_models.tables import TableInfo
 
 SourceKind = Literal["postgres", "mysql"]
@@ -224,6 +225,9 @@ class Registry(_Model):
     warehouse: str = "duckdb:///.cdc/warehouse.duckdb"
     state_dir: str = "./.cdc"
     sources: dict[str, Source] = Field(default_factory=dict)
+    pubsub: PubSubSettings | None = Field(
+        default=None, description="where the capture publishes (Pub/Sub); optional"
+    )
 
     @field_validator("sources")
     @classmethod
@@ -258,6 +262,22 @@ class Registry(_Model):
                     )
                 owners[name] = tid
         return self
+
+    @model_validator(mode="after")
+    def _pubsub_names_valid(self) -> Registry:
+        layout = self.pubsub_layout()
+        if layout is not None:
+            try:
+                layout.check()
+            except ValueError as exc:
+                raise ValueError(f"pubsub: {exc} (check topic_prefix, subscription)") from None
+        return self
+
+    def pubsub_layout(self) -> PubSubLayout | None:
+        """Topic and subscription names of every registered table, when ``pubsub:`` is set."""
+        if self.pubsub is None:
+            return None
+        return PubSubLayout(self.pubsub, [t.id for t in self.tables()])
 
     def tables(self) -> list[RegisteredTable]:
         return [

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import load
+from cdc.commands.common import load, subcommands
 from cdc.config import LoadedConfig
 from state_models.errors import CdcError, ConfigError
 
@@ -19,15 +19,7 @@ def add_commands(add: AddCommand) -> None:
         "plan, create or update, and watch the Google Datastream streams of engine: datastream sources",
         _usage,
     )
-    sub = p.add_subparsers(dest="datastream_command", metavar="SUBCOMMAND")
-
-    def subcommand(name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
-        s = sub.add_parser(name, help=help_text, description=help_text)
-        # also accepted after the subcommand; SUPPRESS keeps a value given before it
-        s.add_argument("--config", "-c", default=argparse.SUPPRESS, help="registry file")
-        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-        s.set_defaults(handler=handler)
-        return s
+    subcommand = subcommands(p, "datastream_command")
 
     s = subcommand(
         "plan",
