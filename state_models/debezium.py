@@ -286,7 +286,10 @@ def _source_types(fields: Mapping[str, Mapping[str, Any]] | None) -> dict[str, s
         params = f.get("parameters") or {}
         t = logical or f.get("type", "")
         if logical == "org.apache.kafka.connect.data.Decimal" and "scale" in params:
+            precision = params.get("connect.decimal.precision")
             t = f"{logical}(scale={params['scale']})"
+            if precision is not None:
+                t = f"{logical}(scale={params['scale']},precision={precision})"
         out[name] = t
     return out
 

@@ -1,0 +1,24 @@
+SELECT
+  `plan`,
+  `currency`,
+  `price`,
+  `meta`,
+  `renews_at`,
+  `_valid_from`,
+  `_valid_to`,
+  `_is_current`,
+  `_is_deleted`,
+  `_op`,
+  `_seq`,
+  `_event_id`,
+  `_tx_id`,
+  `_ingested_at`,
+  `_next_seq`,
+  `_unavailable`
+FROM `acme-data`.`cdc_state`.`billing_plan_prices`
+WHERE
+  `plan` = CAST('ab' AS STRING) AND `currency` = CAST('c' AS STRING)
+ORDER BY
+  `plan` NULLS LAST,
+  `currency` NULLS LAST,
+  `_seq` NULLS LAST;

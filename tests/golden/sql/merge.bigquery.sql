@@ -1,0 +1,298 @@
+MERGE INTO `acme-data`.`cdc_state`.`billing_plan_prices` AS t
+USING (
+  WITH `batch` AS (
+    SELECT
+      `plan`,
+      `currency`,
+      `price`,
+      `meta`,
+      `renews_at`,
+      `_valid_from`,
+      `_op`,
+      `_is_deleted`,
+      `_seq`,
+      `_event_id`,
+      `_tx_id`,
+      `_ingested_at`,
+      `_unavailable`,
+      `_key_bucket`
+    FROM (
+      SELECT
+        `plan`,
+        `currency`,
+        `price`,
+        `meta`,
+        `renews_at`,
+        `_valid_from`,
+        `_op`,
+        `_is_deleted`,
+        `_seq`,
+        `_event_id`,
+        `_tx_id`,
+        `_ingested_at`,
+        `_unavailable`,
+        `_key_bucket`,
+        ROW_NUMBER() OVER (PARTITION BY `plan`, `currency`, `_seq` ORDER BY `_ord` NULLS LAST) AS `__rn`
+      FROM `acme-data`.`cdc_state`.`billing_plan_prices__stage`
+      WHERE
+        `_op` <> 't'
+    ) AS n
+    WHERE
+      `__rn` = 1
+  ), `touched` AS (
+    SELECT
+      `plan`,
+      `currency`,
+      MIN(`__from_seq`) AS `__from_seq`,
+      MAX(`_key_bucket`) AS `_key_bucket`
+    FROM (
+      SELECT
+        `plan`,
+        `currency`,
+        `_seq` AS `__from_seq`,
+        `_key_bucket`
+      FROM batch
+    ) AS a
+    GROUP BY
+      `plan`,
+      `currency`
+  ), `existing` AS (
+    SELECT
+      `x`.`plan`,
+      `x`.`currency`,
+      `x`.`price`,
+      `x`.`meta`,
+      `x`.`renews_at`,
+      `x`.`_valid_from`,
+      `x`.`_valid_to`,
+      `x`.`_is_current`,
+      `x`.`_is_deleted`,
+      `x`.`_op`,
+      `x`.`_seq`,
+      `x`.`_event_id`,
+      `x`.`_tx_id`,
+      `x`.`_ingested_at`,
+      `x`.`_next_seq`,
+      `x`.`_unavailable`,
+      `x`.`_key_bucket`,
+      `x`.`_seq` <= `u`.`__from_seq` AS `__anchor`
+    FROM `acme-data`.`cdc_state`.`billing_plan_prices` AS x
+    INNER JOIN touched AS u
+      ON `x`.`plan` = `u`.`plan` AND `x`.`currency` = `u`.`currency`
+    WHERE
+      (
+        `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > `u`.`__from_seq`
+      )
+      AND `x`.`_key_bucket` IN UNNEST(@touched_buckets)
+  ), `fresh` AS (
+    SELECT
+      `b`.`plan`,
+      `b`.`currency`,
+      `b`.`price`,
+      `b`.`meta`,
+      `b`.`renews_at`,
+      `b`.`_valid_from`,
+      `b`.`_op`,
+      `b`.`_is_deleted`,
+      `b`.`_seq`,
+      `b`.`_event_id`,
+      `b`.`_tx_id`,
+      `b`.`_ingested_at`,
+      `b`.`_unavailable`,
+      `b`.`_key_bucket`
+    FROM batch AS b
+    WHERE
+      NOT EXISTS(
+        SELECT
+          1
+        FROM existing AS e
+        WHERE
+          (
+            `e`.`plan` = `b`.`plan` AND `e`.`currency` = `b`.`currency`
+          )
+          AND `e`.`_seq` = `b`.`_seq`
+      )
+  ), `chain` AS (
+    SELECT
+      `plan`,
+      `currency`,
+      `price`,
+      `meta`,
+      `renews_at`,
+      `_valid_from`,
+      `_op`,
+      `_is_deleted`,
+      `_seq`,
+      `_event_id`,
+      `_tx_id`,
+      `_ingested_at`,
+      `_unavailable`,
+      `_key_bucket`,
+      `__anchor`,
+      TRUE AS `__stored`,
+      FALSE AS `__candidate`,
+      `_valid_to` AS `__old_valid_to`,
+      `_next_seq` AS `__old_next_seq`
+    FROM existing
+    UNION ALL
+    SELECT
+      `plan`,
+      `currency`,
+      `price`,
+      `meta`,
+      `renews_at`,
+      `_valid_from`,
+      `_op`,
+      `_is_deleted`,
+      `_seq`,
+      `_event_id`,
+      `_tx_id`,
+      `_ingested_at`,
+      `_unavailable`,
+      `_key_bucket`,
+      FALSE AS `__anchor`,
+      FALSE AS `__stored`,
+      FALSE AS `__candidate`,
+      CAST(NULL AS TIMESTAMP) AS `__old_valid_to`,
+      CAST(NULL AS STRING) AS `__old_next_seq`
+    FROM fresh
+  ), `versions` AS (
+    SELECT
+      `plan`,
+      `currency`,
+      `price`,
+      `meta`,
+      `renews_at`,
+      `_valid_from`,
+      `_op`,
+      `_is_deleted`,
+      `_seq`,
+      `_event_id`,
+      `_tx_id`,
+      `_ingested_at`,
+      `_unavailable`,
+      `_key_bucket`,
+      `__anchor`,
+      `__stored`,
+      `__candidate`,
+      `__old_valid_to`,
+      `__old_next_seq`,
+      LEAD(`_valid_from`) OVER (PARTITION BY `plan`, `currency` ORDER BY `_seq` ASC NULLS LAST) AS `__new_valid_to`,
+      LEAD(`_seq`) OVER (PARTITION BY `plan`, `currency` ORDER BY `_seq` ASC NULLS LAST) AS `__new_next_seq`,
+      LAST_VALUE(
+        CASE
+          WHEN `__anchor` OR NOT 'price' IN UNNEST(`_unavailable`)
+          THEN STRUCT(`price` AS `v`)
+        END
+       IGNORE NULLS) OVER (
+        PARTITION BY `plan`, `currency`
+        ORDER BY `_seq` ASC NULLS LAST
+        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+      ) AS `__carry_0`,
+      LAST_VALUE(
+        CASE
+          WHEN `__anchor` OR NOT 'meta' IN UNNEST(`_unavailable`)
+          THEN STRUCT(`meta` AS `v`)
+        END
+       IGNORE NULLS) OVER (
+        PARTITION BY `plan`, `currency`
+        ORDER BY `_seq` ASC NULLS LAST
+        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+      ) AS `__carry_1`
+    FROM chain
+  )
+  SELECT
+    *
+  FROM (
+    SELECT
+      `plan`,
+      `currency`,
+      CASE
+        WHEN `__anchor` OR NOT 'price' IN UNNEST(`_unavailable`)
+        THEN `price`
+        ELSE `__carry_0`.`v`
+      END AS `price`,
+      CASE
+        WHEN `__anchor` OR NOT 'meta' IN UNNEST(`_unavailable`)
+        THEN `meta`
+        ELSE `__carry_1`.`v`
+      END AS `meta`,
+      `renews_at`,
+      `_valid_from`,
+      `_op`,
+      `_is_deleted`,
+      `_seq`,
+      `_event_id`,
+      `_tx_id`,
+      `_ingested_at`,
+      `_unavailable`,
+      `_key_bucket`,
+      `__new_valid_to`,
+      `__new_next_seq`
+    FROM versions
+    WHERE
+      NOT `__stored`
+      OR `__new_next_seq` IS DISTINCT FROM `__old_next_seq`
+      OR `__new_valid_to` IS DISTINCT FROM `__old_valid_to`
+      OR (
+        NOT (
+          `__anchor` OR NOT 'price' IN UNNEST(`_unavailable`)
+        )
+        AND `price` IS DISTINCT FROM `__carry_0`.`v`
+      )
+      OR (
+        NOT (
+          `__anchor` OR NOT 'meta' IN UNNEST(`_unavailable`)
+        )
+        AND TO_JSON_STRING(`meta`) IS DISTINCT FROM TO_JSON_STRING(`__carry_1`.`v`)
+      )
+  ) AS `c`
+) AS `s`
+ON (
+  `t`.`plan` = `s`.`plan` AND `t`.`currency` = `s`.`currency`
+)
+AND `t`.`_seq` = `s`.`_seq`
+AND `t`.`_key_bucket` IN UNNEST(@touched_buckets)
+WHEN MATCHED THEN UPDATE SET
+  `_valid_to` = `s`.`__new_valid_to`,
+  `_next_seq` = `s`.`__new_next_seq`,
+  `_is_current` = `s`.`__new_next_seq` IS NULL,
+  `price` = `s`.`price`,
+  `meta` = `s`.`meta`
+WHEN NOT MATCHED THEN INSERT (
+  `plan`,
+  `currency`,
+  `price`,
+  `meta`,
+  `renews_at`,
+  `_valid_from`,
+  `_valid_to`,
+  `_is_current`,
+  `_is_deleted`,
+  `_op`,
+  `_seq`,
+  `_event_id`,
+  `_tx_id`,
+  `_ingested_at`,
+  `_next_seq`,
+  `_unavailable`,
+  `_key_bucket`
+) VALUES (
+  `s`.`plan`,
+  `s`.`currency`,
+  `s`.`price`,
+  `s`.`meta`,
+  `s`.`renews_at`,
+  `s`.`_valid_from`,
+  `s`.`__new_valid_to`,
+  `s`.`__new_next_seq` IS NULL,
+  `s`.`_is_deleted`,
+  `s`.`_op`,
+  `s`.`_seq`,
+  `s`.`_event_id`,
+  `s`.`_tx_id`,
+  `s`.`_ingested_at`,
+  `s`.`__new_next_seq`,
+  `s`.`_unavailable`,
+  `s`.`_key_bucket`
+);
