@@ -1,0 +1,99 @@
+"""Warehouses that hold the SCD2 state tables: DuckDB (embedded default) and BigQuery.
+
+One small interface (:class:`Warehouse`); every implementation runs the same plans from
+``state_models.plans``, rendered for its dialect. Open one with :func:`open_warehouse`::
+
+    wh = open_warehouse("duckdb:///.cdc/warehouse.duckdb")   # or bigquery://project/dataset
+    result = wh.apply(table_def, events, ingested_at=now)     # one MERGE per call
+    rows = wh.history(table_def, key={"id": 42})
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from state_models.errors import ConfigError
+from state_models.events import ChangeEvent
+from state_models.scd2 import Rejected, StateTable, TableDef
+
+
+@dataclass
+class ApplyResult:
+    """What one ``apply`` did to one table."""
+
+    table_id: str
+    state_table: str
+    events: int = 0  # events handed in
+    inserted: int = 0  # new version rows
+    updated: int = 0  # stored versions whose validity (or carried TOAST value) changed
+    deleted: int = 0  # truncate tombstones withdrawn because a late delete came before them
+    schema_changes: list[str] = field(default_factory=list)  # e.g. "add column note string"
+    rejected: list[Rejected] = field(default_factory=list)  # per-event problems: dead-letter them
+
+    @property
+    def duplicates(self) -> int:
+        """Events that changed nothing (already applied), as far as the counts tell."""
+        return max(0, self.events - len(self.rejected) - self.inserted)
+
+
+class Warehouse(Protocol):
+    """Where state tables live. Implementations: DuckDB, BigQuery (and a fake for unit tests)."""
+
+    url: str
+
+    def ensure_table(
+        self, table: TableDef, events: Sequence[ChangeEvent] = ()
+    ) -> StateTable:  # pragma: no cover - protocol
+        """Create the state table (or evolve it for ``events``) and return its shape."""
+        ...
+
+    def state_table(self, table: TableDef) -> StateTable | None:  # pragma: no cover - protocol
+        """The table's current shape, or None when it does not exist yet."""
+        ...
+
+    def apply(
+        self, table: TableDef, events: Sequence[ChangeEvent], ingested_at: dt.datetime
+    ) -> ApplyResult:  # pragma: no cover - protocol
+        """Apply one batch of events of one table: one atomic MERGE. Idempotent and order-free.
+
+        Raises ``SchemaChangeError`` when the whole batch cannot be applied (the registry declares
+        a type the table cannot widen to); per-event problems are returned in ``rejected``.
+        """
+        ...
+
+    def history(
+        self, table: TableDef, key: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:  # pragma: no cover - protocol
+        """Every version, ordered by key then ``_seq`` (optionally only where columns equal ``key``)."""
+        ...
+
+    def as_of(
+        self, table: TableDef, *, at: dt.datetime | None = None, seq: str | None = None
+    ) -> list[dict[str, Any]]:  # pragma: no cover - protocol
+        """The live rows at a commit time or a source position."""
+        ...
+
+    def current(self, table: TableDef) -> list[dict[str, Any]]:  # pragma: no cover - protocol
+        """The live rows now."""
+        ...
+
+    def close(self) -> None:  # pragma: no cover - protocol
+        ...
+
+
+def open_warehouse(url: str, **options: Any) -> Warehouse:
+    """Open ``duckdb:///path.duckdb`` (``duckdb:///:memory:``) or ``bigquery://project/dataset``."""
+    if url.startswith("duckdb://"):
+        from connectors.warehouse.duckdb import DuckDBWarehouse
+
+        return DuckDBWarehouse(url, **options)
+    if url.startswith("bigquery://"):
+        from connectors.warehouse.bigquery import BigQueryWarehouse
+
+        return BigQueryWarehouse(url, **options)
+    raise ConfigError(
+        f"unsupported warehouse {url!r}: expected duckdb:///path.duckdb or bigquery://project/dataset"
+    )

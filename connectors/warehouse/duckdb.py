@@ -1,0 +1,135 @@
+"""The embedded warehouse: one DuckDB file (``duckdb:///path.duckdb``) holding the state tables.
+
+A batch is staged as an Arrow table registered with the connection (no copy), and the MERGE plan
+runs in one transaction. DuckDB has no clustering or partitions; the MERGE still reads only the
+touched keys' recent versions (see ``state_models.plans``), plus one scan of the key columns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlglot import exp
+
+from connectors.warehouse.arrow import arrow_table
+from connectors.warehouse.sql import MergeCounts, SqlWarehouse
+from state_models.dialects import DUCKDB
+from state_models.errors import ConfigError, TransientError
+from state_models.plans import TableNames, staging_columns, table_names
+from state_models.scd2 import StateTable
+
+_counter = itertools.count()
+
+
+def duckdb_path(url: str) -> str:
+    """``duckdb:///abs/path.duckdb`` -> ``/abs/path.duckdb``; ``duckdb:///:memory:`` -> ``:memory:``."""
+    if not url.startswith("duckdb:///"):
+        raise ConfigError(f"expected duckdb:///path.duckdb, got {url!r}")
+    rest = url[len("duckdb:///") :]
+    if rest == ":memory:" or not rest:
+        return ":memory:"
+    return rest if rest.startswith("/") else os.path.abspath(rest)
+
+
+class DuckDBWarehouse(SqlWarehouse):
+    """State tables in a DuckDB database file."""
+
+    caps = DUCKDB
+
+    def __init__(
+        self, url: str = "duckdb:///:memory:", *, connection: Any = None, threads: int | None = None
+    ):
+        super().__init__()
+        self.url = url
+        path = duckdb_path(url)
+        if connection is None and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = connection or duckdb.connect(path)
+        except duckdb.IOException as exc:
+            # another process holds the file's write lock: worth retrying later
+            raise TransientError(f"cannot open DuckDB warehouse {path}: {exc}") from exc
+        self.con.execute("SET TimeZone = 'UTC'")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ----------------------------------------------------------------- hooks
+
+    def _names(self, table_name: str, staging: str | None = None) -> TableNames:
+        return table_names(table_name, staging=staging)
+
+    def _describe(self, names: TableNames) -> tuple[list[tuple[str, str]], str | None] | None:
+        name = names.state.name
+        rows = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+            [name],
+        ).fetchall()
+        if not rows:
+            return None
+        comment = self.con.execute(
+            "SELECT comment FROM duckdb_tables() WHERE schema_name = current_schema() AND table_name = ?",
+            [name],
+        ).fetchone()
+        return [(r[0], r[1]) for r in rows], (comment[0] if comment else None)
+
+    def _run(self, statements: Sequence[exp.Expr]) -> None:
+        for s in statements:
+            self.con.execute(self.caps.render(s))
+
+    def _set_comment(self, names: TableNames, comment: str) -> None:
+        self.con.execute(
+            exp.Comment(
+                this=names.state.copy(), kind="TABLE", expression=exp.Literal.string(comment)
+            ).sql("duckdb")
+        )
+
+    def _stage(self, table: StateTable, rows: list[dict[str, Any]]) -> str:
+        name = f"__cdc_stage_{os.getpid()}_{next(_counter)}"
+        self.con.register(name, arrow_table(staging_columns(table, self.caps), rows))
+        return name
+
+    def _unstage(self, staging: str) -> None:
+        self.con.unregister(staging)
+
+    def _merge(self, statements: Sequence[exp.Expr], params: Mapping[str, Any]) -> MergeCounts:
+        merge, *rest = statements
+        merge = merge.copy()
+        merge.set("returning", exp.Returning(expressions=[exp.column("merge_action")]))
+        self.con.begin()
+        try:
+            actions = self.con.sql(self.caps.render(merge)).to_arrow_table()
+            for s in rest:
+                self.con.execute(self.caps.render(s))
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
+        counts = _action_counts(actions)
+        return MergeCounts(
+            inserted=counts.get("INSERT", 0),
+            updated=counts.get("UPDATE", 0),
+            deleted=counts.get("DELETE", 0),
+        )
+
+    def _query(self, query: exp.Expr) -> list[dict[str, Any]]:
+        cur = self.con.execute(self.caps.render(query))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def _action_counts(actions: pa.Table) -> dict[str, int]:
+    if actions.num_rows == 0:
+        return {}
+    counts = pc.value_counts(actions.column(0).combine_chunks())
+    return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist()}

@@ -1,0 +1,274 @@
+"""The part of a warehouse that is the same everywhere: evolve, stage, MERGE, query.
+
+Each warehouse subclasses :class:`SqlWarehouse` and fills in a few narrow hooks (run statements,
+describe a table, load a staging table); the decisions live here and in ``state_models``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlglot import exp
+
+from connectors.warehouse import ApplyResult
+from state_models.dialects import TOUCHED_BUCKETS_PARAM, Capabilities
+from state_models.errors import SchemaChangeError
+from state_models.events import ChangeEvent
+from state_models.plans import (
+    TableNames,
+    plan_add_column,
+    plan_as_of,
+    plan_create_state,
+    plan_current,
+    plan_has_truncates,
+    plan_history,
+    plan_merge,
+    plan_record_truncates,
+    plan_views,
+    plan_widen_column,
+    table_names,
+)
+from state_models.scd2 import (
+    KEY_BUCKET,
+    RESERVED_NAMES,
+    Column,
+    Evolution,
+    StateTable,
+    TableDef,
+    key_bucket,
+    plan_evolution,
+    stage_rows,
+)
+from state_models.types import UnknownTypeError, coerce_value, warehouse_type_from_sql
+
+#: What we keep in the table's comment (DuckDB) or description (BigQuery): the parts of the
+#: table's shape that its columns alone do not say.
+META_MARK = "cdc-history"
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+
+class SqlWarehouse:
+    """Shared logic; subclasses implement the hooks marked ``NotImplementedError``."""
+
+    url: str
+    caps: Capabilities
+
+    def __init__(self) -> None:
+        self._tables: dict[str, StateTable] = {}
+        self._has_truncates: dict[str, bool] = {}
+
+    # ----------------------------------------------------------------- hooks
+
+    def _names(self, table_name: str, staging: str | None = None) -> TableNames:
+        raise NotImplementedError
+
+    def _describe(self, names: TableNames) -> tuple[list[tuple[str, str]], str | None] | None:
+        """(column name, type text) in table order and the table comment, or None if absent."""
+        raise NotImplementedError
+
+    def _run(self, statements: Sequence[exp.Expr]) -> None:
+        """Run DDL statements in order."""
+        raise NotImplementedError
+
+    def _set_comment(self, names: TableNames, comment: str) -> None:
+        raise NotImplementedError
+
+    def _stage(self, table: StateTable, rows: list[dict[str, Any]]) -> str:
+        """Make the rows queryable as a staging table; return its name."""
+        raise NotImplementedError
+
+    def _unstage(self, staging: str) -> None:
+        raise NotImplementedError
+
+    def _merge(self, statements: Sequence[exp.Expr], params: Mapping[str, Any]) -> MergeCounts:
+        """Run the MERGE (and the truncate log insert) atomically; count what the MERGE did."""
+        raise NotImplementedError
+
+    def _query(self, query: exp.Expr) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- shape
+
+    def state_table(self, table: TableDef) -> StateTable | None:
+        cached = self._tables.get(table.state_table)
+        if cached is not None:
+            return cached
+        described = self._describe(self._names(table.state_table))
+        if described is None:
+            return None
+        columns, comment = described
+        meta = _parse_meta(comment)
+        key = tuple(meta.get("key") or table.primary_key or ())
+        business: list[Column] = []
+        for name, type_text in columns:
+            if name in RESERVED_NAMES:
+                continue
+            try:
+                business.append(Column(name, warehouse_type_from_sql(type_text, self.caps.dialect)))
+            except UnknownTypeError as exc:
+                raise SchemaChangeError(
+                    f"state table {table.state_table}: column {name!r}: {exc}"
+                ) from None
+        by_name = {c.name: c for c in business}
+        ordered = [by_name[k] for k in key if k in by_name] + [
+            c for c in business if c.name not in key
+        ]
+        state = StateTable(table.table_id, table.state_table, key, tuple(ordered))
+        self._tables[table.state_table] = state
+        return state
+
+    def ensure_table(self, table: TableDef, events: Sequence[ChangeEvent] = ()) -> StateTable:
+        return self._evolve(table, events).table
+
+    def _evolve(self, table: TableDef, events: Sequence[ChangeEvent]) -> Evolution:
+        existing = self.state_table(table)
+        if existing is not None and table.primary_key and existing.key != table.primary_key:
+            raise SchemaChangeError(
+                f"{table.table_id}: the registry's primary_key {list(table.primary_key)} differs "
+                f"from the state table's key {list(existing.key)}"
+            )
+        evolution = plan_evolution(table, existing, events)
+        state = evolution.table
+        if not evolution.changes_schema:
+            return evolution
+        names = self._names(state.name)
+        if evolution.create:
+            if not state.key:
+                return evolution  # nothing to create yet: no key known (no events, no registry key)
+            self._run(plan_create_state(state, names, self.caps))
+            self._set_comment(names, _format_meta(state))
+        else:
+            self._run(
+                [plan_add_column(names.state, c, self.caps) for c in evolution.add]
+                + [plan_widen_column(names.state, c, self.caps) for c in evolution.widen]
+            )
+            self._run(plan_views(state, names, self.caps))
+        self._tables[table.state_table] = state
+        return evolution
+
+    # ----------------------------------------------------------------- apply
+
+    def apply(
+        self, table: TableDef, events: Sequence[ChangeEvent], ingested_at: dt.datetime
+    ) -> ApplyResult:
+        result = ApplyResult(table_id=table.table_id, state_table=table.state_table)
+        result.events = len(events)
+        if not events:
+            return result
+        evolution = self._evolve(table, events)
+        state = evolution.table
+        result.schema_changes = [f"add column {c.name} {c.type}" for c in evolution.add] + [
+            f"widen column {c.name} to {c.type}" for c in evolution.widen
+        ]
+        rejected_ids = {id(r.event) for r in evolution.rejected}
+        accepted = [e for e in events if id(e) not in rejected_ids]
+        staged = stage_rows(state, accepted, ingested_at)
+        result.rejected = [*evolution.rejected, *staged.rejected]
+        if not staged.rows:
+            return result
+        params: dict[str, Any] = {}
+        if self.caps.key_buckets:
+            buckets = self.caps.key_buckets
+            for row in staged.rows:
+                is_truncate = row["_op"] == "t"
+                row[KEY_BUCKET] = None if is_truncate else key_bucket(state, row, buckets)
+            touched = (
+                range(buckets) if staged.truncates else sorted({r[KEY_BUCKET] for r in staged.rows})
+            )
+            params[TOUCHED_BUCKETS_PARAM] = list(touched)
+        truncating = staged.truncates > 0
+        with_truncates = truncating or self._table_has_truncates(state)
+        staging = self._stage(state, staged.rows)
+        try:
+            names = self._names(state.name, staging)
+            statements: list[exp.Expr] = [
+                plan_merge(
+                    state,
+                    names,
+                    self.caps,
+                    truncating=truncating,
+                    with_truncates=with_truncates,
+                )
+            ]
+            if truncating:
+                statements.append(plan_record_truncates(names, self.caps))
+            counts = self._merge(statements, params)
+        finally:
+            self._unstage(staging)
+        if truncating:
+            self._has_truncates[state.name] = True
+        result.inserted, result.updated, result.deleted = (
+            counts.inserted,
+            counts.updated,
+            counts.deleted,
+        )
+        return result
+
+    def _table_has_truncates(self, state: StateTable) -> bool:
+        known = self._has_truncates.get(state.name)
+        if known:
+            return True  # a truncate log never shrinks
+        rows = self._query(plan_has_truncates(self._names(state.name)))
+        has = bool(rows and next(iter(rows[0].values())))
+        self._has_truncates[state.name] = has
+        return has
+
+    # ----------------------------------------------------------------- queries
+
+    def _require(self, table: TableDef) -> StateTable | None:
+        return self.state_table(table)
+
+    def history(
+        self, table: TableDef, key: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        state = self._require(table)
+        if state is None:
+            return []
+        unknown = [k for k in (key or {}) if k not in state.business_names]
+        if unknown:
+            raise SchemaChangeError(
+                f"{table.table_id} has no column(s) {unknown} (columns: {', '.join(state.business_names)})"
+            )
+        typed = {k: coerce_value(v, state.column_type(k)) for k, v in (key or {}).items()}
+        return self._query(plan_history(state, self._names(state.name), self.caps, typed))
+
+    def as_of(
+        self, table: TableDef, *, at: dt.datetime | None = None, seq: str | None = None
+    ) -> list[dict[str, Any]]:
+        state = self._require(table)
+        if state is None:
+            return []
+        return self._query(plan_as_of(state, self._names(state.name), self.caps, at=at, seq=seq))
+
+    def current(self, table: TableDef) -> list[dict[str, Any]]:
+        state = self._require(table)
+        if state is None:
+            return []
+        return self._query(plan_current(state, self._names(state.name), self.caps))
+
+
+def _format_meta(table: StateTable) -> str:
+    return json.dumps({META_MARK: 1, "table": table.table_id, "key": list(table.key)})
+
+
+def _parse_meta(comment: str | None) -> dict[str, Any]:
+    if not comment:
+        return {}
+    try:
+        meta = json.loads(comment)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) and META_MARK in meta else {}
+
+
+__all__ = ["MergeCounts", "SqlWarehouse", "table_names"]
