@@ -20,6 +20,7 @@ import pytest
 
 from tests.bqemu import BigQueryEmulator, BootstrapError, ensure_venv
 from tests.pubsub_emulator.fixture import pubsub_emulator, pubsub_host  # noqa: F401
+from tests.gcs import changelog_root, gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
 from tests.servers import (
     MariaDBServer,
     PostgresServer,

@@ -1,0 +1,286 @@
+"""Append change events to the raw changelog as immutable zstd Parquet files.
+
+One open *part* per (table, commit hour). Events accumulate in a part; every ``row_group_rows``
+events become one Parquet row group (sorted by ``seq``, so its min/max statistics prune seq-range
+replays), encoded into an in-memory file. A part is published as one file when it reaches
+``max_file_bytes``, when its oldest event has waited ``max_file_age_s``, or on ``flush()``.
+
+Two ways to use it:
+
+- as a capture ``EventSink``: ``write(events)`` returns only once every event is in a published
+  file (closed, synced, listed). Each call is one commit point, so file sizes follow the capture's
+  batch sizes;
+- buffered (a Pub/Sub consumer, a Beam DoFn): ``append()`` as events arrive, ``poll()`` now and then
+  for the age limit, ``flush()`` before acknowledging (``finish_bundle`` in Beam). Each returns the
+  files it published. Create the writer in ``DoFn.setup``: it holds a filesystem client.
+
+After an exception nothing that was not returned as published is durable, and the buffers are
+dropped: re-send those events. Writing an event twice is harmless; readers and the merge dedupe by
+``event_id``, and no file is ever replaced.
+
+Sizes (why): a 64 MiB file holds roughly half a million to a million events, so a replay of a busy
+hour is a handful of GETs and a quiet table still gets at most one file per minute per hour
+partition. 64k-event row groups are a few MiB compressed: big enough that a ranged read from GCS is
+efficient, small enough that seq-range replays skip most of a file and a reader holds one row group
+(tens of MiB decoded) at a time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from connectors.changelog.records import SCHEMA, to_batch
+from connectors.changelog.storage import Root, open_root, publish
+from state_models.changelog import (
+    Partition,
+    check_writer_id,
+    file_name,
+    partition_of_hour,
+    table_dir,
+)
+from state_models.events import ChangeEvent
+
+_HOUR_US = 3_600_000_000
+DEFAULT_ROW_GROUP_ROWS = 65_536
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FILE_AGE_S = 60.0
+DEFAULT_ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """A complete changelog file, visible to readers."""
+
+    path: str  # as a user would type it: /abs/path or gs://bucket/...
+    table: str
+    partition: Partition
+    first_seq: str
+    last_seq: str
+    rows: int
+    bytes: int
+
+
+@dataclass
+class _Part:
+    table: str
+    hour: int
+    opened_at: float
+    pending: list[ChangeEvent] = field(default_factory=list)
+    pending_ingested: list[int] = field(default_factory=list)
+    sink: pa.BufferOutputStream | None = None
+    writer: pq.ParquetWriter | None = None
+    rows: int = 0
+    first_seq: str = ""
+    last_seq: str = ""
+
+
+def new_writer_id() -> str:
+    """A writer id unique to this writer instance (files of two writers never share a name)."""
+    return "w" + secrets.token_hex(6)
+
+
+class ChangelogWriter:
+    """Writes change events into ``<root>/<source>/<schema>.<table>/dt=…/hour=…/`` files."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        writer_id: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        fs: Any = None,
+        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_file_age_s: float = DEFAULT_MAX_FILE_AGE_S,
+        zstd_level: int = DEFAULT_ZSTD_LEVEL,
+        clock: Callable[[], float] = time.monotonic,
+        now_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+    ):
+        if row_group_rows < 1 or max_file_bytes < 1 or max_file_age_s < 0:
+            raise ValueError(
+                "row_group_rows and max_file_bytes must be positive, max_file_age_s not negative"
+            )
+        self.root: Root = open_root(root, storage_options=storage_options, fs=fs)
+        self.writer_id = check_writer_id(writer_id or new_writer_id())
+        self.row_group_rows = row_group_rows
+        self.max_file_bytes = max_file_bytes
+        self.max_file_age_s = max_file_age_s
+        self.zstd_level = zstd_level
+        self._clock = clock
+        self._now_us = now_us
+        self._parts: dict[tuple[str, int], _Part] = {}
+        self._lock = threading.Lock()
+        self.published: list[PublishedFile] = []  # every file this writer published, in order
+
+    # ------------------------------------------------------------------ public API
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        """Capture ``EventSink``: store ``events``; returns once every one is in a published file."""
+        with self._lock:
+            try:
+                self._append(events)
+                self._publish(list(self._parts))
+            except BaseException:
+                self._parts.clear()
+                raise
+
+    def append(self, events: Sequence[ChangeEvent]) -> list[PublishedFile]:
+        """Buffer ``events``; publish the parts that are full or too old. Returns what was published."""
+        with self._lock:
+            try:
+                done = self._append(events)
+                return done + self._publish(self._due())
+            except BaseException:
+                self._parts.clear()
+                raise
+
+    def poll(self) -> list[PublishedFile]:
+        """Publish the parts whose oldest event has waited ``max_file_age_s``."""
+        with self._lock:
+            try:
+                return self._publish(self._due())
+            except BaseException:
+                self._parts.clear()
+                raise
+
+    def flush(self) -> list[PublishedFile]:
+        """Publish everything buffered. Returns once it is durable."""
+        with self._lock:
+            try:
+                return self._publish(list(self._parts))
+            except BaseException:
+                self._parts.clear()
+                raise
+
+    close = flush
+
+    @property
+    def pending_events(self) -> int:
+        return sum(p.rows + len(p.pending) for p in self._parts.values())
+
+    def __enter__(self) -> ChangelogWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.flush()
+        else:
+            self._parts.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _append(self, events: Sequence[ChangeEvent]) -> list[PublishedFile]:
+        if not events:
+            return []
+        now_us = self._now_us()
+        touched: dict[tuple[str, int], _Part] = {}
+        parts = self._parts
+        for e in events:
+            k = (e.table, e.commit_ts // _HOUR_US)
+            part = touched.get(k)
+            if part is None:
+                part = parts.get(k)
+                if part is None:
+                    table_dir(e.table)  # reject a malformed table id before buffering anything
+                    part = parts[k] = _Part(e.table, k[1], self._clock())
+                touched[k] = part
+            part.pending.append(e)
+        done: list[PublishedFile] = []
+        for part in touched.values():
+            part.pending_ingested.extend([now_us] * (len(part.pending) - len(part.pending_ingested)))
+            while len(part.pending) >= self.row_group_rows:
+                self._encode_row_group(part, self.row_group_rows)
+                if part.sink is not None and part.sink.tell() >= self.max_file_bytes:
+                    done.append(self._close_file(part))
+                    part.opened_at = self._clock()
+        return done
+
+    def _due(self) -> list[tuple[str, int]]:
+        if not self._parts:
+            return []
+        cutoff = self._clock() - self.max_file_age_s
+        return [k for k, p in self._parts.items() if p.opened_at <= cutoff]
+
+    def _encode_row_group(self, part: _Part, n: int) -> None:
+        events, part.pending = part.pending[:n], part.pending[n:]
+        ingested, part.pending_ingested = part.pending_ingested[:n], part.pending_ingested[n:]
+        seqs = [e.seq for e in events]
+        if any(a > b for a, b in zip(seqs, seqs[1:], strict=False)):
+            order = sorted(range(len(events)), key=seqs.__getitem__)
+            events = [events[i] for i in order]
+            ingested = [ingested[i] for i in order]
+        first, last = events[0].seq, events[-1].seq
+        batch = to_batch(events, ingested)
+        if part.writer is None:
+            part.sink = pa.BufferOutputStream()
+            part.writer = pq.ParquetWriter(
+                part.sink,
+                SCHEMA,
+                compression="zstd",
+                compression_level=self.zstd_level,
+                write_statistics=["seq", "commit_ts", "ingested_at"],
+                use_dictionary=["table", "op", "tx_id", "source_types"],
+            )
+            part.first_seq, part.last_seq = first, last
+        else:
+            part.first_seq, part.last_seq = min(part.first_seq, first), max(part.last_seq, last)
+        part.writer.write_batch(batch, row_group_size=len(events))
+        part.rows += len(events)
+
+    def _publish(self, keys: list[tuple[str, int]]) -> list[PublishedFile]:
+        done = []
+        for k in keys:
+            part = self._parts[k]
+            if part.pending:
+                self._encode_row_group(part, len(part.pending))
+            if part.writer is not None:
+                done.append(self._close_file(part))
+            del self._parts[k]
+        return done
+
+    def _close_file(self, part: _Part) -> PublishedFile:
+        """Publish the row groups encoded so far as one file; the part starts a new file."""
+        assert part.writer is not None and part.sink is not None
+        part.writer.close()
+        data = part.sink.getvalue()
+        first, last, rows = part.first_seq, part.last_seq, part.rows
+        part.writer = part.sink = None
+        part.rows = 0
+        partition = partition_of_hour(part.hour)
+        rel_dir = f"{table_dir(part.table)}/{partition.path}"
+
+        def name(attempt: int) -> str:
+            wid = self.writer_id if attempt == 0 else f"{self.writer_id}~{attempt}"
+            return file_name(first, last, wid)
+
+        path, size = publish(self.root, rel_dir, name, memoryview(data))
+        published = PublishedFile(
+            path=self.root.display(path),
+            table=part.table,
+            partition=partition,
+            first_seq=first,
+            last_seq=last,
+            rows=rows,
+            bytes=size,
+        )
+        self.published.append(published)
+        return published
+
+
+def write_events(root: str, events: Sequence[ChangeEvent], **options: Any) -> list[PublishedFile]:
+    """Write ``events`` as complete files and return them: one call, one commit point.
+
+    For a Beam sink after a ``GroupByKey``/window: each call uses a fresh writer id, so a retried
+    bundle writes new files next to the old ones instead of replacing them.
+    """
+    writer = ChangelogWriter(root, **options)
+    writer.append(events)
+    return writer.flush()
