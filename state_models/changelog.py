@@ -40,7 +40,9 @@ class Partition:
     @property
     def start_us(self) -> int:
         """First microsecond (UTC, since the epoch) inside this partition."""
-        start = dt.datetime(self.date.year, self.date.month, self.date.day, self.hour, tzinfo=dt.UTC)
+        start = dt.datetime(
+            self.date.year, self.date.month, self.date.day, self.hour, tzinfo=dt.UTC
+        )
         return int(start.timestamp()) * 1_000_000
 
     @property
@@ -155,10 +157,16 @@ class ChangeRange:
         for name in ("from_seq", "to_seq"):
             v = getattr(self, name)
             if v is not None and not is_seq(v):
-                raise ValueError(f"{name} must be a seq (16-hex-digit sections joined by '/'): {v!r}")
+                raise ValueError(
+                    f"{name} must be a seq (16-hex-digit sections joined by '/'): {v!r}"
+                )
         if self.from_seq and self.to_seq and self.from_seq > self.to_seq:
             raise ValueError(f"from_seq {self.from_seq} is after to_seq {self.to_seq}")
-        if self.since_us is not None and self.until_us is not None and self.since_us >= self.until_us:
+        if (
+            self.since_us is not None
+            and self.until_us is not None
+            and self.since_us >= self.until_us
+        ):
             raise ValueError("since must be before until")
 
     @property

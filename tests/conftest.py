@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.bqemu import BigQueryEmulator, BootstrapError, ensure_venv
-from tests.pubsub_emulator.fixture import pubsub_emulator, pubsub_host  # noqa: F401
 from tests.gcs import changelog_root, gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
+from tests.pubsub_emulator.fixture import pubsub_emulator, pubsub_host  # noqa: F401
 from tests.servers import (
     MariaDBServer,
     PostgresServer,

@@ -46,7 +46,9 @@ class GcsEmulator:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         # The emulator logs every request; a pipe nobody reads would fill up and block it.
-        self.log = tempfile.NamedTemporaryFile(prefix="gcs-emulator-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115  (closed in stop())
+            prefix="gcs-emulator-", suffix=".log", delete=False
+        )
 
     @property
     def endpoint(self) -> str:

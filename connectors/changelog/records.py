@@ -24,7 +24,6 @@ from state_models.errors import TerminalError
 from state_models.events import ChangeEvent, Op, image_to_json
 
 
-
 class UnstorableEventError(TerminalError):
     """An event holds a value that has no JSON form (the capture produced something unexpected)."""
 
@@ -149,7 +148,7 @@ def to_batch(events: Sequence[ChangeEvent], ingested_at: Sequence[int]) -> pa.Re
 def _json_column(events: Sequence[ChangeEvent], name: str) -> pa.Array:
     try:
         return pa.array([dump_json(getattr(e, name)) for e in events], pa.string())
-    except (TypeError, ValueError, pa.ArrowException) as exc:
+    except (TypeError, ValueError, pa.ArrowException):
         for e in events:  # name the culprit
             try:
                 pa.array([dump_json(getattr(e, name))], pa.string())

@@ -24,11 +24,11 @@ from typing import Any
 # minute per call against emulators (research/local_gcp_emulators.md §2); plain buckets do not need it.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-import fsspec  # noqa: E402
-from fsspec.implementations.local import LocalFileSystem  # noqa: E402
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from state_models.changelog import TMP_DIR  # noqa: E402
-from state_models.errors import TransientError  # noqa: E402
+from state_models.changelog import TMP_DIR
+from state_models.errors import TransientError
 
 
 class StorageError(TransientError):

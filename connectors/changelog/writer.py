@@ -27,6 +27,7 @@ efficient, small enough that seq-range replays skip most of a file and a reader 
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
 import time
@@ -195,7 +196,9 @@ class ChangelogWriter:
             part.pending.append(e)
         done: list[PublishedFile] = []
         for part in touched.values():
-            part.pending_ingested.extend([now_us] * (len(part.pending) - len(part.pending_ingested)))
+            part.pending_ingested.extend(
+                [now_us] * (len(part.pending) - len(part.pending_ingested))
+            )
             while len(part.pending) >= self.row_group_rows:
                 self._encode_row_group(part, self.row_group_rows)
                 if part.sink is not None and part.sink.tell() >= self.max_file_bytes:
@@ -213,7 +216,7 @@ class ChangelogWriter:
         events, part.pending = part.pending[:n], part.pending[n:]
         ingested, part.pending_ingested = part.pending_ingested[:n], part.pending_ingested[n:]
         seqs = [e.seq for e in events]
-        if any(a > b for a, b in zip(seqs, seqs[1:], strict=False)):
+        if any(a > b for a, b in itertools.pairwise(seqs)):
             order = sorted(range(len(events)), key=seqs.__getitem__)
             events = [events[i] for i in order]
             ingested = [ingested[i] for i in order]

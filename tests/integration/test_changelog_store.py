@@ -98,7 +98,11 @@ def test_rolls_by_row_groups_and_size(changelog_root):
     assert w.pending_events == 50
     done += w.flush()
     assert [f.rows for f in done] == [100, 100, 50]
-    assert [f.first_seq for f in done] == [make_seq(1000, 0), make_seq(1100, 100), make_seq(1200, 200)]
+    assert [f.first_seq for f in done] == [
+        make_seq(1000, 0),
+        make_seq(1100, 100),
+        make_seq(1200, 200),
+    ]
     assert len(read_all(ChangelogReader(changelog_root))) == 250
 
 

@@ -91,7 +91,9 @@ def test_range_overlap_and_cover():
     assert r.overlaps_time(150, 400) and r.overlaps_time(0, 100)
     assert not r.overlaps_time(200, 300) and not r.overlaps_time(0, 99)
     assert r.covers_time(100, 199) and not r.covers_time(100, 200)
-    assert r.overlaps_seqs(make_seq(9), make_seq(20)) and not r.overlaps_seqs(make_seq(10), make_seq(20))
+    assert r.overlaps_seqs(make_seq(9), make_seq(20)) and not r.overlaps_seqs(
+        make_seq(10), make_seq(20)
+    )
     assert r.covers_seqs(make_seq(5), make_seq(9)) and not r.covers_seqs(make_seq(4), make_seq(9))
     assert ChangeRange().is_everything and not r.is_everything
 
