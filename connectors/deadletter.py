@@ -1,0 +1,259 @@
+"""The dead-letter store: events we could not apply, kept with the reason and the raw message.
+
+Nothing is ever dropped silently. Whatever cannot be applied (a malformed message, an unregistered
+table, a value that does not fit its column) is written here and the command says so; a person
+fixes the cause and re-drives the entry (``cdc dead-letters ls|show|retry``).
+
+Layout: JSON Lines files in one folder (``<state_dir>/dead_letters`` by default), one file per
+``put_many`` call, named ``<UTC time>-<counter>-<random>.jsonl`` so that the folder lists in the order the
+letters arrived. Files are created whole (written to a temporary name, then renamed), so a reader
+never sees half a file and writers never append to each other's files. ``remove`` rewrites the one
+file concerned the same way. One line is one :class:`DeadLetter`::
+
+    {"id": "20261126T101500123456Z-000000-3f9a01.0", "at": "2026-11-26T10:15:00.123456Z",
+     "reason": "column 'amount': ...", "error_type": "SchemaChangeError",
+     "source": "billing", "table": "billing.public.subscriptions",
+     "raw": "<the message as received>", "raw_encoding": "text", "context": {"file": "x.jsonl", "line": 7}}
+
+``raw`` is the exact message text; a message that is not UTF-8 is kept as base64
+(``raw_encoding: "base64"``), so a retry can feed the original bytes back to the decoder.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import datetime as dt
+import itertools
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connectors.capture.offsets import write_atomically
+from state_models.errors import CdcError, TerminalError
+from state_models.types import format_timestamp
+
+FOLDER_NAME = "dead_letters"
+_sequence = itertools.count()
+
+
+def default_folder(state_dir: str | os.PathLike[str]) -> Path:
+    """Where a registry's dead letters live: ``<state_dir>/dead_letters``."""
+    return Path(state_dir) / FOLDER_NAME
+
+
+@dataclass(frozen=True)
+class NewDeadLetter:
+    """What a caller hands in; the store adds ``id`` and ``at``."""
+
+    reason: str
+    error_type: str
+    raw: str | bytes | None
+    source: str | None = None
+    table: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_error(
+        cls,
+        error: TerminalError,
+        *,
+        raw: str | bytes | None = None,
+        source: str | None = None,
+        table: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> NewDeadLetter:
+        """From a terminal error; its own ``raw`` is used unless one is given."""
+        return cls(
+            reason=error.reason,
+            error_type=type(error).__name__,
+            raw=raw if raw is not None else error.raw,
+            source=source,
+            table=table,
+            context=dict(context or {}),
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One stored dead letter."""
+
+    id: str
+    at: str  # ISO-8601 UTC, microseconds
+    reason: str
+    error_type: str
+    source: str | None
+    table: str | None
+    raw: str | None
+    raw_encoding: str  # "text" | "base64"
+    context: dict[str, Any]
+
+    def raw_bytes(self) -> bytes | None:
+        """The original message as bytes, whatever encoding it was stored in."""
+        if self.raw is None:
+            return None
+        if self.raw_encoding == "base64":
+            return base64.b64decode(self.raw)
+        return self.raw.encode("utf-8")
+
+    def raw_text(self) -> str | None:
+        """The original message as text (non-UTF-8 bytes replaced)."""
+        data = self.raw_bytes()
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+
+class DeadLetterNotFound(CdcError):
+    """No dead letter has that id."""
+
+
+class DeadLetterStore:
+    """Dead letters as JSONL files in ``folder`` (created on first write)."""
+
+    def __init__(
+        self, folder: str | os.PathLike[str], clock: Callable[[], dt.datetime] | None = None
+    ):
+        self.folder = Path(folder)
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    def __repr__(self) -> str:
+        return f"DeadLetterStore({str(self.folder)!r})"
+
+    # ----------------------------------------------------------------- writing
+
+    def put(
+        self,
+        reason: str,
+        error_type: str,
+        raw: str | bytes | None,
+        source: str | None = None,
+        table: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> DeadLetter:
+        """Store one dead letter; returns it with its id."""
+        [letter] = self.put_many(
+            [NewDeadLetter(reason, error_type, raw, source, table, dict(context or {}))]
+        )
+        return letter
+
+    def put_many(self, letters: Iterable[NewDeadLetter]) -> builtins.list[DeadLetter]:
+        """Store several dead letters in one new file (atomically); returns them with their ids."""
+        pending = list(letters)
+        if not pending:
+            return []
+        now = self._clock().astimezone(dt.UTC)
+        # the counter keeps one process's files in call order when the clock does not move
+        stem = f"{now:%Y%m%dT%H%M%S%fZ}-{next(_sequence):06d}-{secrets.token_hex(3)}"
+        at = format_timestamp(now)
+        stored = [_stored(f"{stem}.{i}", at, letter) for i, letter in enumerate(pending)]
+        self._write(self.folder / f"{stem}.jsonl", stored)
+        return stored
+
+    # ----------------------------------------------------------------- reading
+
+    def list(self, *, source: str | None = None, table: str | None = None) -> list[DeadLetter]:
+        """Every dead letter, oldest first (optionally only one source's or one table's)."""
+        return [
+            letter
+            for _, letter in self._entries()
+            if (source is None or letter.source == source)
+            and (table is None or letter.table == table)
+        ]
+
+    def show(self, letter_id: str) -> DeadLetter:
+        """One dead letter by id; ``DeadLetterNotFound`` names the closest ids if it is not there."""
+        for _, letter in self._entries(_file_of(letter_id)):
+            if letter.id == letter_id:
+                return letter
+        raise self._not_found(letter_id)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._entries())
+
+    # ----------------------------------------------------------------- removing
+
+    def remove(self, letter_ids: Iterable[str]) -> int:
+        """Remove dead letters (after a successful retry); returns how many were removed."""
+        by_file: dict[str, set[str]] = {}
+        for letter_id in letter_ids:
+            by_file.setdefault(_file_of(letter_id), set()).add(letter_id)
+        removed = 0
+        for stem, ids in by_file.items():
+            path = self.folder / f"{stem}.jsonl"
+            if not path.exists():
+                continue
+            kept = [letter for _, letter in self._entries(stem) if letter.id not in ids]
+            before = sum(1 for _ in self._entries(stem))
+            removed += before - len(kept)
+            if kept:
+                self._write(path, kept)
+            else:
+                path.unlink()
+        return removed
+
+    # ----------------------------------------------------------------- files
+
+    def _files(self, stem: str | None = None) -> builtins.list[Path]:
+        if not self.folder.is_dir():
+            return []
+        if stem is not None:
+            path = self.folder / f"{stem}.jsonl"
+            return [path] if path.exists() else []
+        return sorted(self.folder.glob("*.jsonl"))
+
+    def _entries(self, stem: str | None = None) -> Iterator[tuple[Path, DeadLetter]]:
+        for path in self._files(stem):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield path, DeadLetter(**json.loads(line))
+                except (ValueError, TypeError) as exc:
+                    raise CdcError(
+                        f"{path}:{number}: not a dead letter ({exc}); the file was edited by hand?"
+                    ) from exc
+
+    def _write(self, path: Path, letters: builtins.list[DeadLetter]) -> None:
+        text = "".join(
+            json.dumps(asdict(letter), ensure_ascii=False, default=str) + "\n" for letter in letters
+        )
+        write_atomically(path, text.encode("utf-8"))
+
+    def _not_found(self, letter_id: str) -> DeadLetterNotFound:
+        import difflib
+
+        known = [letter.id for _, letter in self._entries()]
+        close = difflib.get_close_matches(letter_id, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return DeadLetterNotFound(f"no dead letter {letter_id!r} in {self.folder}{hint}")
+
+
+def _file_of(letter_id: str) -> str:
+    return letter_id.rsplit(".", 1)[0]
+
+
+def _stored(letter_id: str, at: str, letter: NewDeadLetter) -> DeadLetter:
+    raw, encoding = _raw_for_storage(letter.raw)
+    return DeadLetter(
+        id=letter_id,
+        at=at,
+        reason=letter.reason,
+        error_type=letter.error_type,
+        source=letter.source,
+        table=letter.table,
+        raw=raw,
+        raw_encoding=encoding,
+        context=dict(letter.context),
+    )
+
+
+def _raw_for_storage(raw: str | bytes | None) -> tuple[str | None, str]:
+    if raw is None or isinstance(raw, str):
+        return raw, "text"
+    try:
+        return bytes(raw).decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        return base64.b64encode(bytes(raw)).decode("ascii"), "base64"
