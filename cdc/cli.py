@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "cdc.commands.demo",
     "cdc.commands.datastream",
     "cdc.commands.pubsub",
+    "cdc.commands.changelog",
 ]
 
 

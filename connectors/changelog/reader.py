@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,3 +354,58 @@ def to_micros(value: dt.datetime) -> int:
         value = value.replace(tzinfo=dt.UTC)
     delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass
+class PartitionSummary:
+    """What one hour of one table holds (from the file names and footers)."""
+
+    table: str
+    partition: Partition | None  # None: the total over a table
+    files: int = 0
+    rows: int = 0
+    bytes: int = 0
+    first_seq: str | None = None
+    last_seq: str | None = None
+    min_commit_us: int | None = None
+    max_commit_us: int | None = None
+
+    def add(self, s: FileSummary) -> None:
+        f = s.file
+        self.files += 1
+        self.rows += s.rows
+        self.bytes += f.bytes
+        self.first_seq = f.first_seq if self.first_seq is None else min(self.first_seq, f.first_seq)
+        self.last_seq = f.last_seq if self.last_seq is None else max(self.last_seq, f.last_seq)
+        if s.min_commit_us is not None:
+            lo = self.min_commit_us
+            self.min_commit_us = s.min_commit_us if lo is None else min(lo, s.min_commit_us)
+        if s.max_commit_us is not None:
+            hi = self.max_commit_us
+            self.max_commit_us = s.max_commit_us if hi is None else max(hi, s.max_commit_us)
+
+
+def summarize(
+    reader: ChangelogReader,
+    table: str,
+    rng: ChangeRange | None = None,
+    *,
+    stats: ReadStats | None = None,
+    threads: int = 8,
+) -> tuple[list[FileSummary], list[PartitionSummary]]:
+    """Per-file and per-partition summaries of a table, reading only footers (in parallel, since
+    on GCS each footer is a round trip). Unreadable files land in ``stats.unreadable``."""
+    stats = stats if stats is not None else ReadStats()
+    files = reader.files(table, rng, stats)
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
+        results = list(pool.map(reader.summary, files))
+    summaries: list[FileSummary] = []
+    partitions: dict[Partition, PartitionSummary] = {}
+    for r in results:
+        if isinstance(r, Unreadable):
+            stats.unreadable.append(r)
+            continue
+        summaries.append(r)
+        p = r.file.partition
+        partitions.setdefault(p, PartitionSummary(table, p)).add(r)
+    return summaries, [partitions[p] for p in sorted(partitions)]

@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -116,9 +117,15 @@ def dump_json(image: Mapping[str, Any] | None) -> str | None:
     return text.decode()
 
 
+#: 19 digits in a row may be an integer beyond 64 bits, which orjson would read as a float.
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+
+
 def load_json(text: str | None) -> Any:
     if text is None:
         return None
+    if _LONG_NUMBER.search(text):
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:

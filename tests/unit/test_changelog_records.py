@@ -102,3 +102,12 @@ def test_events_round_trip_through_arrow_rows():
     for a, b in zip(events, back, strict=True):
         assert image_to_json(a.after) == image_to_json(b.after)
         assert (a.seq, a.commit_ts, a.table, a.op) == (b.seq, b.commit_ts, b.table, b.op)
+
+
+def test_integers_beyond_64_bits_read_back_exactly():
+    for n in (2**63, -(2**63) - 1, 2**64, 10**30):
+        assert load_json(dump_json({"n": n})) == {"n": n}
+    assert load_json('{"s":"1234567890123456789012","f":1.5}') == {
+        "s": "1234567890123456789012",
+        "f": 1.5,
+    }
