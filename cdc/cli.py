@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "cdc.commands.datastream",
     "cdc.commands.pubsub",
     "cdc.commands.changelog",
+    "cdc.commands.state",
 ]
 
 

@@ -56,12 +56,16 @@ class DuckDBWarehouse(SqlWarehouse):
         except duckdb.IOException as exc:
             # another process holds the file's write lock: worth retrying later
             raise TransientError(f"cannot open DuckDB warehouse {path}: {exc}") from exc
-        self.con.execute("SET TimeZone = 'UTC'")
+        self._exec("SET TimeZone = 'UTC'")
         if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
+            self._exec(f"SET threads = {int(threads)}")
 
     def close(self) -> None:
         self.con.close()
+
+    def _exec(self, sql: str) -> list[Any]:
+        """Run a statement to completion (DuckDB refuses new work while a result is unread)."""
+        return self.con.execute(sql).fetchall()
 
     # ----------------------------------------------------------------- hooks
 
@@ -80,15 +84,15 @@ class DuckDBWarehouse(SqlWarehouse):
         comment = self.con.execute(
             "SELECT comment FROM duckdb_tables() WHERE schema_name = current_schema() AND table_name = ?",
             [name],
-        ).fetchone()
-        return [(r[0], r[1]) for r in rows], (comment[0] if comment else None)
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows], (comment[0][0] if comment else None)
 
     def _run(self, statements: Sequence[exp.Expr]) -> None:
         for s in statements:
-            self.con.execute(self.caps.render(s))
+            self._exec(self.caps.render(s))
 
     def _set_comment(self, names: TableNames, comment: str) -> None:
-        self.con.execute(
+        self._exec(
             exp.Comment(
                 this=names.state.copy(), kind="TABLE", expression=exp.Literal.string(comment)
             ).sql("duckdb")
@@ -110,7 +114,7 @@ class DuckDBWarehouse(SqlWarehouse):
         try:
             actions = self.con.sql(self.caps.render(merge)).to_arrow_table()
             for s in rest:
-                self.con.execute(self.caps.render(s))
+                self._exec(self.caps.render(s))
             self.con.commit()
         except BaseException:
             self.con.rollback()

@@ -1,0 +1,382 @@
+"""State-table commands: ``apply`` (Debezium files into history), ``history``, ``as-of``.
+
+``cdc apply`` needs only the warehouse, never the source database: each line of each file is one
+Debezium change event value (with or without the ``schema``/``payload`` wrapper), routed to its
+registered table by ``source.schema`` (PostgreSQL) or ``source.db`` (MySQL) and ``source.table``.
+Lines it cannot apply go to the dead-letter store with the reason; it then exits 1 saying where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import difflib
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
+from cdc.commands.common import load, print_table
+from cdc.config import LoadedConfig
+from connectors.deadletter import NewDeadLetter
+from state_models.debezium import decode_debezium
+from state_models.errors import ConfigError, DecodeError, UnknownTableError
+from state_models.events import ChangeEvent
+from state_models.scd2 import StateTable, TableDef, render_version
+from state_models.seq import is_seq
+from state_models.tables import TableResolver
+
+FORMATS = ["table", "jsonl", "csv"]
+#: Lines decoded and applied per round, so that a large file never sits in memory whole.
+LINES_PER_ROUND = 100_000
+
+
+def add_commands(add: AddCommand) -> None:
+    p = add(
+        "apply",
+        "apply files of Debezium change events (one JSON value per line) to the state tables",
+        cmd_apply,
+    )
+    p.add_argument("--source", required=True, help="source name in the registry")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="events per MERGE per table (default 10000)",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="event files ('-' reads stdin)")
+
+    p = add("history", "every version of a table's rows, ordered by key then seq", cmd_history)
+    p.add_argument(
+        "table", help="table id (billing.public.subscriptions), state table or schema.table"
+    )
+    p.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="COL=VALUE",
+        help="only versions whose column equals the value (repeat for composite keys)",
+    )
+    p.add_argument("--format", choices=FORMATS, default="table")
+
+    p = add("as-of", "the live rows of a table at a commit time or a source position", cmd_as_of)
+    p.add_argument(
+        "table", help="table id (billing.public.subscriptions), state table or schema.table"
+    )
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--at", metavar="TIMESTAMP", help="ISO-8601 commit time (UTC unless given)")
+    when.add_argument("--seq", metavar="SEQ", help="source position (16-hex-digit sections)")
+    p.add_argument("--format", choices=FORMATS, default="table")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from connectors.deadletter import DeadLetterStore, default_folder
+    from connectors.warehouse import open_warehouse
+    from merge_jobs.apply import ApplyReport, apply_events
+    from state_models.registry import table_infos
+    from state_models.tables import resolver_for
+
+    cfg = load(args)
+    source = _source(cfg, args.source)
+    resolve = resolver_for(table_infos(cfg.registry, source), source)
+    tables = {
+        t.id: TableDef.from_registered(t) for t in cfg.registry.tables() if t.source_name == source
+    }
+    paths = [_readable(f) for f in args.files]
+    store = DeadLetterStore(default_folder(cfg.state_dir))
+    ingested_at = dt.datetime.now(dt.UTC)
+    report = ApplyReport()
+    tombstones = 0
+    warehouse = open_warehouse(cfg.warehouse_url)
+    try:
+        for chunk in _chunks(_lines(paths), LINES_PER_ROUND):
+            decoded = _decode_lines(chunk, resolve, source)
+            tombstones += decoded.tombstones
+            report.dead_letters.extend(store.put_many(decoded.failures))
+            report.merge(
+                apply_events(
+                    warehouse,
+                    tables,
+                    decoded.events,
+                    ingested_at=ingested_at,
+                    dead_letters=store,
+                    batch_size=args.batch_size,
+                    context_of=decoded.place,
+                )
+            )
+    finally:
+        warehouse.close()
+
+    _print_counts(report, tables)
+    if tombstones:
+        print(f"{tombstones} Debezium tombstone(s) (null values after deletes) skipped")
+    if report.dead_letters:
+        kinds = sorted({d.error_type for d in report.dead_letters})
+        print(
+            f"cdc apply: {len(report.dead_letters)} event(s) could not be applied "
+            f"({', '.join(kinds)}); they are in the dead-letter store {store.folder} "
+            "with their reasons and raw lines",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@dataclass
+class _Decoded:
+    events: list[ChangeEvent] = field(default_factory=list)
+    failures: list[NewDeadLetter] = field(default_factory=list)
+    places: dict[int, dict[str, Any]] = field(default_factory=dict)
+    tombstones: int = 0
+
+    def place(self, event: ChangeEvent) -> dict[str, Any]:
+        """Where an event came from (file and line), for its dead letter."""
+        return self.places[id(event)]
+
+
+def _decode_lines(
+    lines: Sequence[tuple[dict[str, Any], str]], resolve: TableResolver, source: str
+) -> _Decoded:
+    out = _Decoded()
+    for where, line in lines:
+        try:
+            decoded = decode_debezium(line, resolve)
+        except (DecodeError, UnknownTableError) as exc:
+            out.failures.append(
+                NewDeadLetter.from_error(exc, raw=line, source=source, context=where)
+            )
+            continue
+        if isinstance(decoded, ChangeEvent):
+            out.events.append(decoded)
+            out.places[id(decoded)] = where
+        else:
+            out.tombstones += 1  # the Kafka compaction marker after a delete: nothing to apply
+    return out
+
+
+def _source(cfg: LoadedConfig, name: str) -> str:
+    if name in cfg.registry.sources:
+        return name
+    known = list(cfg.registry.sources)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"no source {name!r} in {cfg.path}{hint} (sources: {', '.join(known) or 'none'})"
+    )
+
+
+def _readable(name: str) -> Path | None:
+    if name == "-":
+        return None
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"event file {name} not found (expected a file of Debezium JSON lines)")
+    return path
+
+
+def _lines(paths: Sequence[Path | None]) -> Iterator[tuple[dict[str, Any], str]]:
+    for path in paths:
+        stream: TextIO = (
+            sys.stdin if path is None else path.open(encoding="utf-8", errors="replace")
+        )
+        name = "-" if path is None else str(path)
+        try:
+            for number, line in enumerate(stream, 1):
+                if line.strip():
+                    yield {"file": name, "line": number}, line.rstrip("\r\n")
+        finally:
+            if path is not None:
+                stream.close()
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _print_counts(report: Any, tables: Mapping[str, TableDef]) -> None:
+    rows = [
+        {
+            "table": c.table_id,
+            "state_table": c.state_table,
+            "events": c.events,
+            "new_versions": c.inserted,
+            "revalidated": c.updated,
+            "unchanged": c.unchanged,
+            "dead_letters": c.dead_lettered,
+        }
+        for c in report.tables.values()
+    ]
+    undecoded = len(report.dead_letters) - sum(c.dead_lettered for c in report.tables.values())
+    if undecoded:
+        rows.append({"table": "(not decoded)", "dead_letters": undecoded})
+    if rows:
+        print_table(
+            rows,
+            [
+                "table",
+                "state_table",
+                "events",
+                "new_versions",
+                "revalidated",
+                "unchanged",
+                "dead_letters",
+            ],
+        )
+    else:
+        print("no events in the given files")
+    for c in report.tables.values():
+        for change in c.schema_changes:
+            print(f"{c.state_table}: {change}")
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    cfg, table = _table(args)
+    key = _key_filter(args.key)
+    from connectors.warehouse import open_warehouse
+
+    warehouse = open_warehouse(cfg.warehouse_url)
+    try:
+        state = warehouse.state_table(table)
+        if state is not None:
+            _check_columns(state, key)
+        rows = warehouse.history(table, key or None)
+    finally:
+        warehouse.close()
+    return _print_rows(state, rows, args.format, table)
+
+
+def cmd_as_of(args: argparse.Namespace) -> int:
+    cfg, table = _table(args)
+    at = _timestamp(args.at) if args.at else None
+    if args.seq is not None and not is_seq(args.seq):
+        raise ConfigError(
+            f"--seq {args.seq!r} is not a seq: expected 16-hex-digit sections joined by '/', "
+            "e.g. 0000000001a2b3c4/0000000001a2b3d0 (the _seq column of `cdc history`)"
+        )
+    from connectors.warehouse import open_warehouse
+
+    warehouse = open_warehouse(cfg.warehouse_url)
+    try:
+        state = warehouse.state_table(table)
+        rows = warehouse.as_of(table, at=at, seq=args.seq)
+    finally:
+        warehouse.close()
+    return _print_rows(state, rows, args.format, table)
+
+
+def _table(args: argparse.Namespace) -> tuple[LoadedConfig, TableDef]:
+    cfg = load(args)
+    return cfg, TableDef.from_registered(cfg.registry.table(args.table))
+
+
+def _key_filter(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        column, sep, value = pair.partition("=")
+        if not sep or not column:
+            raise ConfigError(f"--key {pair!r}: expected COLUMN=VALUE, e.g. --key id=42")
+        out[column] = value
+    return out
+
+
+def _check_columns(state: StateTable, key: Mapping[str, str]) -> None:
+    for column in key:
+        if column not in state.business_names:
+            close = difflib.get_close_matches(column, state.business_names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"--key {column}: {state.table_id} has no column {column!r}{hint} "
+                f"(columns: {', '.join(state.business_names)})"
+            )
+
+
+def _timestamp(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(
+            text.strip().replace("Z", "+00:00").replace("z", "+00:00")
+        )
+    except ValueError:
+        raise ConfigError(
+            f"--at {text!r} is not an ISO-8601 time: expected e.g. 2026-05-01T12:00:00Z "
+            "(UTC unless an offset is given)"
+        ) from None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _print_rows(
+    state: StateTable | None, rows: list[dict[str, Any]], fmt: str, table: TableDef
+) -> int:
+    try:
+        return _write_rows(state, rows, fmt, table)
+    except BrokenPipeError:  # `cdc history ... | head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return EXIT_OK
+
+
+def _write_rows(
+    state: StateTable | None, rows: list[dict[str, Any]], fmt: str, table: TableDef
+) -> int:
+    if state is None:
+        print(
+            f"{table.table_id}: no state table {table.state_table} yet (nothing applied)",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    rendered = [render_version(state, r) for r in rows]
+    columns = [c.name for c in state.all_columns()]
+    if fmt == "jsonl":
+        for r in rendered:
+            print(json.dumps(r, ensure_ascii=False))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rendered:
+            writer.writerow([_cell(r.get(c)) for c in columns])
+    elif rendered:
+        print_table([{c: _cell(r.get(c), 40) for c in columns} for r in rendered], columns)
+    else:
+        print(f"{table.table_id}: no rows", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cell(value: Any, width: int | None = None) -> str:
+    if value is None:
+        text = ""
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = str(value)
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
