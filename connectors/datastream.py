@@ -335,6 +335,7 @@ class StreamStatus:
     errors: list[str] = field(default_factory=list)
     newest_file: str | None = None
     newest_file_time: dt.datetime | None = None
+    newest_file_error: str | None = None  # why the bucket could not be listed
 
 
 #: (bucket, prefix) -> newest (object name, updated time) under that prefix, or None
@@ -416,7 +417,13 @@ class DatastreamProvisioner:
         errors = [_error_text(e) for e in stream.errors]
         out = StreamStatus(plan.stream.id, ds.Stream.State(stream.state).name, errors)
         if newest_file is not None:
-            found = newest_file(plan.bucket, plan.path + "/")
+            try:
+                found = newest_file(plan.bucket, plan.path + "/")
+            except gexc.GoogleAPICallError as exc:
+                out.newest_file_error = (
+                    f"cannot list gs://{plan.bucket}/{plan.path}/: {exc.message}"
+                )
+                return out
             if found:
                 out.newest_file, out.newest_file_time = f"gs://{plan.bucket}/{found[0]}", found[1]
         return out

@@ -115,12 +115,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     provisioner = DatastreamProvisioner(make_client())
     failed = False
     for plan in plans:
-        st = provisioner.status(plan, newest_gcs_file(_storage_client(plan)))
-        newest = (
-            f"{st.newest_file_time.isoformat()} ({st.newest_file})"
-            if st.newest_file_time
-            else "no files yet"
-        )
+        storage, why_not = _storage_client(plan)
+        st = provisioner.status(plan, newest_gcs_file(storage) if storage else None)
+        reason = why_not or st.newest_file_error
+        if st.newest_file_time:
+            newest = f"{st.newest_file_time.isoformat()} ({st.newest_file})"
+        else:
+            newest = f"unknown ({reason})" if reason else "none yet"
         print(f"{plan.source_name}: stream {st.stream} {st.state}; newest file {newest}")
         for e in st.errors:
             print(f"  error: {e}")
@@ -128,17 +129,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _storage_client(plan: Any) -> Any:
+def _storage_client(plan: Any) -> tuple[Any, str | None]:
+    """A GCS client for the newest-file lookup, or None and why (status still shows the state)."""
     import os
 
+    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage  # type: ignore[attr-defined]
 
     project = plan.parent.split("/")[1]
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=project, credentials=AnonymousCredentials())
-    return storage.Client(project=project)
+        return storage.Client(project=project, credentials=AnonymousCredentials()), None
+    try:
+        return storage.Client(project=project), None
+    except DefaultCredentialsError:
+        return None, "no Google credentials to list the bucket"
 
 
 def _past(verb: str) -> str:

@@ -293,6 +293,13 @@ def test_status_finds_the_newest_file_by_following_the_date_folders(
     from google.cloud import storage
 
     client = storage.Client(project="acme-data", credentials=AnonymousCredentials())
+    plan = plan_of(registry)
+    p = provisioner(server)
+    p.apply(plan)
+    missing = p.status(plan, newest_gcs_file(client))  # the bucket does not exist yet
+    assert missing.newest_file is None
+    assert missing.newest_file_error.startswith("cannot list gs://acme-cdc/raw/ds/shop/")
+
     bucket = client.create_bucket("acme-cdc")
     base = "raw/ds/shop"
     for name in [
@@ -304,9 +311,6 @@ def test_status_finds_the_newest_file_by_following_the_date_folders(
     ]:
         bucket.blob(name).upload_from_string(b"{}\n")
         time.sleep(0.01)
-    plan = plan_of(registry)
-    p = provisioner(server)
-    p.apply(plan)
 
     st = p.status(plan, newest_gcs_file(client))
     assert st.newest_file == f"gs://acme-cdc/{base}/shop_orders/2026/02/17/15/00/d.jsonl.gz"
