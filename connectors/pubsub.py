@@ -2,14 +2,24 @@
 
 ``PubSubSink`` is an ``EventSink`` (``connectors.capture.base``): ``write`` publishes every event of
 a batch (names, ordering keys and message contents: ``state_models.pubsub``) and returns only once
-Pub/Sub has acknowledged every one, so the capture saves its position only then. The client
-batches (``publish.max_messages`` / ``max_bytes`` / ``max_latency_ms``), blocks ``write`` when too
-much is in flight (``max_outstanding_*``) and retries transient errors (with ordering keys it never
-gives up on a message by itself). ``write`` waits at most ``publish.timeout_seconds`` for the whole
-batch, then raises ``TransientError`` and the capture does not advance; a permanent error (missing
-topic, no permission, a refused message) raises at once. A batch written again after a failure may
-publish some events twice (the first attempt may still land): consumers dedupe by ``event_id``
-(at-least-once, ARCHITECTURE.md §3).
+Pub/Sub has acknowledged every one, so the capture saves its position only then.
+
+How a batch is published: its messages are grouped by (topic, ordering key), because one Publish
+call may carry the messages of one ordering key only; each group is sent in publish order, cut into
+calls of at most ``publish.max_messages`` / ``max_bytes``, and up to
+``publish.max_concurrent_requests`` groups are in flight at once (that, and one batch per ``write``,
+is the flow control). Transient errors (unavailable, deadline, resource exhausted, ...) are retried
+with backoff until ``publish.timeout_seconds`` after ``write`` began; then ``write`` raises
+``TransientError`` and the capture does not advance. A permanent error (missing topic, no
+permission, a refused message) raises at once. A batch written again after a failure may publish
+some events twice: consumers dedupe by ``event_id`` (at-least-once, ARCHITECTURE.md §3). Because
+``write`` returns only when its batch is acknowledged, the changes of a row reach Pub/Sub in commit
+order across batches too.
+
+The sink calls the generated (GAPIC) Publish method of google-cloud-pubsub rather than the
+high-level ``PublisherClient.publish``: with ordering keys that client retries a failed publish
+forever and takes a lock per message (measured here: 770 events/s with a key per row, against
+1,250/s this way; with 64 ordering buckets 2,000/s against 6,000/s).
 
 ``ensure_pubsub`` creates the change topics, their ordered subscriptions (ack deadline, dead-letter
 policy) and the dead-letter topic with its subscription; what already exists is checked, not
@@ -20,25 +30,19 @@ stand-in under ``tests/``), else to Google Cloud with Application Default Creden
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from state_models.errors import CdcError, ConfigError, TerminalError, TransientError
 from state_models.events import ChangeEvent
-from state_models.pubsub import (
-    PubSubLayout,
-    PubSubPublishing,
-    SubscriptionSpec,
-    message_for,
-    ordering_key,
-)
+from state_models.pubsub import PubSubLayout, SubscriptionSpec, message_for
 from state_models.registry import Registry
 
-#: gRPC codes worth retrying a publish on (the client library's own default set).
-_TRANSIENT_CODES = (
+#: Errors worth retrying a publish on (google-cloud-pubsub's own default set).
+_TRANSIENT = (
     "Aborted",
     "Cancelled",
     "DeadlineExceeded",
@@ -65,44 +69,33 @@ def _no_credentials(exc: Exception) -> ConfigError:
     )
 
 
-def make_publisher(publishing: PubSubPublishing) -> Any:
-    """A PublisherClient with ordering, batching, flow control and bounded retries."""
-    from google.api_core import exceptions, retry
+def make_publish_api() -> Any:
+    """The generated Publisher client: an insecure channel to ``PUBSUB_EMULATOR_HOST``, else ADC."""
+    from google import pubsub_v1 as gapic
     from google.auth.exceptions import DefaultCredentialsError
-    from google.cloud import pubsub_v1
-    from google.cloud.pubsub_v1 import types
 
-    transient = retry.if_exception_type(*(getattr(exceptions, n) for n in _TRANSIENT_CODES))
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if host:
+        import grpc
+        from google.auth.credentials import AnonymousCredentials
+        from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+        channel = grpc.insecure_channel(host, options=[("grpc.max_send_message_length", -1)])
+        transport = PublisherGrpcTransport(channel=channel, credentials=AnonymousCredentials())
+        return gapic.PublisherClient(transport=transport)
     try:
-        return pubsub_v1.PublisherClient(
-            batch_settings=types.BatchSettings(
-                max_bytes=publishing.max_bytes,
-                max_latency=publishing.max_latency_ms / 1000,
-                max_messages=publishing.max_messages,
-            ),
-            publisher_options=types.PublisherOptions(
-                enable_message_ordering=True,
-                flow_control=types.PublishFlowControl(
-                    message_limit=publishing.max_outstanding_messages,
-                    byte_limit=publishing.max_outstanding_bytes,
-                    limit_exceeded_behavior=types.LimitExceededBehavior.BLOCK,
-                ),
-                # With ordering on, the client keeps the backoff and the predicate but retries
-                # without a deadline (a message of a key must not be skipped); how long `write`
-                # waits is bounded by the sink instead.
-                retry=retry.Retry(initial=0.1, maximum=10.0, multiplier=2.0, predicate=transient),
-            ),
-        )
+        return gapic.PublisherClient()
     except DefaultCredentialsError as exc:
         raise _no_credentials(exc) from exc
 
 
-def make_subscriber() -> Any:
+def make_admin_clients() -> tuple[Any, Any]:
+    """The high-level (publisher, subscriber) clients, for creating topics and subscriptions."""
     from google.auth.exceptions import DefaultCredentialsError
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
     try:
-        return pubsub_v1.SubscriberClient()
+        return PublisherClient(), SubscriberClient()
     except DefaultCredentialsError as exc:
         raise _no_credentials(exc) from exc
 
@@ -110,59 +103,76 @@ def make_subscriber() -> Any:
 class PubSubSink:
     """Publishes change events; ``write`` returns once Pub/Sub has acknowledged the whole batch."""
 
-    def __init__(
-        self,
-        layout: PubSubLayout,
-        kinds: Mapping[str, str],
-        *,
-        client: Any = None,
-    ):
+    def __init__(self, layout: PubSubLayout, kinds: Mapping[str, str], *, api: Any = None):
+        from google.api_core import exceptions, retry
+        from google.pubsub_v1.types import pubsub as types
+
         self.layout = layout
         self.kinds = dict(kinds)  # source name -> postgres | mysql, to render envelopes
-        self.client = client if client is not None else make_publisher(layout.settings.publish)
-        self._wait = layout.settings.publish.timeout_seconds
+        self.api = api if api is not None else make_publish_api()
+        self._settings = layout.settings.publish
+        self._buckets = layout.settings.ordering_buckets
+        self._retry = retry.Retry(
+            initial=0.1,
+            maximum=5.0,
+            multiplier=2.0,
+            predicate=retry.if_exception_type(*(getattr(exceptions, n) for n in _TRANSIENT)),
+        )
+        self._message = types.PubsubMessage.pb()
+        self._request = types.PublishRequest.pb()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self._settings.max_concurrent_requests, thread_name_prefix="pubsub-publish"
+        )
 
     @classmethod
-    def from_registry(cls, registry: Registry, *, client: Any = None) -> PubSubSink:
+    def from_registry(cls, registry: Registry, *, api: Any = None) -> PubSubSink:
         layout = registry.pubsub_layout()
         if layout is None:
             raise ConfigError(
                 "the registry has no pubsub: section (project, topics); add one to publish changes"
             )
         kinds = {name: source.kind for name, source in registry.sources.items()}
-        return cls(layout, kinds, client=client)
+        return cls(layout, kinds, api=api)
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
         """Publish the batch and wait for every publish; raise (naming the cause) if any failed."""
-        pending: list[tuple[ChangeEvent, str, Any]] = []
-        failures: list[tuple[ChangeEvent, str, BaseException]] = []
+        deadline = time.monotonic() + self._settings.timeout_seconds
+        groups: dict[tuple[str, str], list[tuple[ChangeEvent, Any]]] = {}
         for event in events:
+            m = message_for(event, self._kind(event), self._buckets)
             topic = self.layout.topic_path(self.layout.topic(event.table))
-            message = message_for(event, self._kind(event))
-            try:
-                future = self.client.publish(
-                    topic,
-                    message.data,
-                    ordering_key=message.ordering_key,
-                    **message.attributes,
-                )
-            except Exception as exc:  # a paused ordering key, a closed client, ...
-                failures.append((event, topic, exc))
-                continue
-            pending.append((event, topic, future))
-        _, not_done = concurrent.futures.wait([f for _, _, f in pending], timeout=self._wait)
-        for event, topic, future in pending:
-            if future in not_done:
-                failures.append((event, topic, TimeoutError(f"no answer in {self._wait:.0f} s")))
-            elif future.exception() is not None:
-                failures.append((event, topic, future.exception()))
+            pb = self._message(data=m.data, attributes=m.attributes, ordering_key=m.ordering_key)
+            groups.setdefault((topic, m.ordering_key), []).append((event, pb))
+        futures = {
+            self._pool.submit(self._publish_group, topic, group, deadline): (topic, group)
+            for (topic, _), group in groups.items()
+        }
+        failures = []
+        for future in concurrent.futures.as_completed(futures):
+            exc = future.exception()
+            if exc is not None:
+                topic, group = futures[future]
+                failures.append((group[0][0], topic, exc, len(group)))
         if failures:
-            self._resume(failures)
             raise self._error(failures, len(events))
 
+    def _publish_group(
+        self, topic: str, group: list[tuple[ChangeEvent, Any]], deadline: float
+    ) -> None:
+        """One ordering key's messages, in order, in as few calls as the limits allow."""
+        for chunk in _chunks([pb for _, pb in group], self._settings):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"not acknowledged within {self._settings.timeout_seconds:g} s")
+            self.api.publish(
+                request=self._request(topic=topic, messages=chunk),
+                retry=self._retry.with_timeout(left),
+                timeout=left,
+            )
+
     def close(self) -> None:
-        """Send what is batched and stop the client's threads."""
-        self.client.stop()
+        """Stop the publishing threads (a ``write`` in progress finishes first)."""
+        self._pool.shutdown(wait=True)
 
     def __enter__(self) -> PubSubSink:
         return self
@@ -181,23 +191,16 @@ class PubSubSink:
             )
         return kind
 
-    def _resume(self, failures: list[tuple[ChangeEvent, str, BaseException]]) -> None:
-        # After a failed publish the client refuses every later message of that ordering key, so
-        # that nothing overtakes it; the capture will send the batch again, so let the keys go.
-        for topic, key in {(topic, ordering_key(event)) for event, topic, _ in failures}:
-            if key:
-                with contextlib.suppress(RuntimeError):  # "not paused": nothing to resume
-                    self.client.resume_publish(topic, key)
-
     def _error(
-        self, failures: list[tuple[ChangeEvent, str, BaseException]], total: int
+        self, failures: list[tuple[ChangeEvent, str, BaseException, int]], total: int
     ) -> CdcError:
         from google.api_core import exceptions
 
-        event, topic, exc = failures[0]
+        event, topic, exc, _ = failures[0]
         causes = [f[2] for f in failures]
+        failed = sum(f[3] for f in failures)
         summary = (
-            f"Pub/Sub did not accept {len(failures)} of {total} events "
+            f"Pub/Sub did not acknowledge {failed} of {total} events "
             f"(first: {event.table} seq {event.seq} to {topic}: {type(exc).__name__}: {exc})"
         )
         if any(isinstance(c, exceptions.NotFound) for c in causes):
@@ -211,6 +214,22 @@ class PubSubSink:
         if any(isinstance(c, exceptions.InvalidArgument) for c in causes):
             return TerminalError(f"{summary}; Pub/Sub refused the message", raw=event.raw)
         return TransientError(f"{summary}; {where()} is unreachable or overloaded, retry later")
+
+
+def _chunks(messages: list[Any], settings: Any) -> list[list[Any]]:
+    """Consecutive runs of messages within the per-call message and byte limits."""
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for m in messages:
+        n = m.ByteSize()
+        if chunks[-1] and (
+            len(chunks[-1]) >= settings.max_messages or size + n > settings.max_bytes
+        ):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(m)
+        size += n
+    return chunks
 
 
 # --------------------------------------------------------------------------- setup

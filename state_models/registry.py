@@ -274,10 +274,14 @@ class Registry(_Model):
         return self
 
     def pubsub_layout(self) -> PubSubLayout | None:
-        """Topic and subscription names of every registered table, when ``pubsub:`` is set."""
+        """Topic and subscription names of the published tables, when ``pubsub:`` is set.
+
+        Tables of ``engine: datastream`` sources are not published: Datastream writes files to GCS.
+        """
         if self.pubsub is None:
             return None
-        return PubSubLayout(self.pubsub, [t.id for t in self.tables()])
+        published = [t.id for t in self.tables() if t.source.engine != "datastream"]
+        return PubSubLayout(self.pubsub, published)
 
     def tables(self) -> list[RegisteredTable]:
         return [

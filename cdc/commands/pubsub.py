@@ -45,7 +45,7 @@ def _layout(args: argparse.Namespace) -> PubSubLayout:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from connectors.pubsub import ensure_pubsub, make_publisher, make_subscriber, where
+    from connectors.pubsub import ensure_pubsub, make_admin_clients, where
 
     layout = _layout(args)
     settings = layout.settings
@@ -59,8 +59,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print_table(rows, ["kind", "name", "detail"])
         return EXIT_OK
 
-    publisher = make_publisher(settings.publish)
-    subscriber = make_subscriber()
+    publisher, subscriber = make_admin_clients()
     try:
         steps = ensure_pubsub(layout, publisher, subscriber)
     finally:

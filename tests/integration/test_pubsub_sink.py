@@ -268,7 +268,7 @@ def test_missing_topic_fails_the_write_and_a_retry_after_setup_succeeds(
         with pytest.raises(ConfigError, match="run `cdc pubsub setup`"):
             sink.write(events)
         assert setup(tmp_path, ps) == 0
-        sink.write(events)  # the same batch again: the failed ordering key was resumed
+        sink.write(events)  # the same batch again, now that the topic exists
     got = pull_until(subscriber, merge_subscription(ps), 3, ack=True)
     assert [m.message.attributes["seq"] for m in got] == [e.seq for e in events]
 
@@ -314,6 +314,29 @@ def test_write_fails_as_transient_when_pubsub_stays_unreachable(tmp_path, monkey
     reg = registry(tmp_path, "nobody-home", "  publish: {timeout_seconds: 2}\n")
     with PubSubSink.from_registry(reg) as sink:
         started = time.monotonic()
-        with pytest.raises(TransientError, match="did not accept 2 of 2 events"):
+        with pytest.raises(TransientError, match="did not acknowledge 2 of 2 events"):
             sink.write([change(0, key=1), change(1, key=2)])
         assert time.monotonic() - started < 40
+
+
+def test_a_row_with_many_changes_is_cut_into_calls_in_order(tmp_path, pubsub_emulator, subscriber):
+    ps = pubsub_emulator
+    assert setup(tmp_path, ps) == 0
+    reg = registry(tmp_path, ps.project, "  publish: {max_messages: 3, max_bytes: 5000}\n")
+    big = "y" * 3000  # two of these exceed max_bytes: one message per call
+    events = [change(i, key=9) for i in range(7)] + [
+        ChangeEvent(
+            table="billing.public.subscriptions",
+            op=Op.UPDATE,
+            key={"id": 9},
+            before=None,
+            after={"id": 9, "plan": big, "amount": Decimal("1.00")},
+            seq=make_seq(2000 + i, 2000 + i),
+            commit_ts=1_790_000_000_100_000 + i,
+        )
+        for i in range(3)
+    ]
+    with PubSubSink.from_registry(reg) as sink:
+        sink.write(events)
+    got = pull_until(subscriber, merge_subscription(ps), len(events), ack=True)
+    assert [m.message.attributes["seq"] for m in got] == [e.seq for e in events]

@@ -396,7 +396,9 @@ class PubSubStandIn:
 
     def start(self) -> PubSubStandIn:
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="pubsub")
+            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="pubsub"),
+            # Pub/Sub takes publish requests of up to 10 MB; gRPC's default limit is 4 MB.
+            options=[("grpc.max_receive_message_length", 20 * 2**20)],
         )
         server.add_generic_rpc_handlers(self._handlers())
         port = server.add_insecure_port(self._bind)

@@ -204,3 +204,33 @@ def test_layout_refuses_a_dead_letter_topic_that_is_a_change_topic():
         PubSubLayout(
             settings.model_copy(update={"topics": "per_source"}), ["billing.public.t"]
         ).check()
+
+
+def test_ordering_buckets_keep_a_row_on_one_key_and_spread_the_rows():
+    keys = {ordering_key(event(key={"id": i}, after={"id": i}), buckets=16) for i in range(1000)}
+    assert keys == {f"billing.public.subscriptions:b{n}" for n in range(16)}
+    one_row = {
+        ordering_key(event(key={"id": 5}, after={"id": 5}, seq=make_seq(i, i)), buckets=16)
+        for i in range(10)
+    }
+    assert len(one_row) == 1
+    assert ordering_key(event(op=Op.TRUNCATE, key={}, after=None), buckets=16) == ""
+
+
+def test_datastream_sources_are_not_published(tmp_path):
+    p = tmp_path / "cdc.yaml"
+    p.write_text(
+        REGISTRY
+        + """  shop:
+    kind: mysql
+    engine: datastream
+    dsn: mysql://u@h/shop
+    tables:
+      - name: shop.orders
+        primary_key: [id]
+pubsub:
+  project: acme-data
+"""
+    )
+    layout = load_config(p, env={}).registry.pubsub_layout()
+    assert not any("shop" in t for t in layout.topics())
