@@ -25,6 +25,7 @@ AddCommand = Callable[[str, str, Handler], argparse.ArgumentParser]
 COMMAND_MODULES = [
     "cdc.commands.registry",
     "cdc.commands.demo",
+    "cdc.commands.runtime",
     "cdc.commands.datastream",
     "cdc.commands.pubsub",
     "cdc.commands.changelog",

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from state_models.errors import ConfigError, SourceUnavailableError, UnknownTableError
-from state_models.registry import Source, unresolved_variables
+from state_models.registry import Registry, Source, unresolved_variables
 
 _PG_SCHEMES = ("postgresql", "postgres")
 _MYSQL_SCHEMES = ("mysql", "mariadb")
@@ -136,3 +136,35 @@ def readable_type(compiled: str) -> str:
     if t != "tinyint(1)":
         t = re.sub(r"^(tinyint|smallint|mediumint|int|integer|bigint)\(\d+\)", r"\1", t)
     return t
+
+
+def fill_primary_keys(registry: Registry) -> Registry:
+    """The registry with every omitted ``primary_key`` read from the live table.
+
+    Raises ConfigError for a table that has neither a declared nor a database primary key: its
+    rows could not be told apart in history.
+    """
+    sources = {}
+    for name, source in registry.sources.items():
+        missing = [t for t in source.tables if not t.primary_key]
+        if not missing:
+            sources[name] = source
+            continue
+        engine = create_engine(source, name)
+        try:
+            tables = []
+            for t in source.tables:
+                if t.primary_key:
+                    tables.append(t)
+                    continue
+                found = introspect_table(engine, name, t.name).primary_key
+                if not found:
+                    raise ConfigError(
+                        f"sources.{name}: table {t.name} has no primary key in the database and none "
+                        "in the registry; declare primary_key: [...] naming the columns that identify a row"
+                    )
+                tables.append(t.model_copy(update={"primary_key": found}))
+        finally:
+            engine.dispose()
+        sources[name] = source.model_copy(update={"tables": tables})
+    return registry.model_copy(update={"sources": sources})

@@ -892,6 +892,22 @@ def plan_current(table: StateTable, names: TableNames, caps: Capabilities) -> ex
     )
 
 
+def plan_stats(names: TableNames) -> exp.Select:
+    """One row of figures for ``cdc status``: versions, live rows, newest ``_seq`` and commit time."""
+    live = exp.and_(_col(IS_CURRENT), exp.not_(_col(IS_DELETED)))
+    return exp.select(
+        exp.alias_(exp.Count(this=exp.Star()), "versions"),
+        exp.alias_(
+            exp.Sum(
+                this=exp.If(this=live, true=exp.Literal.number(1), false=exp.Literal.number(0))
+            ),
+            "live_rows",
+        ),
+        exp.alias_(exp.Max(this=_col(SEQ)), "last_seq"),
+        exp.alias_(exp.Max(this=_col(VALID_FROM)), "last_commit"),
+    ).from_(names.state.copy(), copy=False)
+
+
 def plan_has_truncates(names: TableNames) -> exp.Select:
     """Whether the truncate log holds anything (decides ``with_truncates`` for the next MERGE)."""
     return exp.select(exp.Count(this=exp.Star())).from_(names.truncates.copy(), copy=False)

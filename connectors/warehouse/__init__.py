@@ -80,6 +80,10 @@ class Warehouse(Protocol):
         """The live rows now."""
         ...
 
+    def stats(self, table: TableDef) -> dict[str, Any] | None:  # pragma: no cover - protocol
+        """``versions``, ``live_rows``, ``last_seq``, ``last_commit``; None if the table is absent."""
+        ...
+
     def close(self) -> None:  # pragma: no cover - protocol
         ...
 

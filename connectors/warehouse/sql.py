@@ -28,6 +28,7 @@ from state_models.plans import (
     plan_history,
     plan_merge,
     plan_record_truncates,
+    plan_stats,
     plan_views,
     plan_widen_column,
     table_names,
@@ -255,6 +256,17 @@ class SqlWarehouse:
         if state is None:
             return []
         return self._query(plan_current(state, self._names(state.name), self.caps))
+
+    def stats(self, table: TableDef) -> dict[str, Any] | None:
+        """Versions, live rows, newest ``_seq`` and commit time; None when the table does not exist."""
+        state = self._require(table)
+        if state is None:
+            return None
+        rows = self._query(plan_stats(self._names(state.name)))
+        row = dict(rows[0]) if rows else {}
+        row["versions"] = int(row.get("versions") or 0)
+        row["live_rows"] = int(row.get("live_rows") or 0)
+        return row
 
 
 def _format_meta(table: StateTable) -> str:

@@ -1,0 +1,443 @@
+"""``cdc run``, ``cdc status`` and ``cdc dead-letters``: the embedded runtime and its upkeep."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
+from cdc.commands.common import load, print_table, subcommands
+from cdc.config import LoadedConfig
+from state_models.errors import ConfigError, TransientError
+
+
+def add_commands(add: AddCommand) -> None:
+    p = add(
+        "run", "capture every source into the changelog and merge into the state tables", cmd_run
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=10_000, help="events per MERGE, at most (10000)"
+    )
+    p.add_argument(
+        "--max-latency",
+        type=float,
+        default=0.2,
+        metavar="SECONDS",
+        help="how long a captured change may wait before it is merged (0.2)",
+    )
+    p.add_argument(
+        "--archive-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often captured changes are rolled into changelog files (60)",
+    )
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long (default: run until stopped)",
+    )
+
+    p = add(
+        "status",
+        "per table: applied position, freshness lag, versions, live rows; captures and slots",
+        cmd_status,
+    )
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = add("dead-letters", "events that could not be applied: list, show, retry", _dl_usage)
+    sub = subcommands(p, "dl_command")
+    s = sub("ls", "list dead letters (id, time, table, reason)", cmd_dl_ls)
+    s.add_argument("--table", help="only this table id")
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s = sub("show", "one dead letter with its raw message", cmd_dl_show)
+    s.add_argument("id")
+    s = sub(
+        "retry", "re-drive dead letters through the merge (after fixing the cause)", cmd_dl_retry
+    )
+    s.add_argument("ids", nargs="*", metavar="ID", help="dead letters to retry (default: all)")
+    s.add_argument("--table", help="only this table id")
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("status",):
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("py4j", "jpype", "urllib3", "google", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM set ``stop``: flush, make durable, advance offsets, exit."""
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        logging.getLogger("cdc.run").info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cdc.runtime import Runtime, RuntimeOptions
+    from connectors.sources import fill_primary_keys
+
+    setup_logging(args.log_format)
+    cfg = load(args)
+    if not cfg.registry.tables():
+        raise ConfigError(
+            f"{cfg.path} registers no tables: nothing to capture (see `cdc register`)"
+        )
+    if args.batch_size < 1 or args.max_latency < 0 or args.archive_interval <= 0:
+        raise ConfigError(
+            "--batch-size must be >= 1, --max-latency >= 0 and --archive-interval > 0"
+        )
+    registry = fill_primary_keys(cfg.registry)
+    options = RuntimeOptions(
+        batch_size=args.batch_size,
+        max_latency_s=args.max_latency,
+        archive_interval_s=args.archive_interval,
+    )
+    tty = sys.stderr.isatty() and args.log_format == "text"
+    log = logging.getLogger("cdc.run")
+    last_log = [0.0]
+
+    def on_status(rt: Runtime) -> None:
+        line = rt.status_line()
+        if tty:
+            print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - last_log[0] >= 10:
+            last_log[0] = time.monotonic()
+            log.info(line, extra={"status": rt.status()})
+
+    runtime = Runtime(cfg, options, registry=registry, on_status=on_status)
+    stop = threading.Event()
+    if args.duration:
+        threading.Timer(args.duration, stop.set).start()
+    log.info(
+        "capturing %s into %s; state tables in %s",
+        ", ".join(f"{n} ({s.engine})" for n, s in registry.sources.items()),
+        cfg.changelog_root,
+        cfg.warehouse_url,
+    )
+    with stop_on_signals(stop):
+        summary = runtime.run(stop)
+    if tty:
+        print(file=sys.stderr)
+    log.info(
+        "stopped: %d events merged, %d archived, %d dead letters",
+        summary.events_merged,
+        summary.events_archived,
+        summary.dead_letters,
+    )
+    if summary.error:
+        print(f"cdc run: {summary.error}", file=sys.stderr)
+    return summary.exit_code
+
+
+# --------------------------------------------------------------------------- status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    doc = collect_status(cfg)
+    if args.format == "json":
+        print(json.dumps(doc, indent=2, default=str))
+        return EXIT_OK
+    runtime = doc["runtime"]
+    if runtime:
+        state = "running" if runtime.get("running") else "stopped"
+        age = time.time() - runtime["updated_at"]
+        print(
+            f"cdc run: {state} (pid {runtime.get('pid')}, status {age:.0f}s old)"
+            + (f"; error: {runtime['error']}" if runtime.get("error") else "")
+        )
+    else:
+        print("cdc run: no status yet (it has not run with this state dir)")
+    if doc["warehouse_note"]:
+        print(f"warehouse: {doc['warehouse_note']}")
+    print_table(
+        doc["tables"],
+        [
+            "table",
+            "state_table",
+            "last_seq",
+            "last_commit",
+            "lag",
+            "versions",
+            "live_rows",
+            "dead_letters",
+        ],
+    )
+    if doc["captures"]:
+        print()
+        print_table(
+            doc["captures"], ["source", "engine", "phase", "events", "last_seq", "lag", "detail"]
+        )
+    for w in doc["warnings"]:
+        print(f"WARNING: {w}")
+    return EXIT_OK
+
+
+def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
+    """Everything ``cdc status`` shows, from the warehouse, the runtime's status file and the sources."""
+    from cdc.runtime import read_status
+    from connectors.deadletter import DeadLetterStore, default_folder
+    from connectors.warehouse import open_warehouse
+    from state_models.scd2 import TableDef
+
+    now = time.time()
+    runtime = read_status(cfg.state_dir)
+    letters = DeadLetterStore(default_folder(cfg.state_dir)).list()
+    per_table_letters: dict[str, int] = {}
+    for letter in letters:
+        per_table_letters[letter.table or "?"] = per_table_letters.get(letter.table or "?", 0) + 1
+    stats: dict[str, dict[str, Any] | None] = {}
+    note = ""
+    try:
+        warehouse = open_warehouse(cfg.warehouse_url)
+    except TransientError as exc:
+        warehouse = None
+        note = f"busy ({exc}); figures below come from cdc run's status file"
+    if warehouse is not None:
+        try:
+            for t in cfg.registry.tables():
+                stats[t.id] = warehouse.stats(TableDef.from_registered(t))
+        finally:
+            warehouse.close()
+    tables = []
+    for t in cfg.registry.tables():
+        s = stats.get(t.id)
+        rt = (runtime or {}).get("tables", {}).get(t.id, {})
+        last_seq = (s or {}).get("last_seq") or rt.get("last_seq")
+        last_commit = (s or {}).get("last_commit")
+        if last_commit is None and rt.get("last_commit_ts"):
+            last_commit = dt.datetime.fromtimestamp(rt["last_commit_ts"] / 1e6, dt.UTC)
+        lag = (now - last_commit.timestamp()) if isinstance(last_commit, dt.datetime) else None
+        tables.append(
+            {
+                "table": t.id,
+                "state_table": t.state_table,
+                "last_seq": last_seq or "-",
+                "last_commit": last_commit.isoformat(timespec="seconds")
+                if isinstance(last_commit, dt.datetime)
+                else "-",
+                "lag": _duration(lag),
+                "lag_s": lag,
+                "versions": (s or {}).get("versions", "-")
+                if s is not None
+                else ("-" if warehouse is None else 0),
+                "live_rows": (s or {}).get("live_rows", "-")
+                if s is not None
+                else ("-" if warehouse is None else 0),
+                "dead_letters": per_table_letters.get(t.id, 0),
+            }
+        )
+    captures, warnings = _capture_status(cfg, runtime, now)
+    if letters:
+        warnings.append(f"{len(letters)} dead letter(s) waiting: `cdc dead-letters ls`")
+    return {
+        "runtime": runtime,
+        "warehouse_note": note,
+        "tables": tables,
+        "captures": captures,
+        "warnings": warnings,
+    }
+
+
+def _capture_status(
+    cfg: LoadedConfig, runtime: Any, now: float
+) -> tuple[list[dict[str, Any]], list[str]]:
+    from connectors.capture.offsets import OffsetStore
+
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for name, source in cfg.registry.sources.items():
+        rt = (runtime or {}).get("captures", {}).get(name, {})
+        detail = []
+        try:
+            stored = OffsetStore(cfg.state_dir, name, source.engine).load()
+        except Exception as exc:  # an unreadable offset file is worth showing, not fatal here
+            stored = None
+            detail.append(f"offset unreadable: {exc}")
+        if stored:
+            detail.append(
+                "offset "
+                + ", ".join(
+                    f"{k}={v}"
+                    for k, v in sorted(stored.items())
+                    if k in ("lsn", "file", "pos", "gtid", "lsn_commit")
+                )
+            )
+        if source.kind == "postgres" and source.engine != "datastream":
+            try:
+                from connectors.capture.slots import slot_status
+
+                slot = slot_status(name, source)
+                if slot.exists:
+                    detail.append(
+                        f"slot {slot.slot} retains {(slot.retained_bytes or 0) / 2**20:.1f} MiB WAL"
+                    )
+                warnings.extend(f"{name}: {w}" for w in slot.warnings())
+            except Exception as exc:  # the source may be down; say so and go on
+                detail.append(f"slot: {type(exc).__name__}: {exc}")
+        lag = rt.get("lag_s")
+        rows.append(
+            {
+                "source": name,
+                "engine": source.engine,
+                "phase": rt.get("phase", "-"),
+                "events": rt.get("events", "-"),
+                "last_seq": rt.get("last_seq") or "-",
+                "lag": _duration(lag),
+                "detail": "; ".join(detail) or "-",
+            }
+        )
+    return rows, warnings
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+def _dl_usage(args: argparse.Namespace) -> int:
+    raise ConfigError("cdc dead-letters needs a subcommand: ls, show, retry")
+
+
+def _store(cfg: LoadedConfig) -> Any:
+    from connectors.deadletter import DeadLetterStore, default_folder
+
+    return DeadLetterStore(default_folder(cfg.state_dir))
+
+
+def cmd_dl_ls(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    letters = _store(cfg).list(table=args.table)
+    if args.format == "json":
+        print(json.dumps([_letter_doc(x, raw=False) for x in letters], indent=2, default=str))
+        return EXIT_OK
+    if not letters:
+        print("no dead letters")
+        return EXIT_OK
+    print_table(
+        [
+            {
+                "id": x.id,
+                "at": x.at,
+                "table": x.table or "-",
+                "error": x.error_type,
+                "reason": _short(x.reason, 100),
+            }
+            for x in letters
+        ],
+        ["id", "at", "table", "error", "reason"],
+    )
+    print(
+        f"{len(letters)} dead letter(s); `cdc dead-letters show ID` for the raw message",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_dl_show(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    letter = _store(cfg).show(args.id)
+    print(json.dumps(_letter_doc(letter, raw=True), indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_dl_retry(args: argparse.Namespace) -> int:
+    from connectors.warehouse import open_warehouse
+    from merge_jobs.redrive import redrive
+
+    cfg = load(args)
+    store = _store(cfg)
+    letters = [store.show(i) for i in args.ids] if args.ids else store.list(table=args.table)
+    if not letters:
+        print("no dead letters to retry")
+        return EXIT_OK
+    warehouse = open_warehouse(cfg.warehouse_url)
+    try:
+        result = redrive(
+            cfg.registry, warehouse, store, letters, ingested_at=dt.datetime.now(dt.UTC)
+        )
+    finally:
+        warehouse.close()
+    for letter_id, reason in result.still_failing.items():
+        print(f"still failing {letter_id}: {reason}", file=sys.stderr)
+    print(
+        f"retried {len(letters)}: {result.applied} applied and removed, {len(result.still_failing)} still failing"
+    )
+    return EXIT_FAILED if result.still_failing else EXIT_OK
+
+
+def _letter_doc(letter: Any, raw: bool) -> dict[str, Any]:
+    doc = {
+        k: getattr(letter, k)
+        for k in ("id", "at", "reason", "error_type", "source", "table", "context")
+    }
+    if raw:
+        doc["raw"] = letter.raw_text() if letter.raw_encoding == "text" else letter.raw
+        doc["raw_encoding"] = letter.raw_encoding
+    return doc
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,365 @@
+"""The embedded runtime behind ``cdc run``: capture → journal → (merge | changelog), on one machine.
+
+::
+
+    capture (one thread per source) ──write──► journal segment (fsynced) ──► offset advances
+                                                   │
+                   merge loop (main thread) ◄──────┤  micro-batches: ≤ batch_size events, or
+                   apply_events → warehouse        │  the oldest waited max_latency_s
+                                                   │
+                   archiver (main thread)  ◄───────┘  every archive_interval_s: the changelog
+                   ChangelogWriter → Parquet files     (few large immutable files)
+
+Nothing is lost at any crash point: a batch is acknowledged to the capture only once its journal
+segment is on disk, and a segment is deleted only once it is both merged and archived. On start
+the runtime first finishes whatever the journal still holds (the merge is idempotent and the
+changelog tolerates duplicates), then starts the captures. Stopping (``stop`` set by Ctrl-C or
+SIGTERM) makes each capture flush its last batch and save its position, then merges and archives
+everything journaled, and returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdc.config import LoadedConfig
+from connectors.capture import Capture, CaptureStats, make_capture
+from connectors.changelog.writer import ChangelogWriter
+from connectors.deadletter import DeadLetterStore, default_folder
+from connectors.journal import ARCHIVED, MERGED, Journal, Segment
+from connectors.warehouse import Warehouse, open_warehouse
+from merge_jobs.apply import apply_events
+from state_models.errors import CdcError, TransientError
+from state_models.registry import Registry, table_infos
+from state_models.scd2 import TableDef
+
+log = logging.getLogger("cdc.run")
+
+STATUS_FILE = "status.json"
+
+CaptureFactory = Callable[..., Capture]
+
+
+@dataclass
+class RuntimeOptions:
+    batch_size: int = 10_000  # events per MERGE, at most
+    max_latency_s: float = 0.2  # how long a journaled event may wait before it is merged
+    archive_interval_s: float = 60.0  # how often journaled events are rolled into the changelog
+    status_interval_s: float = 1.0
+    poll_s: float = 0.05
+
+
+@dataclass
+class TableProgress:
+    table_id: str
+    state_table: str
+    events: int = 0  # events merged by this run
+    versions_written: int = 0
+    dead_letters: int = 0
+    last_seq: str | None = None  # highest seq merged by this run
+    last_commit_ts: int | None = None  # newest commit time merged (µs)
+    last_merged_at: float | None = None
+
+    def lag_s(self, now: float) -> float | None:
+        return None if self.last_commit_ts is None else max(0.0, now - self.last_commit_ts / 1e6)
+
+
+@dataclass
+class RunSummary:
+    exit_code: int = 0
+    events_merged: int = 0
+    events_archived: int = 0
+    dead_letters: int = 0
+    error: str | None = None
+    tables: dict[str, TableProgress] = field(default_factory=dict)
+
+
+class Runtime:
+    """Runs every registered source's capture and the merge/archive loops until ``stop`` is set."""
+
+    def __init__(
+        self,
+        cfg: LoadedConfig,
+        options: RuntimeOptions | None = None,
+        *,
+        registry: Registry | None = None,
+        capture_factory: CaptureFactory = make_capture,
+        on_status: Callable[[Runtime], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.cfg = cfg
+        self.registry = registry or cfg.registry
+        self.options = options or RuntimeOptions()
+        self.capture_factory = capture_factory
+        self.on_status = on_status
+        self.clock = clock
+        self.state_dir = cfg.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.state_dir / "journal")
+        self.dead_letters = DeadLetterStore(default_folder(self.state_dir))
+        self.tables: dict[str, TableDef] = {
+            t.id: TableDef.from_registered(t) for t in self.registry.tables()
+        }
+        self.progress: dict[str, TableProgress] = {
+            tid: TableProgress(tid, t.state_table) for tid, t in self.tables.items()
+        }
+        self.captures: dict[str, Capture] = {}
+        self.summary = RunSummary(tables=self.progress)
+        self._threads: dict[str, threading.Thread] = {}
+        self._capture_errors: dict[str, BaseException] = {}
+        self._warehouse: Warehouse | None = None
+        self._writer: ChangelogWriter | None = None
+        self._last_archive = self.clock()
+        self._started = time.monotonic()
+        self._merged_window: list[tuple[float, int]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, stop: threading.Event) -> RunSummary:
+        """Block until ``stop`` is set or a capture fails; returns what happened (``exit_code``)."""
+        self._warehouse = open_warehouse(self.cfg.warehouse_url)
+        self._writer = ChangelogWriter(self.cfg.changelog_root)
+        capture_stop = threading.Event()
+        try:
+            recovered = self._merge_pending(drain=True)
+            archived = self._archive_pending()
+            if recovered or archived:
+                log.info("recovered journal: merged %d events, archived %d", recovered, archived)
+            self._start_captures(capture_stop)
+            next_status = 0.0
+            while not stop.is_set():
+                merged = self._merge_pending()
+                if self.clock() - self._last_archive >= self.options.archive_interval_s:
+                    self._archive_pending()
+                failed = self._failed_capture()
+                if failed is not None:
+                    name, exc = failed
+                    self.summary.exit_code = 1
+                    self.summary.error = f"capture of source {name!r} failed: {exc}"
+                    log.error("%s", self.summary.error)
+                    break
+                now = time.monotonic()
+                if now >= next_status:
+                    self._write_status()
+                    if self.on_status is not None:
+                        self.on_status(self)
+                    next_status = now + self.options.status_interval_s
+                if not merged:
+                    stop.wait(self.options.poll_s)
+        finally:
+            capture_stop.set()
+            for name, t in self._threads.items():
+                t.join(timeout=120)
+                if t.is_alive():
+                    log.error("capture of source %r did not stop within 120 s", name)
+            try:
+                self._merge_pending(drain=True)
+                self._archive_pending()
+            finally:
+                self._write_status(stopped=True)
+                if self._warehouse is not None:
+                    self._warehouse.close()
+        return self.summary
+
+    def _start_captures(self, capture_stop: threading.Event) -> None:
+        for name, source in self.registry.sources.items():
+            if not source.tables:
+                continue
+            capture = self.capture_factory(
+                name, source, table_infos(self.registry, name), self.state_dir
+            )
+            self.captures[name] = capture
+
+            sink = self.journal.sink(name)
+            t = threading.Thread(
+                target=self._capture_body,
+                args=(name, capture, sink, capture_stop),
+                name=f"capture-{name}",
+                daemon=True,
+            )
+            t.start()
+            self._threads[name] = t
+
+    def _capture_body(self, name: str, capture: Capture, sink: Any, stop: threading.Event) -> None:
+        try:
+            capture.run(sink, stop)
+        except BaseException as exc:  # reported by the main loop, which stops the run
+            self._capture_errors[name] = exc
+
+    def _failed_capture(self) -> tuple[str, BaseException] | None:
+        for name, exc in self._capture_errors.items():
+            return name, exc
+        return None
+
+    # ------------------------------------------------------------------ merge
+
+    def _merge_pending(self, drain: bool = False) -> int:
+        """Merge journaled segments: when enough events wait, or the oldest waited long enough.
+
+        With ``drain`` everything pending is merged now (start-up recovery, shutdown).
+        """
+        assert self._warehouse is not None
+        total = 0
+        while True:
+            pending = self.journal.pending(MERGED)
+            if not pending:
+                return total
+            if not drain and not self._due(pending):
+                return total
+            take, events = self._take(pending)
+            try:
+                report = apply_events(
+                    self._warehouse,
+                    self.tables,
+                    events,
+                    ingested_at=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
+                    dead_letters=self.dead_letters,
+                    batch_size=self.options.batch_size,
+                    context_of=None,
+                )
+            except TransientError as exc:
+                log.warning("merge postponed, will retry: %s", exc)
+                return total
+            Journal.mark(take, MERGED)
+            self._record(events, report)
+            total += len(events)
+            if not drain and len(take) == len(pending):
+                return total
+
+    def _due(self, pending: Sequence[Segment]) -> bool:
+        oldest = min(s.path.stat().st_mtime for s in pending)
+        if self.clock() - oldest >= self.options.max_latency_s:
+            return True
+        # a rough count: enough waiting to fill a MERGE is worth merging now
+        return sum(s.size for s in pending) >= self.options.batch_size * 200
+
+    def _take(self, pending: Sequence[Segment]) -> tuple[list[Segment], list[Any]]:
+        take: list[Segment] = []
+        events: list[Any] = []
+        for seg in pending:
+            if events and len(events) >= self.options.batch_size:
+                break
+            take.append(seg)
+            events.extend(Journal.read(seg))
+        return take, events
+
+    def _record(self, events: Sequence[Any], report: Any) -> None:
+        now = self.clock()
+        for e in events:
+            p = self.progress.get(e.table)
+            if p is None:
+                continue
+            p.events += 1
+            if p.last_seq is None or e.seq > p.last_seq:
+                p.last_seq = e.seq
+            if p.last_commit_ts is None or e.commit_ts > p.last_commit_ts:
+                p.last_commit_ts = e.commit_ts
+            p.last_merged_at = now
+        for tid, counts in report.tables.items():
+            if tid in self.progress:
+                self.progress[tid].versions_written += counts.inserted
+                self.progress[tid].dead_letters += counts.dead_lettered
+        self.summary.events_merged += len(events)
+        self.summary.dead_letters += len(report.dead_letters)
+        for letter in report.dead_letters:
+            log.warning("dead letter %s (%s): %s", letter.id, letter.table, letter.reason)
+        self._merged_window.append((time.monotonic(), len(events)))
+
+    # ------------------------------------------------------------------ archive
+
+    def _archive_pending(self) -> int:
+        """Roll every journaled, not yet archived segment into the changelog; prune finished ones."""
+        assert self._writer is not None
+        self._last_archive = self.clock()
+        pending = self.journal.pending(ARCHIVED)
+        total = 0
+        for chunk in _chunks(pending, 64):
+            events = [e for seg in chunk for e in Journal.read(seg)]
+            self._writer.append(events)
+            self._writer.flush()
+            Journal.mark(chunk, ARCHIVED)
+            total += len(events)
+        self.journal.prune()
+        self.summary.events_archived += total
+        return total
+
+    # ------------------------------------------------------------------ status
+
+    def events_per_second(self, window_s: float = 5.0) -> float:
+        now = time.monotonic()
+        self._merged_window = [(t, n) for t, n in self._merged_window if now - t <= window_s]
+        if not self._merged_window:
+            return 0.0
+        span = max(now - min(t for t, _ in self._merged_window), 1e-3)
+        return sum(n for _, n in self._merged_window) / max(
+            span, min(window_s, now - self._started)
+        )
+
+    def capture_stats(self) -> dict[str, CaptureStats]:
+        return {name: c.stats() for name, c in self.captures.items()}
+
+    def status(self, stopped: bool = False) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "pid": os.getpid(),
+            "running": not stopped,
+            "updated_at": now,
+            "events_merged": self.summary.events_merged,
+            "events_archived": self.summary.events_archived,
+            "events_per_second": round(self.events_per_second(), 1),
+            "dead_letters": len(self.dead_letters),
+            "journal_segments": len(self.journal.segments()),
+            "tables": {
+                tid: {**asdict(p), "lag_s": p.lag_s(now)} for tid, p in self.progress.items()
+            },
+            "captures": {
+                name: {**asdict(s), "lag_s": s.lag_seconds(now)}
+                for name, s in self.capture_stats().items()
+            },
+            "error": self.summary.error,
+        }
+
+    def _write_status(self, stopped: bool = False) -> None:
+        path = self.state_dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(stopped), indent=1, default=str))
+        tmp.replace(path)
+
+    def status_line(self) -> str:
+        now = self.clock()
+        lags = []
+        for p in self.progress.values():
+            lag = p.lag_s(now)
+            if lag is not None:
+                lags.append(f"{p.state_table} {lag:.1f}s")
+        captured = sum(s.events for s in self.capture_stats().values())
+        phases = ",".join(sorted({s.phase for s in self.capture_stats().values()})) or "-"
+        return (
+            f"captured {captured:,} | merged {self.summary.events_merged:,} "
+            f"({self.events_per_second():,.0f}/s) | lag {', '.join(lags) or '-'} | "
+            f"dead letters {len(self.dead_letters)} | capture {phases}"
+        )
+
+
+def read_status(state_dir: Path) -> Mapping[str, Any] | None:
+    """The last status a running (or stopped) ``cdc run`` wrote, if any."""
+    try:
+        return json.loads((state_dir / STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _chunks(items: Sequence[Segment], size: int) -> list[list[Segment]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+__all__ = ["CdcError", "RunSummary", "Runtime", "RuntimeOptions", "read_status"]

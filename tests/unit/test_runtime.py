@@ -1,0 +1,186 @@
+"""The embedded runtime's loops (journal -> merge / archive), with a scripted capture.
+
+The capture engines themselves are tested against real databases elsewhere; here a scripted
+capture stands in so that crash points of the runtime's own logic can be placed exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cdc.config import load_config
+from cdc.runtime import Runtime, RuntimeOptions, read_status
+from connectors.capture.base import Capture, EventSink
+from connectors.changelog.reader import ChangelogReader
+from connectors.journal import ARCHIVED, Journal
+from connectors.warehouse import open_warehouse
+from state_models.events import ChangeEvent, Op
+from state_models.scd2 import TableDef
+from state_models.seq import make_seq
+
+TABLE = "billing.public.subscriptions"
+
+
+def registry(tmp_path: Path) -> Path:
+    p = tmp_path / "cdc.yaml"
+    p.write_text("""
+changelog: ./changelog
+warehouse: duckdb:///warehouse.duckdb
+state_dir: ./state
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://nobody@127.0.0.1:1/none
+    tables:
+      - name: public.subscriptions
+        primary_key: [id]
+        columns: {id: bigint, plan: text}
+""")
+    return p
+
+
+def change(n: int, key: int, plan: str | None, op: Op = Op.UPDATE) -> ChangeEvent:
+    after = None if op is Op.DELETE else {"id": key, "plan": plan}
+    before = {"id": key} if op is Op.DELETE else None
+    return ChangeEvent(
+        TABLE, op, {"id": key}, before, after, make_seq(n, n), 1_790_000_000_000_000 + n * 1000
+    )
+
+
+class ScriptedCapture(Capture):
+    engine = "scripted"
+
+    def __init__(self, batches: Sequence[Sequence[ChangeEvent]], *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = batches
+
+    def _run(self, sink: EventSink, stop: threading.Event) -> None:
+        for batch in self.batches:
+            if stop.is_set():
+                return
+            sink.write(batch)
+            self._acknowledged(batch)
+            time.sleep(0.01)
+        stop.wait()
+
+
+def factory(batches):
+    def make(name, source, tables, state_dir, **_):
+        return ScriptedCapture(batches, name, source, tables, state_dir)
+
+    return make
+
+
+def run_until(rt: Runtime, cond, timeout: float = 20.0):
+    stop = threading.Event()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("summary", rt.run(stop)))
+    t.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and t.is_alive() and not cond(rt):
+        time.sleep(0.02)
+    stop.set()
+    t.join(30)
+    assert not t.is_alive()
+    return out["summary"]
+
+
+def history(cfg):
+    wh = open_warehouse(cfg.warehouse_url)
+    try:
+        table = TableDef.from_registered(cfg.registry.table(TABLE))
+        return [(r["id"], r["plan"], r["_op"], r["_is_current"]) for r in wh.history(table)]
+    finally:
+        wh.close()
+
+
+def test_captured_batches_are_merged_archived_and_pruned(tmp_path):
+    cfg = load_config(registry(tmp_path))
+    batches = [
+        [change(1, 1, "basic", Op.INSERT), change(2, 2, "pro", Op.INSERT)],
+        [change(3, 1, "pro"), change(4, 2, None, Op.DELETE)],
+        [change(3, 1, "pro")],
+    ]  # a re-delivered event
+    rt = Runtime(
+        cfg,
+        RuntimeOptions(max_latency_s=0.05, archive_interval_s=3600),
+        capture_factory=factory(batches),
+    )
+    summary = run_until(rt, lambda r: r.summary.events_merged >= 5)
+    assert summary.exit_code == 0
+    assert summary.events_merged == 5 and summary.events_archived == 5
+    assert history(cfg) == [
+        (1, "basic", "c", False),
+        (1, "pro", "u", True),
+        (2, "pro", "c", False),
+        (2, None, "d", True),
+    ]
+    events = [e for b in ChangelogReader(cfg.changelog_root).events(TABLE) for e in b]
+    assert sorted(e.seq for e in events) == sorted(e.seq for b in batches for e in b)
+    assert Journal(cfg.state_dir / "journal").segments() == []  # merged + archived -> pruned
+    status = read_status(cfg.state_dir)
+    assert status["running"] is False and status["tables"][TABLE]["events"] == 5
+    assert status["tables"][TABLE]["last_seq"] == make_seq(4, 4)
+
+
+def test_restart_finishes_what_the_journal_holds(tmp_path):
+    """A crash after the journal writes, with one segment archived but nothing merged: the next
+    start merges both segments and archives the second."""
+    cfg = load_config(registry(tmp_path))
+    journal = Journal(cfg.state_dir / "journal")
+    journal.sink("billing").write([change(1, 7, "basic", Op.INSERT), change(2, 7, "team")])
+    journal.sink("billing").write([change(3, 8, "pro", Op.INSERT)])
+    first = journal.segments()[:1]
+    from connectors.changelog.writer import write_events
+
+    write_events(cfg.changelog_root, list(Journal.read(first[0])))
+    Journal.mark(first, ARCHIVED)  # crashed after archiving the first, before merging anything
+    rt = Runtime(cfg, RuntimeOptions(archive_interval_s=3600), capture_factory=factory([]))
+    summary = run_until(rt, lambda r: False, timeout=0.3)
+    assert summary.exit_code == 0
+    assert history(cfg) == [(7, "basic", "c", False), (7, "team", "u", True), (8, "pro", "c", True)]
+    assert sum(len(b) for b in ChangelogReader(cfg.changelog_root).events(TABLE)) == 3
+    assert journal.pending(ARCHIVED) == [] and journal.segments() == []
+
+
+def test_a_failed_capture_stops_the_run_with_its_reason(tmp_path):
+    cfg = load_config(registry(tmp_path))
+
+    class Failing(Capture):
+        engine = "failing"
+
+        def _run(self, sink, stop):
+            sink.write([change(1, 1, "basic", Op.INSERT)])
+            raise RuntimeError("slot cdc_billing was dropped")
+
+    rt = Runtime(cfg, RuntimeOptions(max_latency_s=0), capture_factory=lambda *a, **k: Failing(*a))
+    summary = run_until(rt, lambda r: False, timeout=10)
+    assert summary.exit_code == 1
+    assert (
+        "capture of source 'billing' failed" in summary.error
+        and "slot cdc_billing was dropped" in summary.error
+    )
+    assert history(cfg) == [
+        (1, "basic", "c", True)
+    ]  # what was journaled before the failure is kept
+
+
+def test_unapplicable_events_go_to_dead_letters_and_the_rest_applies(tmp_path):
+    cfg = load_config(registry(tmp_path))
+    bad = ChangeEvent(
+        "billing.public.unknown", Op.INSERT, {"id": 1}, None, {"id": 1}, make_seq(1, 1), 1
+    )
+    rt = Runtime(
+        cfg,
+        RuntimeOptions(max_latency_s=0),
+        capture_factory=factory([[bad, change(2, 1, "basic", Op.INSERT)]]),
+    )
+    summary = run_until(rt, lambda r: r.summary.events_merged >= 2)
+    assert summary.dead_letters == 1
+    assert history(cfg) == [(1, "basic", "c", True)]
+    (letter,) = rt.dead_letters.list()
+    assert letter.table == "billing.public.unknown" and "not registered" in letter.reason
