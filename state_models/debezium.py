@@ -335,6 +335,10 @@ def convert_value(value: Any, field: Mapping[str, Any] | None, declared: str | N
     """One column value from its Debezium JSON form into our canonical form."""
     if value is None:
         return None
+    if field and field.get("type") == "array" and isinstance(value, list):
+        # element types travel in the array's schema (numeric[] -> VariableScaleDecimal structs)
+        items = field.get("items") or {}
+        return [convert_value(v, items, None) for v in value]
     if field and (field.get("name") in _LOGICAL_TYPES or not declared):
         return _convert_by_schema(value, field)
     if declared:

