@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "cdc.commands.pubsub",
     "cdc.commands.changelog",
     "cdc.commands.state",
+    "cdc.commands.capture",
 ]
 
 

@@ -115,31 +115,31 @@ def check_postgres(source_name: str, source: Source) -> list[Check]:
         slot = default_slot(source_name, source)
         max_slots = int(one("SHOW max_replication_slots"))
         used = int(one("SELECT count(*) FROM pg_replication_slots"))
-        ours = conn.execute(
-            "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status "
-            "FROM pg_replication_slots WHERE slot_name = %s",
-            (slot,),
-        ).fetchone()
-        if ours is not None:
-            active, retained, wal_status = ours
-            retained_mb = (retained or 0) / 1024 / 1024
-            if wal_status == "lost":
+        from connectors.capture.slots import read_slot
+
+        ours = read_slot(conn, slot)
+        if ours.exists:
+            retained_mb = (ours.retained_bytes or 0) / 1024 / 1024
+            lag_mb = (ours.lag_bytes or 0) / 1024 / 1024
+            state = "active" if ours.active else "inactive"
+            warnings = ours.warnings()
+            if ours.wal_status == "lost":
                 add(
                     Check(
                         source_name,
                         "replication slot",
                         "fail",
-                        f"slot {slot} lost its WAL (wal_status=lost); changes are gone",
+                        warnings[0],
                         f"SELECT pg_drop_replication_slot('{slot}'); then re-snapshot the source",
                     )
                 )
-            elif not active and retained_mb > 1024:
+            elif warnings:
                 add(
                     Check(
                         source_name,
                         "replication slot",
                         "warn",
-                        f"slot {slot} exists, inactive, retaining {retained_mb:.0f} MiB of WAL",
+                        f"{warnings[0]} (confirmed position {lag_mb:.1f} MiB behind)",
                         "start the capture (`cdc run`) or drop the slot if the source is retired",
                     )
                 )
@@ -149,7 +149,8 @@ def check_postgres(source_name: str, source: Source) -> list[Check]:
                         source_name,
                         "replication slot",
                         "ok",
-                        f"slot {slot} exists ({'active' if active else 'inactive'}, retaining {retained_mb:.1f} MiB of WAL)",
+                        f"slot {slot} exists ({state}, retaining {retained_mb:.1f} MiB of WAL, "
+                        f"confirmed position {lag_mb:.1f} MiB behind)",
                     )
                 )
         elif used < max_slots:

@@ -237,21 +237,28 @@ def _key(
     record_key: Any,
     raw: str | None,
 ) -> dict[str, Any]:
+    image = before if op is Op.DELETE else after
     if record_key is not None:
         parsed = _parse(record_key, _raw_text(record_key))
         if isinstance(parsed, dict) and "payload" in parsed and "schema" in parsed:
             parsed = parsed["payload"]
         if isinstance(parsed, dict) and parsed:
-            if info.primary_key:
-                return {k: parsed[k] for k in info.primary_key if k in parsed} or dict(parsed)
-            return dict(parsed)
+            key = (
+                {k: parsed[k] for k in info.primary_key if k in parsed} or dict(parsed)
+                if info.primary_key
+                else dict(parsed)
+            )
+            # the image holds the same values decoded with their types (a record key without a
+            # schema carries a numeric key column as base64 text)
+            if image is not None and all(k in image for k in key):
+                return {k: image[k] for k in key}
+            return key
     if not info.primary_key:
         raise DecodeError(
             f"no primary key known for {info.id}: set primary_key in the registry "
             "(or `cdc register` it from the live table)",
             raw=raw,
         )
-    image = before if op is Op.DELETE else after
     assert image is not None
     missing = [c for c in info.primary_key if c not in image]
     if missing:

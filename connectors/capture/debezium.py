@@ -40,7 +40,7 @@ log = logging.getLogger("cdc.capture.debezium")
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 HEARTBEAT_PREFIX = "__debezium-heartbeat"
 #: Converter settings: in the embedded engine they are plain properties, in Debezium Server they are
-#: ``debezium.format.*``. Schemas travel with every event so that types (and columns added
+#: ``debezium.format.*``. Value schemas travel with every event so that types (and columns added
 #: mid-stream) decode exactly without depending on the registry's declared column types.
 FORMAT_KEYS = ("key.converter.schemas.enable", "value.converter.schemas.enable")
 
@@ -87,10 +87,15 @@ def connector_properties(
     return props
 
 
+#: Values carry their schema (exact types); keys stay bare JSON (``{"id":1}``), which Debezium
+#: Server uses as the Pub/Sub ordering key (limited to 1 KB) and the decoder reads typed from the image.
+DEFAULT_FORMAT = {"key.converter.schemas.enable": "false", "value.converter.schemas.enable": "true"}
+
+
 def format_properties(source: Source) -> dict[str, str]:
-    """Converter settings (JSON with schemas unless the registry's ``debezium:`` says otherwise)."""
+    """Converter settings: ``DEFAULT_FORMAT`` unless the registry's ``debezium:`` says otherwise."""
     overrides = source.debezium or {}
-    return {k: str(overrides.get(k, "true")) for k in FORMAT_KEYS}
+    return {k: str(overrides.get(k, v)) for k, v in DEFAULT_FORMAT.items()}
 
 
 def engine_properties(

@@ -96,3 +96,25 @@ def drop_slots(dsn: str) -> None:
             if all(not active for _, active in rows) or time.monotonic() > deadline:
                 return
             time.sleep(0.2)
+
+
+def pg_capture(engine: str, dsn: str, state_dir: Any, *specs: Any, **options: Any) -> Capture:
+    """A capture of source ``billing`` (tables ``specs``, default public.subs keyed by id)."""
+    from connectors.capture import make_capture
+    from state_models.registry import Registry, Source, TableSpec, table_infos
+
+    source = Source(
+        kind="postgres",
+        engine=engine,  # type: ignore[arg-type]
+        dsn=dsn,
+        tables=list(specs) or [TableSpec(name="public.subs", primary_key=["id"])],
+        snapshot=options.pop("snapshot", "initial"),
+    )
+    infos = table_infos(Registry(sources={"billing": source}), "billing")
+    return make_capture("billing", source, infos, state_dir, **options)
+
+
+def sql(dsn: str, *statements: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for s in statements:
+            c.execute(s)

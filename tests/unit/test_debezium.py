@@ -284,3 +284,22 @@ def test_events_survive_the_record_round_trip():
         assert image_to_json(back.after) == image_to_json(e.after)
         assert image_to_json(back.before) == image_to_json(e.before)
         assert back.unavailable == e.unavailable and back.raw == e.raw
+
+
+def test_key_values_come_typed_from_the_image_when_the_record_key_has_no_schema():
+    value = {
+        "before": None,
+        "after": {"ref": "AMc=", "n": 1},
+        "source": {
+            "connector": "postgresql",
+            "schema": "public",
+            "table": "ledger",
+            "sequence": '["10","20"]',
+            "lsn": 20,
+            "ts_us": 1,
+        },
+        "op": "c",
+    }
+    info = TableInfo(id="billing.public.ledger", columns={"ref": "numeric(10,2)", "n": "int"})
+    event = decode_debezium(value, lambda s, t: info, record_key='{"ref":"AMc="}')
+    assert event.key == {"ref": Decimal("1.99")}
