@@ -23,6 +23,9 @@ class Capabilities:
     json_equality: bool = True
     #: Test array membership as ``'x' IN UNNEST(arr)`` rather than ``ARRAY_CONTAINS(arr, 'x')``.
     in_unnest: bool = False
+    #: How to fingerprint a row (64 bits) for table comparisons: ``hash`` (DuckDB ``HASH(a, b)``)
+    #: or ``farm_fingerprint`` (BigQuery ``FARM_FINGERPRINT(TO_JSON_STRING(STRUCT(a, b)))``).
+    row_fingerprint: str = "hash"
 
     def render(self, expression: exp.Expr, pretty: bool = False) -> str:
         return expression.sql(dialect=self.dialect, pretty=pretty)
@@ -39,6 +42,7 @@ BIGQUERY = Capabilities(
     table_functions=True,
     json_equality=False,
     in_unnest=True,
+    row_fingerprint="farm_fingerprint",
 )
 
 TOUCHED_BUCKETS_PARAM = "touched_buckets"

@@ -1,4 +1,11 @@
-"""``cdc changelog ls|show``: what the raw changelog holds, per table and per hour partition."""
+"""The raw changelog on the command line.
+
+- ``cdc changelog ls|show``: what it holds, per table and per hour partition;
+- ``cdc replay TABLE [range]``: apply a range of it to the state table through the same merge;
+- ``cdc rebuild TABLE --shadow`` / ``--swap``: rebuild the state table from all of it into a shadow
+  table, and put the shadow in the live table's place when ``verify`` finds them equal;
+- ``cdc verify TABLE --against SHADOW``: row counts and content checksums per key range.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +36,39 @@ def add_commands(add: AddCommand) -> None:
     add_range_arguments(s)
     s.add_argument("--files", action="store_true", help="one line per file")
     s.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = add(
+        "replay", "apply a range of the changelog to a state table (safe to repeat)", cmd_replay
+    )
+    p.add_argument("table", help="registered table (id, state table name or schema.table)")
+    add_range_arguments(p)
+    p.add_argument("--batch-size", type=int, default=None, help="events per MERGE")
+
+    p = add(
+        "rebuild",
+        "rebuild a state table from the whole changelog: into a shadow table (--shadow), "
+        "then swap it in when it matches the live table (--swap)",
+        cmd_rebuild,
+    )
+    p.add_argument("table", help="registered table (id, state table name or schema.table)")
+    p.add_argument("--shadow", action="store_true", help="rebuild into the shadow table")
+    p.add_argument(
+        "--swap", action="store_true", help="replace the live table by the shadow if they match"
+    )
+    p.add_argument("--shadow-name", help="shadow state table name (default <state table>__shadow)")
+    p.add_argument("--batch-size", type=int, default=None, help="events per MERGE")
+
+    p = add(
+        "verify",
+        "compare a state table with another (a rebuilt shadow): row counts and content checksums "
+        "per key range, and the first differing rows",
+        cmd_verify,
+    )
+    p.add_argument("table", help="registered table (id, state table name or schema.table)")
+    p.add_argument("--against", help="the other state table (default <state table>__shadow)")
+    p.add_argument("--ranges", type=int, default=16, help="key ranges to checksum (default 16)")
+    p.add_argument("--limit", type=int, default=10, help="differing rows to show (default 10)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
 
 
 def _usage(args: argparse.Namespace) -> int:
@@ -238,3 +278,307 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     _report_unreadable(stats.unreadable)
     return EXIT_FAILED if stats.unreadable else EXIT_OK
+
+
+# --------------------------------------------------------------------------- replay, rebuild, verify
+
+
+class ProgressBar:
+    """``[#####.....] 52% 1,040,000/2,000,000 events  210,311 events/s`` on stderr.
+
+    Redrawn in place on a terminal; elsewhere (CI logs) one line every ``every`` seconds.
+    """
+
+    def __init__(self, total: int | None, label: str, every: float = 5.0):
+        import time
+
+        self.total = total or None
+        self.label = label
+        self.done = 0
+        self._clock = time.monotonic
+        self.started = self._clock()
+        self._last = self.started
+        self._tty = sys.stderr.isatty()
+        self._every = 0.2 if self._tty else every
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = self._clock()
+        if now - self._last >= self._every:
+            self._last = now
+            self._draw(final=False)
+
+    def rate(self) -> float:
+        elapsed = self._clock() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def _draw(self, final: bool) -> None:
+        if self.total:
+            share = min(1.0, self.done / self.total)
+            filled = int(share * 30)
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} {self.done:,}/{self.total:,}"
+        else:
+            bar = f"{self.done:,}"
+        line = f"{self.label} {bar} events  {self.rate():,.0f} events/s"
+        if self._tty:
+            print("\r" + line, end="\n" if final else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        self._draw(final=True)
+
+
+def _open(cfg: LoadedConfig, ref: str) -> tuple[Any, Any, Any, Any]:
+    """(table def, changelog reader, warehouse, dead-letter store) for a registered table."""
+    from connectors.changelog.reader import ChangelogReader
+    from connectors.deadletter import DeadLetterStore, default_folder
+    from connectors.warehouse import open_warehouse
+    from state_models.scd2 import TableDef
+
+    table = TableDef.from_registered(cfg.registry.table(ref))
+    reader = ChangelogReader(cfg.changelog_root)
+    warehouse = open_warehouse(cfg.warehouse_url)
+    return table, reader, warehouse, DeadLetterStore(default_folder(cfg.state_dir))
+
+
+def _planned_events(reader: Any, table_id: str, rng: ChangeRange) -> int:
+    """Events in the files a read will open (an upper bound when the range cuts files)."""
+    from connectors.changelog.reader import summarize
+
+    files, _ = summarize(reader, table_id, rng)
+    return sum(f.rows for f in files)
+
+
+def _replay_summary(report: Any, what: str) -> int:
+    counts = report.applied.tables.get(report.table)
+    rate = report.events / report.seconds if report.seconds else 0.0
+    print(
+        f"{what}: {report.events:,} events from {report.read.files_read} files "
+        f"({report.read.row_groups_skipped} row groups skipped) in {report.seconds:.1f}s "
+        f"({rate:,.0f} events/s)"
+    )
+    if counts is not None:
+        print(
+            f"  {counts.inserted:,} versions inserted, {counts.updated:,} repaired, "
+            f"{counts.unchanged:,} already there, {counts.dead_lettered:,} dead-lettered "
+            f"({counts.batches} MERGEs)"
+        )
+    for change in counts.schema_changes if counts else []:
+        print(f"  schema: {change}")
+    for u in report.read.unreadable:
+        print(f"unreadable: {u.path}: {u.reason}", file=sys.stderr)
+    if report.read.unreadable:
+        print(
+            f"{len(report.read.unreadable)} changelog files could not be read: the range is "
+            "incomplete (fix or move them, then replay again)",
+            file=sys.stderr,
+        )
+    if report.applied.dead_letters:
+        print(
+            f"{len(report.applied.dead_letters)} events dead-lettered: see cdc dead-letters ls",
+            file=sys.stderr,
+        )
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from merge_jobs.replay import DEFAULT_REPLAY_BATCH, replay
+
+    cfg = load(args)
+    rng = range_from_args(args)
+    table, reader, warehouse, dead_letters = _open(cfg, args.table)
+    try:
+        bar = ProgressBar(_planned_events(reader, table.table_id, rng), "replay")
+        report = replay(
+            reader,
+            warehouse,
+            table,
+            rng,
+            dead_letters=dead_letters,
+            batch_size=args.batch_size or DEFAULT_REPLAY_BATCH,
+            progress=bar,
+        )
+        bar.finish()
+    finally:
+        warehouse.close()
+    return _replay_summary(report, f"replayed into {table.state_table}")
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from merge_jobs.replay import DEFAULT_REPLAY_BATCH, rebuild, replay, shadow_of
+    from state_models.changelog import ChangeRange
+
+    cfg = load(args)
+    table, reader, warehouse, dead_letters = _open(cfg, args.table)
+    shadow = shadow_of(table, args.shadow_name)
+    batch = args.batch_size or DEFAULT_REPLAY_BATCH
+    try:
+        if not args.shadow and not args.swap:
+            if warehouse.state_table(table) is not None:
+                raise ConfigError(
+                    f"state table {table.state_table} exists: rebuild into a shadow "
+                    f"(cdc rebuild {args.table} --shadow), compare (cdc verify {args.table}), "
+                    f"then swap it in (cdc rebuild {args.table} --swap)"
+                )
+            bar = ProgressBar(_planned_events(reader, table.table_id, ChangeRange()), "rebuild")
+            report = replay(
+                reader, warehouse, table, dead_letters=dead_letters, batch_size=batch, progress=bar
+            )
+            bar.finish()
+            return _replay_summary(report, f"built {table.state_table} from the changelog")
+        status = EXIT_OK
+        if args.shadow:
+            bar = ProgressBar(_planned_events(reader, table.table_id, ChangeRange()), "rebuild")
+            report = rebuild(
+                reader,
+                warehouse,
+                table,
+                into=shadow,
+                dead_letters=dead_letters,
+                batch_size=batch,
+                progress=bar,
+            )
+            bar.finish()
+            status = _replay_summary(report, f"rebuilt {shadow.state_table} from the changelog")
+            if status != EXIT_OK:
+                if args.swap:
+                    print("not swapping: the rebuild was incomplete", file=sys.stderr)
+                return status
+            if not args.swap:
+                print(f"compare with: cdc verify {args.table} --against {shadow.state_table}")
+        if args.swap:
+            comparison = warehouse.compare_states(table, shadow)
+            _print_comparison(comparison)
+            if not comparison.equal:
+                print(
+                    f"not swapping: {shadow.state_table} differs from {table.state_table}",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+            warehouse.replace_state(table, shadow)
+            print(f"swapped: {table.state_table} is now the rebuilt table")
+        return status
+    finally:
+        warehouse.close()
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from merge_jobs.replay import shadow_of
+
+    cfg = load(args)
+    table, _, warehouse, _ = _open(cfg, args.table)
+    if args.ranges < 1 or args.limit < 0:
+        raise ConfigError("--ranges must be at least 1 and --limit not negative")
+    other = shadow_of(table, args.against)
+    try:
+        comparison = warehouse.compare_states(table, other, ranges=args.ranges, limit=args.limit)
+    finally:
+        warehouse.close()
+    if args.format == "json":
+        print(json.dumps(_comparison_json(comparison), indent=2, default=str))
+    else:
+        _print_comparison(comparison)
+    return EXIT_OK if comparison.equal else EXIT_FAILED
+
+
+def _key_text(key: tuple[Any, ...]) -> str:
+    return ", ".join(str(v) for v in key)
+
+
+def _comparison_json(c: Any) -> dict[str, Any]:
+    return {
+        "table": c.table,
+        "other": c.other,
+        "equal": c.equal,
+        "missing": c.missing,
+        "rows": c.rows,
+        "other_rows": c.other_rows,
+        "only_in_table": list(c.only_in_table),
+        "only_in_other": list(c.only_in_other),
+        "ranges": [
+            {
+                **r.__dict__,
+                "first_key": list(r.first_key),
+                "last_key": list(r.last_key),
+                "equal": r.equal,
+            }
+            for r in c.ranges
+        ],
+        "differences": [
+            {"key": list(k), "seq": seq, "in_table": a, "in_other": b}
+            for k, seq, a, b in c.differences
+        ],
+    }
+
+
+def _print_comparison(c: Any) -> None:
+    if c.missing:
+        print(f"{c.table} vs {c.other}: state table {c.missing} does not exist")
+        return
+    print(
+        f"{c.table} vs {c.other}: {c.rows:,} vs {c.other_rows:,} versions in "
+        f"{len(c.ranges)} key ranges (checksums over {len(c.compared_columns)} columns, "
+        "_ingested_at excluded)"
+    )
+    if c.only_in_table or c.only_in_other:
+        print(
+            f"  columns only in {c.table}: {', '.join(c.only_in_table) or '-'}; "
+            f"only in {c.other}: {', '.join(c.only_in_other) or '-'}"
+        )
+    rows = [
+        {
+            "range": r.number,
+            "first_key": _key_text(r.first_key),
+            "last_key": _key_text(r.last_key),
+            "rows": r.rows,
+            "other_rows": r.other_rows,
+            "checksum": "" if r.checksum is None else format(int(r.checksum) & (2**64 - 1), "016x"),
+            "other_checksum": ""
+            if r.other_checksum is None
+            else format(int(r.other_checksum) & (2**64 - 1), "016x"),
+            "status": "equal" if r.equal else "DIFFERS",
+        }
+        for r in c.ranges
+    ]
+    if rows:
+        print_table(
+            rows,
+            [
+                "range",
+                "first_key",
+                "last_key",
+                "rows",
+                "other_rows",
+                "checksum",
+                "other_checksum",
+                "status",
+            ],
+        )
+    if c.equal:
+        print("equal")
+        return
+    differing = sum(1 for r in c.ranges if not r.equal)
+    print(f"{differing} of {len(c.ranges)} key ranges differ; first differing versions:")
+    for key, seq, mine, theirs in c.differences:
+        where = f"key ({_key_text(key)}) seq {seq}"
+        if theirs is None:
+            print(f"  {where}: only in {c.table}: {_row_text(mine)}")
+        elif mine is None:
+            print(f"  {where}: only in {c.other}: {_row_text(theirs)}")
+        else:
+            cols = [k for k in c.compared_columns if mine.get(k) != theirs.get(k)]
+            changes = "; ".join(
+                f"{k}: {_value_text(mine.get(k))} vs {_value_text(theirs.get(k))}" for k in cols
+            )
+            print(f"  {where}: differs: {changes}")
+
+
+def _value_text(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _row_text(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "(not found)"
+    return ", ".join(f"{k}={v}" for k, v in row.items() if k != "_ingested_at")

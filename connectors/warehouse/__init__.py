@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from state_models.errors import ConfigError
 from state_models.events import ChangeEvent
+from state_models.rebuild import Comparison
 from state_models.scd2 import Rejected, StateTable, TableDef
 
 
@@ -82,6 +83,20 @@ class Warehouse(Protocol):
 
     def stats(self, table: TableDef) -> dict[str, Any] | None:  # pragma: no cover - protocol
         """``versions``, ``live_rows``, ``last_seq``, ``last_commit``; None if the table is absent."""
+        ...
+
+    def drop_state(self, table: TableDef) -> None:  # pragma: no cover - protocol
+        """Drop a state table with its companions (truncate log, views); absent is fine."""
+        ...
+
+    def replace_state(self, table: TableDef, source: TableDef) -> None:  # pragma: no cover
+        """Make ``source``'s state table (a rebuilt shadow) the state table of ``table``."""
+        ...
+
+    def compare_states(
+        self, table: TableDef, other: TableDef, *, ranges: int = 16, limit: int = 10
+    ) -> Comparison:  # pragma: no cover - protocol
+        """Row counts and content checksums per key range, and the first differing versions."""
         ...
 
     def close(self) -> None:  # pragma: no cover - protocol

@@ -91,6 +91,15 @@ class DuckDBWarehouse(SqlWarehouse):
         for s in statements:
             self._exec(self.caps.render(s))
 
+    def _run_atomically(self, statements: Sequence[exp.Expr]) -> None:
+        self.con.begin()
+        try:
+            self._run(statements)
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
+
     def _set_comment(self, names: TableNames, comment: str) -> None:
         self._exec(
             exp.Comment(

@@ -16,7 +16,7 @@ from sqlglot import exp
 
 from connectors.warehouse import ApplyResult
 from state_models.dialects import TOUCHED_BUCKETS_PARAM, Capabilities
-from state_models.errors import SchemaChangeError
+from state_models.errors import ConfigError, SchemaChangeError
 from state_models.events import ChangeEvent
 from state_models.plans import (
     TableNames,
@@ -31,11 +31,23 @@ from state_models.plans import (
     plan_stats,
     plan_views,
     plan_widen_column,
+    state_columns,
     table_names,
+)
+from state_models.rebuild import (
+    NOT_COMPARED,
+    Comparison,
+    RangeChecksum,
+    compared_columns,
+    plan_differences,
+    plan_drop,
+    plan_range_checksums,
+    plan_rename,
 )
 from state_models.scd2 import (
     KEY_BUCKET,
     RESERVED_NAMES,
+    SEQ,
     Column,
     Evolution,
     StateTable,
@@ -43,6 +55,7 @@ from state_models.scd2 import (
     key_bucket,
     plan_evolution,
     stage_rows,
+    truncate_table_name,
 )
 from state_models.types import UnknownTypeError, coerce_value, warehouse_type_from_sql
 
@@ -267,6 +280,111 @@ class SqlWarehouse:
         row["versions"] = int(row.get("versions") or 0)
         row["live_rows"] = int(row.get("live_rows") or 0)
         return row
+
+    # ----------------------------------------------------------------- rebuilds
+
+    def _run_atomically(self, statements: Sequence[exp.Expr]) -> None:
+        """Run statements as one unit where the warehouse can (DuckDB: one transaction)."""
+        self._run(statements)
+
+    def _forget(self, *state_tables: str) -> None:
+        for name in state_tables:
+            self._tables.pop(name, None)
+            self._has_truncates.pop(name, None)
+
+    def drop_state(self, table: TableDef) -> None:
+        """Drop a state table, its truncate log and its views (a shadow, before a rebuild)."""
+        names = self._names(table.state_table)
+        views = [v for v in (names.current_view,) if v is not None]
+        self._run(plan_drop([names.state, names.truncates], views))
+        self._forget(table.state_table)
+
+    def replace_state(self, table: TableDef, source: TableDef) -> None:
+        """Make ``source``'s state table (a rebuilt shadow) the state table of ``table``.
+
+        The old table and its truncate log are dropped, the source's are renamed, the views are
+        re-created. In one transaction where the warehouse has transactional DDL (DuckDB).
+        """
+        shadow = self.state_table(source)
+        if shadow is None:
+            raise ConfigError(f"no state table {source.state_table} to swap in")
+        live = self._names(table.state_table)
+        other = self._names(source.state_table)
+        state = StateTable(shadow.table_id, table.state_table, shadow.key, shadow.columns)
+        statements: list[exp.Expr] = [
+            *plan_drop(
+                [live.state, live.truncates],
+                [v for v in (live.current_view, other.current_view) if v is not None],
+            ),
+            plan_rename(other.state, table.state_table),
+            plan_rename(other.truncates, truncate_table_name(table.state_table)),
+            *plan_views(state, live, self.caps),
+        ]
+        self._forget(table.state_table, source.state_table)
+        self._run_atomically(statements)
+        self._forget(table.state_table, source.state_table)
+
+    def compare_states(
+        self, table: TableDef, other: TableDef, *, ranges: int = 16, limit: int = 10
+    ) -> Comparison:
+        """Row counts and content checksums per key range, and the first differing versions."""
+        mine, theirs = self.state_table(table), self.state_table(other)
+        comparison = Comparison(table.state_table, other.state_table, (), ())
+        if mine is None or theirs is None:
+            comparison.missing = table.state_table if mine is None else other.state_table
+            return comparison
+        if mine.key != theirs.key:
+            raise SchemaChangeError(
+                f"{table.state_table} is keyed by {list(mine.key)}, "
+                f"{other.state_table} by {list(theirs.key)}: not comparable"
+            )
+        a_cols = [c.name for c in state_columns(mine, self.caps)]
+        b_cols = [c.name for c in state_columns(theirs, self.caps)]
+        columns = compared_columns(a_cols, b_cols)
+        comparison.key = mine.key
+        comparison.compared_columns = tuple(columns)
+        comparison.only_in_table = tuple(
+            c for c in a_cols if c not in b_cols and c not in NOT_COMPARED
+        )
+        comparison.only_in_other = tuple(
+            c for c in b_cols if c not in a_cols and c not in NOT_COMPARED
+        )
+        a, b = self._names(mine.name).state, self._names(theirs.name).state
+        n = len(mine.key)
+        for row in self._query(plan_range_checksums(mine.key, columns, a, b, self.caps, ranges)):
+            comparison.ranges.append(
+                RangeChecksum(
+                    number=int(row["__range"]),
+                    first_key=tuple(row[f"__lo_{i}"] for i in range(n)),
+                    last_key=tuple(row[f"__hi_{i}"] for i in range(n)),
+                    rows=int(row["__rows_a"]),
+                    other_rows=int(row["__rows_b"]),
+                    checksum=row["__sum_a"],
+                    other_checksum=row["__sum_b"],
+                )
+            )
+        if all(r.equal for r in comparison.ranges):
+            return comparison
+        for row in self._query(plan_differences(mine.key, columns, a, b, self.caps, limit)):
+            key = {k: row[f"__k_{i}"] for i, k in enumerate(mine.key)}
+            seq = row["__seq"]
+
+            def version(
+                t: TableDef, present: bool, key: dict[str, Any] = key, seq: str = seq
+            ) -> dict[str, Any] | None:
+                if not present:
+                    return None
+                return next((v for v in self.history(t, key) if v[SEQ] == seq), None)
+
+            comparison.differences.append(
+                (
+                    tuple(key.values()),
+                    seq,
+                    version(table, row["__in_a"]),
+                    version(other, row["__in_b"]),
+                )
+            )
+        return comparison
 
 
 def _format_meta(table: StateTable) -> str:
