@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "cdc.commands.changelog",
     "cdc.commands.state",
     "cdc.commands.capture",
+    "cdc.commands.job",
 ]
 
 

@@ -31,7 +31,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from connectors.capture.offsets import write_atomically
 from state_models.errors import CdcError, TerminalError
@@ -104,6 +104,13 @@ class DeadLetter:
         """The original message as text (non-UTF-8 bytes replaced)."""
         data = self.raw_bytes()
         return None if data is None else data.decode("utf-8", errors="replace")
+
+
+class DeadLetterSink(Protocol):
+    """Where a step hands the letters it could not apply: the store, or a Beam step's collector
+    that emits them downstream (``merge_jobs.transforms``)."""
+
+    def put_many(self, letters: Iterable[NewDeadLetter]) -> builtins.list[DeadLetter]: ...
 
 
 class DeadLetterNotFound(CdcError):

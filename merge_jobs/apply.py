@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.deadletter import DeadLetter, DeadLetterStore, NewDeadLetter
+from connectors.deadletter import DeadLetter, DeadLetterSink, NewDeadLetter
 from connectors.warehouse import Warehouse
 from state_models.debezium import encode_debezium
 from state_models.errors import TerminalError, UnknownTableError
@@ -78,7 +78,7 @@ def apply_events(
     events: Iterable[ChangeEvent],
     *,
     ingested_at: dt.datetime,
-    dead_letters: DeadLetterStore,
+    dead_letters: DeadLetterSink,
     batch_size: int = DEFAULT_BATCH_SIZE,
     context_of: ContextOf | None = None,
 ) -> ApplyReport:
@@ -118,7 +118,7 @@ def _apply_batch(
     table: TableDef,
     batch: Sequence[ChangeEvent],
     ingested_at: dt.datetime,
-    dead_letters: DeadLetterStore,
+    dead_letters: DeadLetterSink,
     counts: TableCounts,
     report: ApplyReport,
     context_of: ContextOf | None,

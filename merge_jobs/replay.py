@@ -127,3 +127,13 @@ def rebuild(
         ingested_at=ingested_at,
         progress=progress,
     )
+
+
+if __name__ == "__main__":
+    # `python -m merge_jobs.replay ...` runs the replay as a Beam job (merge_jobs.backfill), locally
+    # or with --runner DataflowRunner: the command line of `cdc job replay`, one option parser.
+    import sys
+
+    from cdc.cli import main
+
+    sys.exit(main(["job", "replay", *sys.argv[1:]]))

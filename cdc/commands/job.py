@@ -1,0 +1,385 @@
+"""``cdc job streaming|replay``: build and run the Beam merge jobs, locally or on Dataflow.
+
+``python -m merge_jobs.streaming`` and ``python -m merge_jobs.replay`` are the same commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
+from cdc.commands.common import load, subcommands
+from cdc.config import LoadedConfig
+from state_models.errors import ConfigError
+
+DATAFLOW = "DataflowRunner"
+RUNNERS = ("DirectRunner", DATAFLOW)
+
+
+def add_commands(add: AddCommand) -> None:
+    p = add(
+        "job", "run the Beam merge jobs (streaming from Pub/Sub, or a changelog replay)", _usage
+    )
+    subcommand = subcommands(p, "job_command")
+
+    s = subcommand(
+        "streaming",
+        "Pub/Sub -> raw changelog + SCD2 state tables, until stopped (Ctrl-C locally; "
+        "`gcloud dataflow jobs drain` on Dataflow)",
+        cmd_streaming,
+    )
+    s.add_argument(
+        "--subscription",
+        action="append",
+        metavar="SUB",
+        help="Pub/Sub subscription to read (repeatable; an id inside --project or "
+        "projects/P/subscriptions/S); default: every merge subscription of the registry's pubsub: "
+        "section",
+    )
+    s.add_argument(
+        "--dead-letter-topic",
+        help="topic for dead letters (id or projects/P/topics/T; default: the registry's; "
+        "'none' for none)",
+    )
+    s.add_argument(
+        "--changelog-window",
+        type=float,
+        metavar="SECONDS",
+        help="one changelog file per table per window of this many seconds (default 60)",
+    )
+    _add_common(s)
+
+    r = subcommand(
+        "replay",
+        "re-apply a range of the raw changelog to the state tables (a backfill; safe to repeat)",
+        cmd_replay,
+    )
+    r.add_argument(
+        "--table",
+        action="append",
+        metavar="TABLE",
+        help="registered table to replay (repeatable; default: all)",
+    )
+    r.add_argument("--since", metavar="TIME", help="commit time from (ISO-8601, inclusive)")
+    r.add_argument("--until", metavar="TIME", help="commit time until (ISO-8601, exclusive)")
+    r.add_argument("--from-seq", metavar="SEQ", help="first seq (inclusive)")
+    r.add_argument("--to-seq", metavar="SEQ", help="last seq (inclusive)")
+    r.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="on Dataflow: submit the job and return instead of waiting for it",
+    )
+    _add_common(r)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where")
+    g.add_argument("--changelog", metavar="ROOT", help="changelog root (default: the registry's)")
+    g.add_argument("--warehouse", metavar="URL", help="warehouse URL (default: the registry's)")
+    g.add_argument(
+        "--dead-letters",
+        metavar="FOLDER",
+        help="dead-letter folder (default: <state_dir>/dead_letters)",
+    )
+    b = p.add_argument_group("batching")
+    b.add_argument("--batch-size", type=int, help="events per MERGE at most (default 5000)")
+    b.add_argument(
+        "--batch-max-latency",
+        type=float,
+        metavar="SECONDS",
+        help="longest an event waits for its batch to fill (streaming; default 1.0)",
+    )
+    r = p.add_argument_group("runner")
+    r.add_argument("--runner", choices=RUNNERS, default="DirectRunner")
+    r.add_argument("--project", help="Google Cloud project (Dataflow; Pub/Sub ids)")
+    r.add_argument("--region", help="Dataflow region, e.g. europe-west1")
+    r.add_argument("--temp-location", metavar="GS_PATH", help="Dataflow temp files (gs://...)")
+    r.add_argument("--staging-location", metavar="GS_PATH", help="default: the temp location")
+    r.add_argument("--num-workers", type=int, help="initial Dataflow workers")
+    r.add_argument("--max-num-workers", type=int, help="autoscaling ceiling")
+    r.add_argument("--worker-machine-type", metavar="TYPE", help="e.g. n2-standard-2")
+    r.add_argument("--service-account", metavar="EMAIL", help="worker service account")
+    r.add_argument("--job-name", help="Dataflow job name")
+    r.add_argument(
+        "--setup-file",
+        metavar="FILE",
+        help="packaging for the workers (default: this project's pyproject.toml)",
+    )
+    r.add_argument(
+        "--pipeline-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other Beam pipeline option, e.g. experiments=enable_streaming_engine "
+        "(repeatable)",
+    )
+
+
+def _usage(args: argparse.Namespace) -> int:
+    raise ConfigError("cdc job needs a subcommand: streaming or replay")
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def cmd_streaming(args: argparse.Namespace) -> int:
+    import apache_beam as beam
+
+    from merge_jobs.settings import dead_letter_topic_of, subscriptions_of
+    from merge_jobs.streaming import build_streaming
+
+    cfg = load(args)
+    registry = cfg.registry
+    topic = args.dead_letter_topic
+    if topic is None:
+        topic = dead_letter_topic_of(registry)
+    elif topic == "none":
+        topic = None
+    else:
+        topic = _path(topic, "topics", args.project, registry)
+    settings = _settings(cfg, args, dead_letter_topic=topic)
+    subscriptions = [
+        _path(s, "subscriptions", args.project, registry) for s in (args.subscription or [])
+    ] or subscriptions_of(registry)
+    if not subscriptions:
+        raise ConfigError(
+            "no subscription to read: pass --subscription, or add a pubsub: section to "
+            f"{cfg.path} and run `cdc pubsub setup`"
+        )
+    options = _pipeline_options(args, streaming=True)
+    pipeline = beam.Pipeline(options=options)
+    build_streaming(pipeline, settings, subscriptions)
+    result = pipeline.run()
+    if args.runner == DATAFLOW:
+        _print_dataflow(result, args, streaming=True)
+        return EXIT_OK
+    print(
+        f"streaming {len(subscriptions)} subscription(s) into {settings.warehouse_url} on the "
+        "DirectRunner; Ctrl-C stops (events still buffered are not merged: the DirectRunner "
+        "acknowledges Pub/Sub messages as it pulls them)",
+        file=sys.stderr,
+    )
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        result.cancel()
+        return EXIT_OK
+    finally:
+        _close_pooled()
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import apache_beam as beam
+
+    from merge_jobs.backfill import build_replay, plan_replay
+    from state_models.changelog import ChangeRange
+
+    cfg = load(args)
+    settings = _settings(cfg, args, dead_letter_topic=None)
+    tables = (
+        [cfg.registry.table(t).id for t in args.table] if args.table else list(settings.table_defs)
+    )
+    try:
+        rng = ChangeRange(
+            since_us=_micros(args.since, "--since"),
+            until_us=_micros(args.until, "--until"),
+            from_seq=args.from_seq,
+            to_seq=args.to_seq,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    plan = plan_replay(settings.changelog_root, tables, rng, dict(settings.storage_options))
+    for problem in plan.unreadable:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    print(
+        f"replaying {len(plan.files)} changelog file(s) of {len(tables)} table(s)", file=sys.stderr
+    )
+    if not plan.files:
+        return EXIT_FAILED if plan.unreadable else EXIT_OK
+    options = _pipeline_options(args, streaming=False)
+    pipeline = beam.Pipeline(options=options)
+    build_replay(pipeline, settings, plan.files, rng)
+    result = pipeline.run()
+    if args.runner == DATAFLOW and args.no_wait:
+        _print_dataflow(result, args, streaming=False)
+        return EXIT_OK
+    try:
+        state = result.wait_until_finish()
+    finally:
+        _close_pooled()
+    counts = _counters(result)
+    print(
+        f"{state}: {counts.get('events_replayed', 0)} events replayed, "
+        f"{counts.get('events_merged', 0)} merged in {counts.get('merges', 0)} MERGEs, "
+        f"{counts.get('dead_letters', 0)} dead-lettered (in {settings.dead_letter_folder})"
+    )
+    return EXIT_FAILED if counts.get("dead_letters") or plan.unreadable else EXIT_OK
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _settings(cfg: LoadedConfig, args: argparse.Namespace, dead_letter_topic: str | None) -> Any:
+    from merge_jobs.settings import (
+        DEFAULT_BATCH_MAX_LATENCY_S,
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_CHANGELOG_WINDOW_S,
+        JobSettings,
+        registered_tables,
+    )
+
+    infos, defs = registered_tables(cfg.registry)
+    if not defs:
+        raise ConfigError(f"{cfg.path} registers no tables: nothing to merge")
+    changelog = args.changelog or cfg.changelog_root
+    warehouse = args.warehouse or cfg.warehouse_url
+    dead_letters = args.dead_letters or str(cfg.state_dir / "dead_letters")
+    if args.runner == DATAFLOW:
+        _check_dataflow(args, changelog=changelog, warehouse=warehouse, dead_letters=dead_letters)
+    window = getattr(args, "changelog_window", None)
+    try:
+        return JobSettings(
+            tables=infos,
+            table_defs=defs,
+            warehouse_url=warehouse,
+            changelog_root=changelog,
+            dead_letter_folder=dead_letters,
+            dead_letter_topic=dead_letter_topic,
+            batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+            batch_max_latency_s=args.batch_max_latency or DEFAULT_BATCH_MAX_LATENCY_S,
+            changelog_window_s=window or DEFAULT_CHANGELOG_WINDOW_S,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_dataflow(
+    args: argparse.Namespace, *, changelog: str, warehouse: str, dead_letters: str
+) -> None:
+    problems = []
+    for flag in ("project", "region", "temp_location"):
+        if not getattr(args, flag):
+            problems.append(f"--{flag.replace('_', '-')} is required on Dataflow")
+    if args.temp_location and not args.temp_location.startswith("gs://"):
+        problems.append(f"--temp-location must be gs://... on Dataflow, got {args.temp_location}")
+    if not changelog.startswith("gs://"):
+        problems.append(
+            f"the changelog must be in GCS on Dataflow (workers cannot see {changelog}): "
+            "--changelog gs://bucket/prefix"
+        )
+    if not dead_letters.startswith("gs://"):
+        problems.append(
+            f"dead letters must go to GCS on Dataflow (workers cannot see {dead_letters}): "
+            "--dead-letters gs://bucket/prefix"
+        )
+    if not warehouse.startswith("bigquery://"):
+        problems.append(
+            f"the warehouse must be BigQuery on Dataflow, got {warehouse}: "
+            "--warehouse bigquery://project/dataset"
+        )
+    if problems:
+        raise ConfigError("cannot run on Dataflow:\n  " + "\n  ".join(problems))
+
+
+def _pipeline_options(args: argparse.Namespace, *, streaming: bool) -> Any:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    flags = [f"--runner={args.runner}"]
+    if streaming:
+        flags.append("--streaming")
+    for name in (
+        "project",
+        "region",
+        "temp_location",
+        "staging_location",
+        "num_workers",
+        "max_num_workers",
+        "worker_machine_type",
+        "job_name",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            flags.append(f"--{name}={value}")
+    if args.service_account:
+        flags.append(f"--service_account_email={args.service_account}")
+    if args.runner == DATAFLOW:
+        setup = args.setup_file or _own_pyproject()
+        if setup:
+            flags.append(f"--setup_file={setup}")
+    for option in args.pipeline_option:
+        name, sep, value = option.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--pipeline-option expects NAME=VALUE, got {option!r}")
+        flags.append(f"--{name.lstrip('-')}={value}")
+    options = PipelineOptions(flags)
+    unknown = options.get_all_options(retain_unknown_options=True, drop_default=True)
+    known = PipelineOptions([]).get_all_options()
+    strange = sorted(k for k in unknown if k not in known)
+    if strange:
+        raise ConfigError(f"unknown Beam pipeline option(s): {', '.join(strange)}")
+    return options
+
+
+def _own_pyproject() -> str | None:
+    """This project's pyproject.toml, which Beam builds into the package the workers install."""
+    candidate = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    return str(candidate) if candidate.exists() else None
+
+
+def _path(name: str, kind: str, project: str | None, registry: Any) -> str:
+    if name.startswith("projects/"):
+        return name
+    project = project or (registry.pubsub.project if registry.pubsub else None)
+    if not project:
+        raise ConfigError(
+            f"{name!r} is not a full path (projects/P/{kind}/{name}): pass --project or set "
+            "pubsub.project in the registry"
+        )
+    return f"projects/{project}/{kind}/{name}"
+
+
+def _micros(text: str | None, flag: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"{flag} expects an ISO-8601 time like 2026-05-01T08:00:00Z, got {text!r}"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1_000_000)
+
+
+def _counters(result: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in result.metrics().query()["counters"]:
+        name = c.key.metric.name
+        out[name] = out.get(name, 0) + int(c.committed or 0)
+    return out
+
+
+def _print_dataflow(result: Any, args: argparse.Namespace, *, streaming: bool) -> None:
+    job_id = getattr(result, "job_id", lambda: None)()
+    print(f"submitted Dataflow job {job_id} in {args.project}/{args.region}")
+    print(
+        f"  console: https://console.cloud.google.com/dataflow/jobs/{args.region}/{job_id}"
+        f"?project={args.project}"
+    )
+    if streaming:
+        print(f"  stop it cleanly: gcloud dataflow jobs drain {job_id} --region {args.region}")
+
+
+def _close_pooled() -> None:
+    from merge_jobs.pool import POOL
+
+    POOL.close_idle()

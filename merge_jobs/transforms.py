@@ -1,0 +1,557 @@
+"""The Beam steps of the merge jobs, shared by the streaming job and the replay job.
+
+Each composite transform only wires labelled steps; the work is in DoFns that wrap what already
+exists outside Beam (``decode_debezium``, the changelog writer, ``merge_jobs.apply``, the dead-letter
+store), so the jobs and the local runtime apply events the same way.
+
+::
+
+    Pub/Sub messages ─ DecodeMessages ─┬─ events ─┬─ WriteChangelog ─ changelog files (per window, table)
+                                       │          └─ MergeIntoWarehouse ─ one MERGE per table batch
+                                       └─ dead letters ◄──────────────────────┘ (what cannot be applied)
+                                              └─ StoreDeadLetters ─ dead-letter store + dead-letter topic
+
+Bad input never raises: it becomes a ``NewDeadLetter`` on the ``dead_letters`` output, with the
+reason and the message exactly as it arrived. ``TransientError`` (warehouse busy, storage timeout)
+is retried in place with backoff, then raised so that the runner retries the bundle (the Pub/Sub
+messages stay unacknowledged, nothing is lost). Anything else is a bug and stops the job loudly.
+
+Connections (warehouse, Pub/Sub publisher) are made in ``setup`` from small picklable factories that
+tests replace, and borrowed from ``merge_jobs.pool`` (see there why).
+
+Metrics (namespace ``cdc``): counters ``events_decoded``, ``tombstones``, ``dead_letters``,
+``events_merged``, ``merges``, ``versions_inserted``, ``changelog_files``, ``changelog_events``,
+``transient_retries``; distributions ``batch_size`` (events per MERGE), ``merge_ms`` (time of one
+MERGE) and ``commit_to_merge_lag_ms`` (source commit to MERGE committed, per event).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, window
+
+from connectors.changelog import write_events
+from connectors.deadletter import DeadLetter, DeadLetterStore, NewDeadLetter
+from connectors.warehouse import Warehouse, open_warehouse
+from merge_jobs.apply import apply_events
+from merge_jobs.pool import POOL
+from state_models.debezium import Tombstone, decode_debezium
+from state_models.errors import TerminalError, TransientError, UnknownTableError
+from state_models.events import ChangeEvent
+from state_models.scd2 import TableDef
+from state_models.tables import TableInfo
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "cdc"
+#: Tag of the dead-letter output of the steps that can reject input.
+DEAD_LETTERS = "dead_letters"
+EVENTS = "events"
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- factories
+
+
+@dataclass(frozen=True)
+class WarehouseConnector:
+    """Opens the warehouse a job merges into (``duckdb:///…`` or ``bigquery://project/dataset``)."""
+
+    url: str
+
+    def __call__(self) -> Warehouse:
+        return open_warehouse(self.url)
+
+
+@dataclass(frozen=True)
+class PublisherConnector:
+    """Makes a Pub/Sub publisher (``PUBSUB_EMULATOR_HOST`` is honoured by the client itself)."""
+
+    def __call__(self) -> Any:
+        from google.cloud import pubsub_v1
+
+        return pubsub_v1.PublisherClient()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a step retries a ``TransientError`` in place before the runner retries the bundle."""
+
+    attempts: int = 5
+    first_delay_s: float = 0.5
+    max_delay_s: float = 10.0
+
+    def run(self, what: str, fn: Callable[[], T], on_retry: Callable[[], None]) -> T:
+        """``fn()``, retried on ``TransientError``; the last error is raised."""
+        delay = self.first_delay_s
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except TransientError as exc:
+                if attempt == self.attempts:
+                    raise
+                on_retry()
+                log.warning(
+                    "%s failed (attempt %d of %d), retrying: %s", what, attempt, self.attempts, exc
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_delay_s)
+        raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def combined_resolver(
+    tables: Sequence[TableInfo],
+) -> Callable[[str | None], Callable[[str, str], TableInfo]]:
+    """``for_source(name)`` -> a resolver of (schema, table) among the registered tables.
+
+    With a source name (from the message's ``table`` attribute) only that source's tables match;
+    without one, a (schema, table) that exactly one source registers.
+    """
+    by_source: dict[str | None, dict[tuple[str, str], list[TableInfo]]] = {}
+    for t in tables:
+        for src in (t.source, None):
+            by_source.setdefault(src, {}).setdefault(t.schema_table, []).append(t)
+    registered = ", ".join(sorted(t.id for t in tables)) or "none"
+
+    def for_source(source: str | None) -> Callable[[str, str], TableInfo]:
+        known = by_source.get(source, {})
+
+        def resolve(schema: str, table: str) -> TableInfo:
+            found = known.get((schema, table), [])
+            if len(found) == 1:
+                return found[0]
+            where = f" for source {source!r}" if source else ""
+            if found:
+                raise UnknownTableError(
+                    f"table {schema}.{table} is registered by several sources "
+                    f"({', '.join(t.id for t in found)}) and the message has no 'table' attribute"
+                )
+            raise UnknownTableError(
+                f"table {schema}.{table} is not registered{where} (registered: {registered})"
+            )
+
+        return resolve
+
+    return for_source
+
+
+class _DecodeFn(beam.DoFn):
+    """A Pub/Sub message (``PubsubMessage``, with attributes) -> ``ChangeEvent`` | dead letter."""
+
+    def __init__(self, tables: Sequence[TableInfo]):
+        self._tables = list(tables)
+        self._decoded = Metrics.counter(NAMESPACE, "events_decoded")
+        self._tombstones = Metrics.counter(NAMESPACE, "tombstones")
+        self._rejected = Metrics.counter(NAMESPACE, "dead_letters")
+
+    def setup(self) -> None:
+        self._for_source = combined_resolver(self._tables)
+
+    def process(self, message: Any) -> Iterator[Any]:
+        attributes = dict(message.attributes or {})
+        table_attr = attributes.get("table")
+        source = table_attr.split(".", 1)[0] if table_attr else None
+        try:
+            decoded = decode_debezium(
+                message.data, self._for_source(source), record_key=attributes.get("key")
+            )
+        except TerminalError as exc:
+            self._rejected.inc()
+            yield pvalue.TaggedOutput(
+                DEAD_LETTERS,
+                NewDeadLetter.from_error(
+                    exc,
+                    raw=bytes(message.data) if message.data is not None else None,
+                    source=source,
+                    table=table_attr,
+                    context={
+                        "stage": "decode",
+                        "message_id": getattr(message, "message_id", None),
+                        "publish_time": _iso(getattr(message, "publish_time", None)),
+                        "attributes": attributes,
+                    },
+                ),
+            )
+            return
+        if isinstance(decoded, Tombstone):
+            self._tombstones.inc()
+            return
+        self._decoded.inc()
+        yield decoded
+
+
+class DecodeMessages(beam.PTransform):
+    """Pub/Sub messages -> ``events`` and ``dead_letters`` (a tuple of two PCollections)."""
+
+    def __init__(self, tables: Sequence[TableInfo]):
+        super().__init__()
+        self._tables = list(tables)
+
+    def expand(self, messages: Any) -> Any:
+        return messages | "DecodeDebezium" >> beam.ParDo(_DecodeFn(self._tables)).with_outputs(
+            DEAD_LETTERS, main=EVENTS
+        )
+
+
+# --------------------------------------------------------------------------- changelog
+
+
+class _WriteChangelogFn(beam.DoFn):
+    """(table, events of one window) -> the changelog files written for them."""
+
+    def __init__(self, root: str, storage_options: Mapping[str, Any] | None, retry: RetryPolicy):
+        self._root = root
+        self._storage_options = dict(storage_options or {})
+        self._retry = retry
+        self._files = Metrics.counter(NAMESPACE, "changelog_files")
+        self._events = Metrics.counter(NAMESPACE, "changelog_events")
+        self._retries = Metrics.counter(NAMESPACE, "transient_retries")
+        self._rejected = Metrics.counter(NAMESPACE, "dead_letters")
+
+    def process(self, element: tuple[str, Iterable[ChangeEvent]]) -> Iterator[Any]:
+        table, grouped = element
+        events = list(grouped)
+        try:
+            # Each call publishes complete files under a fresh writer id: a retried bundle adds
+            # files beside the first attempt's and never replaces one; readers dedupe by event_id.
+            files = self._retry.run(
+                f"writing the changelog of {table}",
+                lambda: write_events(
+                    self._root, events, storage_options=self._storage_options or None
+                ),
+                self._retries.inc,
+            )
+        except TerminalError as exc:
+            self._rejected.inc(len(events))
+            for e in events:
+                yield pvalue.TaggedOutput(DEAD_LETTERS, _letter(exc, e, "changelog"))
+            return
+        self._events.inc(len(events))
+        for f in files:
+            self._files.inc()
+            yield f
+
+
+class WriteChangelog(beam.PTransform):
+    """Events -> immutable changelog files, one set per table per window (ARCHITECTURE.md §6).
+
+    Windows are fixed, by the element timestamp (the Pub/Sub publish time); the on-time pane fires
+    when the watermark passes the window, and any later event fires a late pane of its own (a small
+    extra file) rather than being dropped. Output: a tuple (published files, dead letters).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        window_s: float = 60.0,
+        storage_options: Mapping[str, Any] | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ):
+        super().__init__()
+        self._root = root
+        self._window_s = window_s
+        self._storage_options = storage_options
+        self._retry = retry
+
+    def expand(self, events: Any) -> Any:
+        written = (
+            events
+            | "Window"
+            >> beam.WindowInto(
+                window.FixedWindows(self._window_s),
+                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                allowed_lateness=window.Duration(seconds=7 * 24 * 3600),
+            )
+            | "KeyByTable" >> beam.Map(_by_table).with_output_types(tuple[str, ChangeEvent])
+            | "GroupByTable" >> beam.GroupByKey()
+            | "WriteFiles"
+            >> beam.ParDo(
+                _WriteChangelogFn(self._root, self._storage_options, self._retry)
+            ).with_outputs(DEAD_LETTERS, main="files")
+        )
+        rejected = written[DEAD_LETTERS] | "Unwindow" >> beam.WindowInto(window.GlobalWindows())
+        return written.files, rejected
+
+
+def _by_table(event: ChangeEvent) -> tuple[str, ChangeEvent]:
+    return event.table, event
+
+
+# --------------------------------------------------------------------------- merge
+
+
+@dataclass
+class _Collected:
+    """A ``DeadLetterSink`` that keeps the letters so the step can emit them downstream."""
+
+    letters: list[NewDeadLetter] = field(default_factory=list)
+
+    def put_many(self, letters: Iterable[NewDeadLetter]) -> list[DeadLetter]:
+        self.letters.extend(letters)
+        return []
+
+
+class _ApplyBatchFn(beam.DoFn):
+    """(table, batch of events) -> one MERGE into its state table; what it cannot apply -> dead letters."""
+
+    def __init__(
+        self,
+        warehouse: Callable[[], Warehouse],
+        tables: Mapping[str, TableDef],
+        batch_size: int,
+        retry: RetryPolicy,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._connect = warehouse
+        self._tables = dict(tables)
+        self._batch_size = batch_size
+        self._retry = retry
+        self._clock = clock
+        self._merges = Metrics.counter(NAMESPACE, "merges")
+        self._merged = Metrics.counter(NAMESPACE, "events_merged")
+        self._inserted = Metrics.counter(NAMESPACE, "versions_inserted")
+        self._rejected = Metrics.counter(NAMESPACE, "dead_letters")
+        self._retries = Metrics.counter(NAMESPACE, "transient_retries")
+        self._batch_sizes = Metrics.distribution(NAMESPACE, "batch_size")
+        self._merge_ms = Metrics.distribution(NAMESPACE, "merge_ms")
+        self._lag_ms = Metrics.distribution(NAMESPACE, "commit_to_merge_lag_ms")
+
+    def setup(self) -> None:
+        self._warehouse: Warehouse | None = None
+
+    def _borrowed(self) -> Warehouse:
+        if self._warehouse is None:
+            self._warehouse = POOL.acquire(self._connect, self._connect)
+        return self._warehouse
+
+    def process(self, element: tuple[str, Iterable[ChangeEvent]]) -> Iterator[Any]:
+        table_id, grouped = element
+        batch: list[ChangeEvent] = []
+        for e in grouped:
+            batch.append(e)
+            if len(batch) == self._batch_size:
+                yield from self._merge(table_id, batch)
+                batch = []
+        if batch:
+            yield from self._merge(table_id, batch)
+
+    def _merge(self, table_id: str, events: list[ChangeEvent]) -> Iterator[Any]:
+        collected = _Collected()
+
+        def apply() -> Any:
+            collected.letters.clear()
+            try:
+                return apply_events(
+                    self._borrowed(),
+                    self._tables,
+                    events,
+                    ingested_at=dt.datetime.now(dt.UTC),
+                    dead_letters=collected,
+                    batch_size=len(events),
+                )
+            except TransientError:
+                # a connection that failed may be unusable: make a new one for the next attempt
+                if self._warehouse is not None:
+                    POOL.discard(self._warehouse)
+                    self._warehouse = None
+                raise
+
+        started = self._clock()
+        report = self._retry.run(
+            f"merging {len(events)} events into {table_id}", apply, self._retries.inc
+        )
+        done = self._clock()
+        counts = report.tables.get(table_id)
+        self._merges.inc(counts.batches if counts else 0)
+        self._batch_sizes.update(len(events))
+        self._merge_ms.update(int((done - started) * 1000))
+        self._merged.inc(len(events) - len(collected.letters))
+        if counts:
+            self._inserted.inc(counts.inserted)
+        done_us = int(done * 1_000_000)
+        for e in events:
+            self._lag_ms.update(max(0, (done_us - e.commit_ts) // 1000))
+        self._rejected.inc(len(collected.letters))
+        for letter in collected.letters:
+            yield pvalue.TaggedOutput(DEAD_LETTERS, _with_context(letter, {"stage": "merge"}))
+        yield report
+
+    def teardown(self) -> None:
+        if getattr(self, "_warehouse", None) is not None:
+            POOL.release(self._connect, self._warehouse)
+            self._warehouse = None
+
+
+class MergeIntoWarehouse(beam.PTransform):
+    """Events -> per-table batches -> one MERGE per batch. Output: (reports, dead letters).
+
+    Batches are keyed by table, so a table's MERGEs run one at a time in one job (BigQuery allows
+    two concurrent mutating DML statements per table); correctness never depends on it, because
+    the MERGE is idempotent and order-free.
+
+    - Streaming (``max_latency_s`` set): ``GroupIntoBatches`` emits a table's batch when it holds
+      ``batch_size`` events or its oldest event has waited ``max_latency_s``; the batch is merged
+      in the same fused step, and a key's batches come from one stateful step at a time.
+    - Bounded input (``max_latency_s=None``, the replay): one ``GroupByKey`` per table, cut into
+      ``batch_size`` MERGEs in order by the one worker that holds the table's group.
+    """
+
+    def __init__(
+        self,
+        warehouse: Callable[[], Warehouse],
+        tables: Mapping[str, TableDef],
+        *,
+        batch_size: int = 5000,
+        max_latency_s: float | None = 1.0,
+        retry: RetryPolicy = RetryPolicy(),
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._warehouse = warehouse
+        self._tables = dict(tables)
+        self._batch_size = batch_size
+        self._max_latency_s = max_latency_s
+        self._retry = retry
+
+    def expand(self, events: Any) -> Any:
+        keyed = events | "KeyByTable" >> beam.Map(_by_table).with_output_types(
+            tuple[str, ChangeEvent]
+        )
+        if self._max_latency_s is None:
+            batched = keyed | "GroupByTable" >> beam.GroupByKey()
+        else:
+            batched = keyed | "Batch" >> beam.GroupIntoBatches(
+                self._batch_size, max_buffering_duration_secs=self._max_latency_s
+            )
+        merged = batched | "Merge" >> beam.ParDo(
+            _ApplyBatchFn(self._warehouse, self._tables, self._batch_size, self._retry)
+        ).with_outputs(DEAD_LETTERS, main="reports")
+        return merged.reports, merged[DEAD_LETTERS]
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+class _StoreDeadLettersFn(beam.DoFn):
+    """Dead letters -> the dead-letter store (one file per bundle) and the dead-letter topic."""
+
+    def __init__(self, folder: str, topic: str | None, publisher: Callable[[], Any]):
+        self._folder = folder
+        self._topic = topic
+        self._connect = publisher
+        self._stored = Metrics.counter(NAMESPACE, "dead_letters_stored")
+
+    def setup(self) -> None:
+        self._store = DeadLetterStore(self._folder)
+        self._publisher = POOL.acquire(self._connect, self._connect) if self._topic else None
+
+    def start_bundle(self) -> None:
+        self._pending: list[NewDeadLetter] = []
+
+    def process(self, letter: NewDeadLetter) -> None:
+        self._pending.append(letter)
+
+    def finish_bundle(self) -> None:
+        if not self._pending:
+            return
+        # Stored and published before the bundle commits, so before its messages are acknowledged.
+        stored = self._store.put_many(self._pending)
+        self._pending = []
+        self._stored.inc(len(stored))
+        if self._publisher is None or self._topic is None:
+            return
+        futures = [
+            self._publisher.publish(self._topic, letter.raw_bytes() or b"", **_attributes(letter))
+            for letter in stored
+        ]
+        for f in futures:
+            f.result(timeout=60)
+
+    def teardown(self) -> None:
+        if getattr(self, "_publisher", None) is not None:
+            POOL.release(self._connect, self._publisher)
+            self._publisher = None
+
+
+class StoreDeadLetters(beam.PTransform):
+    """Dead letters -> the dead-letter store (``folder``) and, when given, the dead-letter topic."""
+
+    def __init__(
+        self,
+        folder: str,
+        topic: str | None = None,
+        publisher: Callable[[], Any] | None = None,
+    ):
+        super().__init__()
+        self._folder = folder
+        self._topic = topic
+        self._publisher = publisher or PublisherConnector()
+
+    def expand(self, letters: Any) -> Any:
+        return letters | "Store" >> beam.ParDo(
+            _StoreDeadLettersFn(self._folder, self._topic, self._publisher)
+        )
+
+
+#: Pub/Sub refuses attribute values over 1024 bytes.
+_MAX_ATTRIBUTE = 1024
+
+
+def _attributes(letter: DeadLetter) -> dict[str, str]:
+    out = {
+        "dead_letter_id": letter.id,
+        "reason": letter.reason,
+        "error_type": letter.error_type,
+        "source": letter.source or "",
+        "table": letter.table or "",
+        "stage": str(letter.context.get("stage", "")),
+    }
+    return {k: v.encode()[:_MAX_ATTRIBUTE].decode(errors="ignore") for k, v in out.items() if v}
+
+
+def _letter(error: TerminalError, event: ChangeEvent, stage: str) -> NewDeadLetter:
+    return NewDeadLetter.from_error(
+        error,
+        raw=event.raw,
+        source=event.source,
+        table=event.table,
+        context={
+            "stage": stage,
+            "seq": event.seq,
+            "event_id": event.event_id,
+            "op": event.op.value,
+        },
+    )
+
+
+def _with_context(letter: NewDeadLetter, extra: Mapping[str, Any]) -> NewDeadLetter:
+    return NewDeadLetter(
+        reason=letter.reason,
+        error_type=letter.error_type,
+        raw=letter.raw,
+        source=letter.source,
+        table=letter.table,
+        context={**letter.context, **extra},
+    )
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
