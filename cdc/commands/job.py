@@ -196,6 +196,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    options = _pipeline_options(args, streaming=False)
     plan = plan_replay(settings.changelog_root, tables, rng, dict(settings.storage_options))
     for problem in plan.unreadable:
         print(f"warning: skipped {problem}", file=sys.stderr)
@@ -204,7 +205,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     if not plan.files:
         return EXIT_FAILED if plan.unreadable else EXIT_OK
-    options = _pipeline_options(args, streaming=False)
     pipeline = beam.Pipeline(options=options)
     build_replay(pipeline, settings, plan.files, rng)
     result = pipeline.run()
