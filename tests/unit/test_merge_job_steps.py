@@ -29,8 +29,8 @@ from connectors.changelog.reader import ChangelogReader  # noqa: E402
 from connectors.deadletter import DeadLetterStore  # noqa: E402
 from connectors.warehouse import open_warehouse  # noqa: E402
 from connectors.warehouse.duckdb import DuckDBWarehouse  # noqa: E402
-from merge_jobs.pool import POOL, ResourcePool  # noqa: E402
 from merge_jobs.backfill import build_replay, plan_replay  # noqa: E402
+from merge_jobs.pool import POOL, ResourcePool  # noqa: E402
 from merge_jobs.settings import JobSettings  # noqa: E402
 from merge_jobs.transforms import (  # noqa: E402
     DecodeMessages,
