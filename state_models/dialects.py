@@ -21,8 +21,6 @@ class Capabilities:
     table_functions: bool = False
     #: Whether JSON values can be compared with ``=`` / ``IS DISTINCT FROM`` (BigQuery: no).
     json_equality: bool = True
-    #: Test array membership as ``'x' IN UNNEST(arr)`` rather than ``ARRAY_CONTAINS(arr, 'x')``.
-    in_unnest: bool = False
     #: How to fingerprint a row (64 bits) for table comparisons: ``hash`` (DuckDB ``HASH(a, b)``)
     #: or ``farm_fingerprint`` (BigQuery ``FARM_FINGERPRINT(TO_JSON_STRING(STRUCT(a, b)))``).
     row_fingerprint: str = "hash"
@@ -41,7 +39,6 @@ BIGQUERY = Capabilities(
     max_cluster_columns=4,
     table_functions=True,
     json_equality=False,
-    in_unnest=True,
     row_fingerprint="farm_fingerprint",
 )
 

@@ -54,7 +54,7 @@ from state_models.scd2 import (
     current_view_name,
     truncate_table_name,
 )
-from state_models.types import INT64, STRING, STRING_ARRAY, TIMESTAMP, Kind, WarehouseType
+from state_models.types import INT64, NAME_LIST, STRING, TIMESTAMP, Kind, WarehouseType, name_token
 
 # Internal column names of the merge plan. They start with "__" so that they cannot be mistaken
 # for a business column; StateTable refuses business columns with these names.
@@ -190,15 +190,18 @@ def _and(*conditions: exp.Expr | None) -> exp.Expr:
 
 
 def _available(name: str, caps: Capabilities) -> exp.Expr:
-    """The version carries its own value of ``name`` (or it is the anchor, whose values are final)."""
-    contains: exp.Expr
-    if caps.in_unnest:
-        contains = exp.In(
-            this=exp.Literal.string(name), unnest=exp.Unnest(expressions=[_col(UNAVAILABLE)])
-        )
-    else:
-        contains = exp.ArrayContains(this=_col(UNAVAILABLE), expression=exp.Literal.string(name))
-    return exp.or_(_col(ANCHOR), exp.not_(contains))
+    """The version carries its own value of ``name`` (or it is the anchor, whose values are final).
+
+    ``_unavailable`` lists names as ``,a,b,`` (see ``state_models.types.encode_names``), so a
+    substring test for ``,<name>,`` is exact.
+    """
+    listed = exp.GT(
+        this=exp.StrPosition(
+            this=_col(UNAVAILABLE), substr=exp.Literal.string(f",{name_token(name)},")
+        ),
+        expression=exp.Literal.number(0),
+    )
+    return exp.or_(_col(ANCHOR), _col(UNAVAILABLE).is_(exp.Null()), exp.not_(listed))
 
 
 def _carried(i: int) -> exp.Expr:
@@ -220,10 +223,16 @@ def plan_merge(
     names: TableNames,
     caps: Capabilities,
     *,
+    since_seq: str | None = None,
     truncating: bool = False,
     with_truncates: bool = False,
 ) -> exp.Merge:
     """The one MERGE that applies a staged batch (see the module docstring).
+
+    ``since_seq``: the earliest ``_seq`` in the batch. A stored version whose next version comes
+    at or before it cannot change, so ``_next_seq IS NULL OR _next_seq > since_seq`` is added as a
+    constant filter: the warehouse evaluates it while scanning (DuckDB) and reads whole rows only
+    of the versions that pass, so a merge does not slow down as the history grows.
 
     ``with_truncates``: the table's truncate log or the batch holds truncates, so tombstones must be
     spliced in. ``truncating``: the batch itself holds a truncate, so every key may be touched (a
@@ -236,35 +245,33 @@ def plan_merge(
     key = list(table.key)
     biz = list(table.business_names)
     bucket = [KEY_BUCKET] if caps.key_buckets else []
-    carry = list(table.carry_names)
+    carry = list(table.carry)
     version_meta = [VALID_FROM, OP, IS_DELETED, SEQ, EVENT_ID, TX_ID, INGESTED_AT, UNAVAILABLE]
 
     ctes: list[exp.CTE] = []
 
-    # 1. batch: one row per (key, seq), the first delivery wins.
-    numbered = (
-        _select(
-            [(c, _col(c)) for c in [*biz, *version_meta, *bucket]]
-            + [
-                (
-                    ROW_NUMBER,
-                    exp.Window(
-                        this=exp.func("ROW_NUMBER"),
-                        partition_by=[*[_col(k) for k in key], _col(SEQ)],
-                        order=exp.Order(
-                            expressions=[exp.Ordered(this=_col(ORD), nulls_first=False)]
-                        ),
-                    ),
-                )
-            ]
+    # 1. batch: one row per (key, seq), the first delivery wins (no earlier delivery of it).
+    earlier = (
+        exp.select("1")
+        .from_(names.staging.copy().as_("d", copy=False), copy=False)
+        .where(
+            exp.and_(
+                _keys_equal(key, "d", "s"),
+                _col(SEQ, "d").eq(_col(SEQ, "s")),
+                exp.LT(this=_col(ORD, "d"), expression=_col(ORD, "s")),
+            ),
+            copy=False,
         )
-        .from_(names.staging.copy(), copy=False)
-        .where(_col(OP).neq(exp.Literal.string("t")), copy=False)
     )
     batch = (
-        _select([(c, _col(c)) for c in [*biz, *version_meta, *bucket]])
-        .from_(numbered.subquery("n"), copy=False)
-        .where(_col(ROW_NUMBER).eq(1), copy=False)
+        _select([(c, _col(c, "s")) for c in [*biz, *version_meta, *bucket]])
+        .from_(names.staging.copy().as_("s", copy=False), copy=False)
+        .where(
+            exp.and_(
+                _col(OP, "s").neq(exp.Literal.string("t")), exp.not_(exp.Exists(this=earlier))
+            ),
+            copy=False,
+        )
     )
     ctes.append(_cte("batch", batch))
 
@@ -322,6 +329,7 @@ def plan_merge(
                     _col(NEXT_SEQ, "x").is_(exp.Null()),
                     exp.GT(this=_col(NEXT_SEQ, "x"), expression=_col(FROM_SEQ, "u")),
                 ),
+                _since(since_seq, "x"),
                 _touched_buckets(caps, "x"),
             ),
             copy=False,
@@ -465,7 +473,21 @@ def plan_merge(
     )
     source_query.set("with_", exp.With(expressions=ctes))
 
-    return _merge(table, names, caps, source_query, carry, bucket, with_truncates)
+    return _merge(
+        table, names, caps, source_query, carry, bucket, with_truncates, _since(since_seq, "t")
+    )
+
+
+def _since(since_seq: str | None, alias: str) -> exp.Expr | None:
+    """``<alias>._next_seq IS NULL OR <alias>._next_seq > 'since'``: what a batch can affect."""
+    if since_seq is None:
+        return None
+    return exp.Paren(
+        this=exp.or_(
+            _col(NEXT_SEQ, alias).is_(exp.Null()),
+            exp.GT(this=_col(NEXT_SEQ, alias), expression=exp.Literal.string(since_seq)),
+        )
+    )
 
 
 def _merge(
@@ -476,11 +498,15 @@ def _merge(
     carry: list[str],
     bucket: list[str],
     with_truncates: bool,
+    since: exp.Expr | None,
 ) -> exp.Merge:
     key = list(table.key)
+    # The target rows a source row can match all pass ``since`` (they are in ``existing``), so the
+    # filter only spares the MERGE from reading the rest.
     on = _and(
         _keys_equal(key, "t", "s"),
         _col(SEQ, "t").eq(_col(SEQ, "s")),
+        since,
         _touched_buckets(caps, "t"),
     )
     updates = [
@@ -615,7 +641,7 @@ def _candidates(
         (EVENT_ID, _col(EVENT_ID, "r")),
         (TX_ID, _col(TX_ID, "r")),
         (INGESTED_AT, ingested),
-        (UNAVAILABLE, exp.cast(exp.Array(expressions=[]), STRING_ARRAY.to_sql(caps.dialect))),
+        (UNAVAILABLE, _null(NAME_LIST, caps)),
     ]
     fields += [(b, _col(b, "k")) for b in bucket]
     fields += [
@@ -666,7 +692,7 @@ def state_columns(table: StateTable, caps: Capabilities) -> list[Column]:
 
 
 def staging_columns(table: StateTable, caps: Capabilities) -> list[Column]:
-    """The columns of a staging table (what ``state_models.scd2.stage_rows`` produces)."""
+    """The columns of a staging table (``state_models.scd2.stage_columns``, typed)."""
     meta = {n: t for n, t in METADATA_COLUMNS}
     cols = list(table.columns)
     cols += [

@@ -21,26 +21,25 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from state_models.errors import SchemaChangeError, TerminalError
 from state_models.events import ChangeEvent, Op, json_value
 from state_models.types import (
     BOOL,
+    NAME_LIST,
     STRING,
-    STRING_ARRAY,
     TIMESTAMP,
     Kind,
     UnknownTypeError,
-    ValueCoercionError,
     WarehouseType,
-    coerce_value,
+    encode_names,
     infer_type,
     is_widening,
     map_debezium_type,
     map_source_type,
-    micros_to_datetime,
     render_value,
 )
 
@@ -68,7 +67,7 @@ METADATA_COLUMNS: tuple[tuple[str, WarehouseType], ...] = (
     (TX_ID, STRING),
     (INGESTED_AT, TIMESTAMP),
     (NEXT_SEQ, STRING),
-    (UNAVAILABLE, STRING_ARRAY),
+    (UNAVAILABLE, NAME_LIST),
 )
 METADATA_NAMES = frozenset(name for name, _ in METADATA_COLUMNS)
 #: Staging-only column: the event's position in its batch (the first delivery of a change wins).
@@ -86,11 +85,6 @@ TRUNCATE_COLUMNS: tuple[tuple[str, WarehouseType], ...] = (
     (INGESTED_AT, TIMESTAMP),
 )
 
-#: Column kinds PostgreSQL can store out of line (TOAST), and so send as "unavailable": the merge
-#: carries these forward. A fixed rule per type keeps the set stable from batch to batch, which the
-#: repair of a later version (when its predecessor arrives late) relies on.
-CARRY_KINDS = frozenset({Kind.STRING, Kind.BYTES, Kind.JSON, Kind.DECIMAL})
-
 
 @dataclass(frozen=True, slots=True)
 class Column:
@@ -106,6 +100,10 @@ class StateTable:
     name: str  # state table name in the warehouse
     key: tuple[str, ...]
     columns: tuple[Column, ...]  # business columns, key columns first
+    #: Columns the source has ever sent as unavailable (TOAST): the merge carries these forward.
+    #: Recorded with the table and only ever grown, so that a version whose value was carried can
+    #: be repaired in any later batch (when its predecessor arrives late).
+    carry: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -126,13 +124,6 @@ class StateTable:
     def value_names(self) -> tuple[str, ...]:
         """Business columns that are not part of the key."""
         return tuple(c.name for c in self.columns if c.name not in self.key)
-
-    @property
-    def carry_names(self) -> tuple[str, ...]:
-        """Columns whose unavailable values are carried forward from the previous version."""
-        return tuple(
-            c.name for c in self.columns if c.name not in self.key and c.type.kind in CARRY_KINDS
-        )
 
     @property
     def truncate_table(self) -> str:
@@ -213,6 +204,7 @@ class Evolution:
     create: bool = False  # the table does not exist yet
     add: list[Column] = field(default_factory=list)
     widen: list[Column] = field(default_factory=list)  # columns with their new, wider type
+    carry_grew: bool = False  # a column was sent as unavailable for the first time
     rejected: list[Rejected] = field(default_factory=list)
 
     @property
@@ -259,14 +251,26 @@ def plan_evolution(
     key = existing.key if existing else table.primary_key
     rejected: list[Rejected] = []
     accepted: list[ChangeEvent] = []
+    # Most events of a batch share one shape (the same columns, no schema block): once every
+    # column of a shape has a type, later events of that shape can change nothing.
+    known_shapes: set[tuple[Any, ...]] = set()
     for event in events:
         if event.op is Op.TRUNCATE:
             accepted.append(event)
             continue
         if key is None:
             key = tuple(event.key)
-        problem = _key_problem(event, key)
-        if problem is None:
+        fits = tuple(event.key) == key and None not in event.key.values()
+        problem = None if fits else _key_problem(event, key)
+        if problem is None and event.source_types is None:
+            shape = (tuple(event.after or ()), tuple(event.before or ()), event.unavailable)
+            if shape in known_shapes:
+                accepted.append(event)
+                continue
+            problem = _type_problem(event, declared, types, order, add, widened)
+            if all(n in types or n in declared for n in (*shape[0], *shape[1], *shape[2])):
+                known_shapes.add(shape)  # every column typed: later events of it change nothing
+        elif problem is None:
             problem = _type_problem(event, declared, types, order, add, widened)
         if problem is not None:
             rejected.append(Rejected(event, problem))
@@ -279,17 +283,22 @@ def plan_evolution(
     for k in missing_key:  # a key column no event carried a value for yet cannot happen; be safe
         add(k, STRING)
     ordered = list(key) + [n for n in order if n not in key]
+    had = set(existing.carry) if existing else set()
+    unavailable = {n for e in accepted if e.op in VERSION_OPS for n in e.unavailable}
+    carry = tuple(n for n in ordered if n not in key and (n in had or n in unavailable))
     state = StateTable(
         table_id=table.table_id,
         name=table.state_table,
         key=tuple(key),
         columns=tuple(Column(n, types[n]) for n in ordered),
+        carry=carry,
     )
     return Evolution(
         table=state,
         create=existing is None,
         add=[] if existing is None else [Column(n, types[n]) for n in added],
         widen=[] if existing is None else [Column(n, t) for n, t in widened.items()],
+        carry_grew=set(carry) != had,
         rejected=rejected,
     )
 
@@ -359,74 +368,87 @@ def _type_problem(
 # --------------------------------------------------------------------------- staging
 
 
-@dataclass
-class Staged:
-    """A batch as rows for the staging table, plus the events that could not be staged."""
+_TABLE, _OP, _SEQ = attrgetter("table"), attrgetter("op"), attrgetter("seq")
+_COMMIT_TS, _EVENT_ID, _TX_ID = attrgetter("commit_ts"), attrgetter("event_id"), attrgetter("tx_id")
 
-    rows: list[dict[str, Any]]
-    rejected: list[Rejected]
+_DELETES = {op: op in (Op.DELETE, Op.TRUNCATE) for op in Op}
+
+#: Ops that make a version carrying the ``after`` image.
+VERSION_OPS = frozenset({Op.INSERT, Op.UPDATE, Op.READ})
+
+
+@dataclass
+class StagedBatch:
+    """A batch as columns for the staging table: row ``i`` comes from ``events[i]``.
+
+    Business values are the decoded values as they are (the warehouse converts them to the column
+    types in bulk, with :func:`state_models.types.coerce_value` deciding every doubtful value);
+    ``_valid_from`` and ``_ingested_at`` are microseconds since the epoch.
+    """
+
+    columns: dict[str, list[Any]]
+    events: list[ChangeEvent]
     truncates: int = 0
 
+    @property
+    def since_seq(self) -> str | None:
+        """The earliest seq of the batch: no stored version whose next version comes before it
+        can be affected by the batch."""
+        return min(self.columns[SEQ]) if self.events else None
 
-def stage_rows(
+
+def stage_columns(
     table: StateTable, events: Sequence[ChangeEvent], ingested_at: dt.datetime
-) -> Staged:
-    """One staging row per event, values coerced to the column types.
+) -> StagedBatch:
+    """The staging columns of a batch (see :class:`StagedBatch`).
 
     Inserts, updates and snapshot reads carry their ``after`` image (unavailable values null and
     named in ``_unavailable``); a delete carries only its key; a truncate carries no key at all.
     """
-    ingested = _utc(ingested_at)
-    rows: list[dict[str, Any]] = []
-    rejected: list[Rejected] = []
-    truncates = 0
+    ingested = _micros(_utc(ingested_at))
     value_names = set(table.value_names)
-    for ord_, event in enumerate(events):
-        if event.table != table.table_id:
-            raise ValueError(f"event for {event.table} staged into {table.table_id}")
-        row: dict[str, Any] = dict.fromkeys(table.business_names)
-        try:
-            if event.op is Op.TRUNCATE:
-                truncates += 1
-            else:
-                for k in table.key:
-                    row[k] = coerce_value(event.key[k], table.column_type(k))
-            if event.op in (Op.INSERT, Op.UPDATE, Op.READ):
-                for name, value in (event.after or {}).items():
-                    if name in value_names:
-                        row[name] = coerce_value(value, table.column_type(name))
-        except (ValueCoercionError, KeyError) as exc:
-            rejected.append(
-                Rejected(event, SchemaChangeError(f"{event.table}: {exc}", raw=event.raw))
-            )
-            continue
-        unavailable = (
-            sorted(n for n in event.unavailable if n in value_names)
-            if event.op in (Op.UPDATE, Op.INSERT, Op.READ)
-            else []
-        )
-        row.update(
-            {
-                VALID_FROM: micros_to_datetime(event.commit_ts),
-                OP: event.op.value,
-                IS_DELETED: event.op in (Op.DELETE, Op.TRUNCATE),
-                SEQ: event.seq,
-                EVENT_ID: event.event_id,
-                TX_ID: event.tx_id,
-                INGESTED_AT: ingested,
-                UNAVAILABLE: unavailable,
-                ORD: ord_,
-            }
-        )
-        rows.append(row)
-    return Staged(rows=rows, rejected=rejected, truncates=truncates)
+    if any(t != table.table_id for t in set(map(_TABLE, events))):
+        raise ValueError(f"events of other tables staged into {table.table_id}")
+    ops = list(map(_OP, events))
+    # a delete stages its key, a truncate nothing (its key is {})
+    images: list[Mapping[str, Any]] = [
+        (e.after or {}) if op in VERSION_OPS else e.key for e, op in zip(events, ops, strict=True)
+    ]
+    unavailable = [
+        encode_names(n for n in e.unavailable if n in value_names)
+        if e.unavailable and op in VERSION_OPS
+        else None
+        for e, op in zip(events, ops, strict=True)
+    ]
+    columns: dict[str, list[Any]] = {
+        name: [image.get(name) for image in images] for name in table.business_names
+    }
+    columns[VALID_FROM] = list(map(_COMMIT_TS, events))
+    columns[OP] = ops  # an Op is its one-letter string
+    columns[IS_DELETED] = list(map(_DELETES.__getitem__, ops))
+    columns[SEQ] = list(map(_SEQ, events))
+    columns[EVENT_ID] = list(map(_EVENT_ID, events))
+    columns[TX_ID] = list(map(_TX_ID, events))
+    columns[INGESTED_AT] = [ingested] * len(events)
+    columns[UNAVAILABLE] = unavailable
+    columns[ORD] = list(range(len(events)))
+    truncates = ops.count(Op.TRUNCATE)
+    return StagedBatch(columns=columns, events=list(events), truncates=truncates)
 
 
-def key_bucket(table: StateTable, row: Mapping[str, Any], buckets: int) -> int:
-    """A stable hash bucket in [0, buckets) of a staged row's (coerced) key values."""
-    text = json.dumps([json_value(row[k]) for k in table.key], separators=(",", ":"))
+def key_bucket(key_values: Sequence[Any], buckets: int) -> int:
+    """A stable hash bucket in [0, buckets) of a row's key values (as stored, i.e. coerced)."""
+    text = json.dumps([json_value(v) for v in key_values], separators=(",", ":"))
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % buckets
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _micros(value: dt.datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -457,7 +479,3 @@ def sort_versions(table: StateTable, rows: Iterable[Mapping[str, Any]]) -> list[
 
 def _sortable(value: Any) -> tuple[int, Any]:
     return (0, value) if value is not None else (1, 0)
-
-
-def with_columns(table: StateTable, columns: Sequence[Column]) -> StateTable:
-    return replace(table, columns=tuple(columns))

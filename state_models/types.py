@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -46,7 +47,7 @@ class Kind(StrEnum):
     DATETIME = "datetime"  # a wall-clock time without zone (PostgreSQL timestamp, MySQL datetime)
     TIMESTAMP = "timestamp"  # an instant, stored in UTC (timestamptz, MySQL timestamp)
     JSON = "json"
-    STRING_ARRAY = "string_array"  # only for the metadata column ``_unavailable``
+    NAME_LIST = "name_list"  # column names as text (the metadata column ``_unavailable``)
 
 
 #: The widest exact decimal both warehouses store natively (DuckDB DECIMAL(38), BigQuery NUMERIC).
@@ -96,7 +97,7 @@ TIME = WarehouseType(Kind.TIME)
 DATETIME = WarehouseType(Kind.DATETIME)
 TIMESTAMP = WarehouseType(Kind.TIMESTAMP)
 JSON = WarehouseType(Kind.JSON)
-STRING_ARRAY = WarehouseType(Kind.STRING_ARRAY)
+NAME_LIST = WarehouseType(Kind.NAME_LIST)
 
 _SQL_NAMES: dict[str, dict[Kind, str]] = {
     "duckdb": {
@@ -110,7 +111,7 @@ _SQL_NAMES: dict[str, dict[Kind, str]] = {
         Kind.DATETIME: "TIMESTAMP",
         Kind.TIMESTAMP: "TIMESTAMPTZ",
         Kind.JSON: "JSON",
-        Kind.STRING_ARRAY: "VARCHAR[]",
+        Kind.NAME_LIST: "VARCHAR",
     },
     "bigquery": {
         Kind.BOOL: "BOOL",
@@ -123,7 +124,7 @@ _SQL_NAMES: dict[str, dict[Kind, str]] = {
         Kind.DATETIME: "DATETIME",
         Kind.TIMESTAMP: "TIMESTAMP",
         Kind.JSON: "JSON",
-        Kind.STRING_ARRAY: "ARRAY<STRING>",
+        Kind.NAME_LIST: "STRING",
     },
 }
 
@@ -509,8 +510,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _to_string_list(value: Any, _: WarehouseType) -> list[str]:
-    return [str(v) for v in value]
+def _to_name_list(value: Any, _: WarehouseType) -> str | None:
+    return value if isinstance(value, str) else encode_names(value)
 
 
 _COERCE = {
@@ -525,7 +526,7 @@ _COERCE = {
     Kind.DATETIME: _to_datetime,
     Kind.TIMESTAMP: _to_timestamp,
     Kind.JSON: _to_json,
-    Kind.STRING_ARRAY: _to_string_list,
+    Kind.NAME_LIST: _to_name_list,
 }
 
 
@@ -540,9 +541,11 @@ def render_value(value: Any, wtype: WarehouseType) -> Any:
     Warehouses return slightly different Python types (a JSON column comes back as text from DuckDB
     and as a dict from BigQuery), so this also normalises them.
     """
+    kind = wtype.kind
+    if kind is Kind.NAME_LIST:
+        return decode_names(value) if not isinstance(value, list) else sorted(value)
     if value is None:
         return None
-    kind = wtype.kind
     if kind is Kind.TIMESTAMP:
         return format_timestamp(_to_timestamp(value, wtype))
     if kind is Kind.DATETIME:
@@ -560,8 +563,6 @@ def render_value(value: Any, wtype: WarehouseType) -> Any:
     if kind is Kind.FLOAT64:
         f = float(value)
         return f if math.isfinite(f) else str(f)  # NaN/Infinity are not JSON
-    if kind is Kind.STRING_ARRAY:
-        return sorted(value)
     return value
 
 
@@ -583,11 +584,31 @@ def warehouse_type_from_sql(type_text: str, dialect: str) -> WarehouseType:
     parsed = exp.DataType.build(type_text, dialect=dialect, udt=True)
     if parsed.this in _DECIMAL_TYPES or parsed.this is _T.BIGDECIMAL:
         return _decimal_of(parsed) if parsed.expressions else decimal(*UNBOUNDED_DECIMAL)
-    if parsed.this is _T.ARRAY:
-        return STRING_ARRAY
     for kind, name in _SQL_NAMES[dialect].items():
         if exp.DataType.build(name, dialect=dialect).this is parsed.this:
             return WarehouseType(kind)
     if parsed.this in (_T.TEXT, _T.VARCHAR, _T.CHAR):
         return STRING
     raise UnknownTypeError(f"unexpected {dialect} column type {type_text!r}")
+
+
+# --------------------------------------------------------------------------- name lists
+
+
+def name_token(name: str) -> str:
+    """A column name as it appears in a name list: ``,`` and ``%`` percent-encoded."""
+    return name.replace("%", "%25").replace(",", "%2C")
+
+
+def encode_names(names: Iterable[str]) -> str | None:
+    """Column names -> ``,a,b,`` (sorted; None for none), so that a plain substring test for
+    ``,<token>,`` is an exact membership test in any SQL dialect."""
+    tokens = sorted({name_token(n) for n in names})
+    return f",{','.join(tokens)}," if tokens else None
+
+
+def decode_names(text: str | None) -> list[str]:
+    """The inverse of :func:`encode_names`."""
+    if not text:
+        return []
+    return [t.replace("%2C", ",").replace("%25", "%") for t in text.strip(",").split(",") if t]

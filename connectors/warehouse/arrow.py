@@ -1,4 +1,10 @@
-"""Staged rows -> a typed Arrow table (what DuckDB scans without copying)."""
+"""A staged batch -> a typed Arrow table (DuckDB scans it in place; BigQuery loads it as Parquet).
+
+Values are converted a column at a time by Arrow. Whenever Arrow refuses a column (a value it does
+not take as it is, or one that does not fit), the column is converted value by value with
+``state_models.types.coerce_value``, which decides exactly what fits and says why not; events with
+a value that does not fit are rejected one by one, the rest of the batch goes on.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from state_models.scd2 import Column
-from state_models.types import Kind, WarehouseType
+from state_models.dialects import Capabilities
+from state_models.errors import SchemaChangeError
+from state_models.plans import staging_columns
+from state_models.scd2 import (
+    INGESTED_AT,
+    KEY_BUCKET,
+    VALID_FROM,
+    Rejected,
+    StagedBatch,
+    StateTable,
+    key_bucket,
+)
+from state_models.types import Kind, ValueCoercionError, WarehouseType, coerce_value
 
 _ARROW: dict[Kind, pa.DataType] = {
     Kind.BOOL: pa.bool_(),
@@ -21,8 +38,15 @@ _ARROW: dict[Kind, pa.DataType] = {
     Kind.DATETIME: pa.timestamp("us"),
     Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
     Kind.JSON: pa.string(),
-    Kind.STRING_ARRAY: pa.list_(pa.string()),
+    Kind.NAME_LIST: pa.string(),
 }
+#: Kinds Arrow converts directly from the decoded Python values.
+_DIRECT = frozenset(
+    {Kind.BOOL, Kind.INT64, Kind.FLOAT64, Kind.STRING, Kind.DECIMAL, Kind.NAME_LIST}
+)
+#: Kinds decoded as ISO-8601 text, which Arrow parses in bulk.
+_FROM_TEXT = frozenset({Kind.DATE, Kind.DATETIME, Kind.TIMESTAMP})
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
 
 
 def arrow_type(wtype: WarehouseType) -> pa.DataType:
@@ -31,7 +55,63 @@ def arrow_type(wtype: WarehouseType) -> pa.DataType:
     return _ARROW[wtype.kind]
 
 
-def arrow_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Rows (dicts of coerced values) -> an Arrow table with exactly these columns and types."""
-    arrays = [pa.array([r.get(c.name) for r in rows], type=arrow_type(c.type)) for c in columns]
-    return pa.Table.from_arrays(arrays, names=[c.name for c in columns])
+def arrow_column(values: Sequence[Any], wtype: WarehouseType) -> tuple[pa.Array, dict[int, str]]:
+    """Values -> an Arrow array of the column type, and {row: why} for values that do not fit."""
+    target = arrow_type(wtype)
+    try:
+        if wtype.kind in _DIRECT:
+            return pa.array(values, type=target), {}
+        if wtype.kind in _FROM_TEXT:
+            return pa.array(values, type=pa.string()).cast(target), {}
+    except _ARROW_ERRORS:
+        pass  # somewhere a value Arrow does not take as it is: decide value by value
+    coerced: list[Any] = []
+    problems: dict[int, str] = {}
+    for i, value in enumerate(values):
+        try:
+            coerced.append(coerce_value(value, wtype))
+        except ValueCoercionError as exc:
+            problems[i] = str(exc)
+            coerced.append(None)
+    return pa.array(coerced, type=target), problems
+
+
+def staging_table(
+    table: StateTable, batch: StagedBatch, caps: Capabilities
+) -> tuple[pa.Table, list[Rejected]]:
+    """The typed staging table of a batch, without the rows of events whose values do not fit."""
+    arrays: list[pa.Array] = []
+    problems: dict[int, str] = {}
+    columns = [c for c in staging_columns(table, caps) if c.name != KEY_BUCKET]
+    for col in columns:
+        values = batch.columns[col.name]
+        if col.name in (VALID_FROM, INGESTED_AT):  # microseconds since the epoch
+            arrays.append(pa.array(values, type=pa.int64()).cast(arrow_type(col.type)))
+            continue
+        array, bad = arrow_column(values, col.type)
+        arrays.append(array)
+        for row, why in bad.items():
+            problems.setdefault(row, f"column {col.name!r}: {why}")
+    staged = pa.Table.from_arrays(arrays, names=[c.name for c in columns])
+    rejected = [
+        Rejected(
+            batch.events[row],
+            SchemaChangeError(f"{batch.events[row].table}: {why}", raw=batch.events[row].raw),
+        )
+        for row, why in sorted(problems.items())
+    ]
+    if problems:
+        keep = [row not in problems for row in range(staged.num_rows)]
+        staged = staged.filter(pa.array(keep))
+    if caps.key_buckets:
+        staged = staged.append_column(KEY_BUCKET, _buckets(table, staged, caps.key_buckets))
+    return staged, rejected
+
+
+def _buckets(table: StateTable, staged: pa.Table, buckets: int) -> pa.Array:
+    keys = zip(*(staged.column(k).to_pylist() for k in table.key), strict=True)
+    ops = staged.column("_op").to_pylist()
+    return pa.array(
+        [None if op == "t" else key_bucket(k, buckets) for k, op in zip(keys, ops, strict=True)],
+        type=pa.int64(),
+    )

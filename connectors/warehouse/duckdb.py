@@ -18,11 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from connectors.warehouse.arrow import arrow_table
 from connectors.warehouse.sql import MergeCounts, SqlWarehouse
 from state_models.dialects import DUCKDB
 from state_models.errors import ConfigError, TransientError
-from state_models.plans import TableNames, staging_columns, table_names
+from state_models.plans import TableNames, table_names
 from state_models.scd2 import StateTable
 
 _counter = itertools.count()
@@ -107,9 +106,9 @@ class DuckDBWarehouse(SqlWarehouse):
             ).sql("duckdb")
         )
 
-    def _stage(self, table: StateTable, rows: list[dict[str, Any]]) -> str:
+    def _stage(self, table: StateTable, staged: pa.Table) -> str:
         name = f"__cdc_stage_{os.getpid()}_{next(_counter)}"
-        self.con.register(name, arrow_table(staging_columns(table, self.caps), rows))
+        self.con.register(name, staged)
         return name
 
     def _unstage(self, staging: str) -> None:

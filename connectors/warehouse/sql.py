@@ -12,9 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from connectors.warehouse import ApplyResult
+from connectors.warehouse.arrow import staging_table
 from state_models.dialects import TOUCHED_BUCKETS_PARAM, Capabilities
 from state_models.errors import ConfigError, SchemaChangeError
 from state_models.events import ChangeEvent
@@ -52,9 +55,8 @@ from state_models.scd2 import (
     Evolution,
     StateTable,
     TableDef,
-    key_bucket,
     plan_evolution,
-    stage_rows,
+    stage_columns,
     truncate_table_name,
 )
 from state_models.types import UnknownTypeError, coerce_value, warehouse_type_from_sql
@@ -97,8 +99,8 @@ class SqlWarehouse:
     def _set_comment(self, names: TableNames, comment: str) -> None:
         raise NotImplementedError
 
-    def _stage(self, table: StateTable, rows: list[dict[str, Any]]) -> str:
-        """Make the rows queryable as a staging table; return its name."""
+    def _stage(self, table: StateTable, staged: pa.Table) -> str:
+        """Make the typed staging rows queryable as a table; return its name."""
         raise NotImplementedError
 
     def _unstage(self, staging: str) -> None:
@@ -137,7 +139,8 @@ class SqlWarehouse:
         ordered = [by_name[k] for k in key if k in by_name] + [
             c for c in business if c.name not in key
         ]
-        state = StateTable(table.table_id, table.state_table, key, tuple(ordered))
+        carry = tuple(c.name for c in ordered if c.name in set(meta.get("carry") or ()))
+        state = StateTable(table.table_id, table.state_table, key, tuple(ordered), carry)
         self._tables[table.state_table] = state
         return state
 
@@ -153,9 +156,14 @@ class SqlWarehouse:
             )
         evolution = plan_evolution(table, existing, events)
         state = evolution.table
-        if not evolution.changes_schema:
-            return evolution
         names = self._names(state.name)
+        if not evolution.changes_schema:
+            if evolution.carry_grew:
+                # recorded before the MERGE writes such a version: if the MERGE then fails, the
+                # record only costs later merges some needless work
+                self._set_comment(names, _format_meta(state))
+                self._tables[table.state_table] = state
+            return evolution
         if evolution.create:
             if not state.key:
                 return evolution  # nothing to create yet: no key known (no events, no registry key)
@@ -167,6 +175,8 @@ class SqlWarehouse:
                 + [plan_widen_column(names.state, c, self.caps) for c in evolution.widen]
             )
             self._run(plan_views(state, names, self.caps))
+            if evolution.carry_grew:
+                self._set_comment(names, _format_meta(state))
         self._tables[table.state_table] = state
         return evolution
 
@@ -186,23 +196,24 @@ class SqlWarehouse:
         ]
         rejected_ids = {id(r.event) for r in evolution.rejected}
         accepted = [e for e in events if id(e) not in rejected_ids]
-        staged = stage_rows(state, accepted, ingested_at)
-        result.rejected = [*evolution.rejected, *staged.rejected]
-        if not staged.rows:
+        batch = stage_columns(state, accepted, ingested_at)
+        staged, not_fitting = staging_table(state, batch, self.caps)
+        result.rejected = [*evolution.rejected, *not_fitting]
+        if staged.num_rows == 0:
             return result
         params: dict[str, Any] = {}
         if self.caps.key_buckets:
-            buckets = self.caps.key_buckets
-            for row in staged.rows:
-                is_truncate = row["_op"] == "t"
-                row[KEY_BUCKET] = None if is_truncate else key_bucket(state, row, buckets)
+            # a truncate touches every key, hence every bucket
             touched = (
-                range(buckets) if staged.truncates else sorted({r[KEY_BUCKET] for r in staged.rows})
+                range(self.caps.key_buckets)
+                if batch.truncates
+                else sorted(set(staged.column(KEY_BUCKET).to_pylist()))
             )
             params[TOUCHED_BUCKETS_PARAM] = list(touched)
-        truncating = staged.truncates > 0
+        truncating = batch.truncates > 0
         with_truncates = truncating or self._table_has_truncates(state)
-        staging = self._stage(state, staged.rows)
+        since_seq = pc.min(staged.column(SEQ)).as_py()
+        staging = self._stage(state, staged)
         try:
             names = self._names(state.name, staging)
             statements: list[exp.Expr] = [
@@ -210,6 +221,7 @@ class SqlWarehouse:
                     state,
                     names,
                     self.caps,
+                    since_seq=since_seq,
                     truncating=truncating,
                     with_truncates=with_truncates,
                 )
@@ -310,7 +322,9 @@ class SqlWarehouse:
             raise ConfigError(f"no state table {source.state_table} to swap in")
         live = self._names(table.state_table)
         other = self._names(source.state_table)
-        state = StateTable(shadow.table_id, table.state_table, shadow.key, shadow.columns)
+        state = StateTable(
+            shadow.table_id, table.state_table, shadow.key, shadow.columns, shadow.carry
+        )
         statements: list[exp.Expr] = [
             *plan_drop(
                 [live.state, live.truncates],
@@ -388,7 +402,9 @@ class SqlWarehouse:
 
 
 def _format_meta(table: StateTable) -> str:
-    return json.dumps({META_MARK: 1, "table": table.table_id, "key": list(table.key)})
+    return json.dumps(
+        {META_MARK: 1, "table": table.table_id, "key": list(table.key), "carry": list(table.carry)}
+    )
 
 
 def _parse_meta(comment: str | None) -> dict[str, Any]:

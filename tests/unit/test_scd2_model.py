@@ -15,7 +15,7 @@ from state_models.scd2 import (
     TableDef,
     plan_evolution,
     render_version,
-    stage_rows,
+    stage_columns,
 )
 from state_models.types import INT64, JSON, STRING, decimal
 from tests.scd2_histories import BASE_TS, INGESTED, event
@@ -35,7 +35,17 @@ def test_a_new_table_takes_declared_types_then_event_types():
         Column("amount", decimal(38, 2)),
         Column("meta", JSON),  # no schema for it: from the value
     )
-    assert evo.table.carry_names == ("amount", "meta")
+    assert evo.table.carry == ()  # nothing was ever sent as unavailable
+
+
+def test_the_carry_set_grows_with_unavailable_columns_and_never_shrinks():
+    declared = dataclasses.replace(TABLE, declared={"id": "bigint", "a": "text", "b": "text"})
+    toast = event(declared, "u", {"id": 1}, (1, 1), BASE_TS, {"a": "x"}, unavailable=("b",))
+    first = plan_evolution(declared, None, [toast])
+    assert first.table.carry == ("b",) and first.carry_grew
+    plain = event(declared, "u", {"id": 1}, (1, 2), BASE_TS, {"a": "x", "b": "y"})
+    again = plan_evolution(declared, first.table, [plain])
+    assert again.table.carry == ("b",) and not again.carry_grew
 
 
 def test_only_null_values_add_no_column_yet():
@@ -90,28 +100,31 @@ def test_business_columns_may_not_shadow_metadata():
         StateTable("a.b.c", "c", ("id",), (Column("id", INT64), Column("_seq", STRING)))
 
 
-def test_staged_rows_per_op():
+def test_staged_columns_per_op():
     table = plan_evolution(
         dataclasses.replace(TABLE, declared={"id": "bigint", "note": "text"}), None, []
     ).table
     events = [
         event(TABLE, "u", {"id": 1}, (1, 1), BASE_TS, {"note": None}),
-        event(TABLE, "u", {"id": 1}, (1, 2), BASE_TS, {}, unavailable=("note",)),
-        event(TABLE, "d", {"id": 1}, (1, 3), BASE_TS),
-        event(TABLE, "t", {}, (1, 4), BASE_TS),
+        event(TABLE, "u", {"id": 1}, (1, 2), BASE_TS + 1, {}, unavailable=("note", "other")),
+        event(TABLE, "d", {"id": 1}, (1, 3), BASE_TS + 2),
+        event(TABLE, "t", {}, (1, 4), BASE_TS + 3),
     ]
-    staged = stage_rows(table, events, INGESTED)
-    assert [
-        (r["id"], r["_op"], r["_is_deleted"], r["_unavailable"], r["_ord"]) for r in staged.rows
-    ] == [
-        (1, "u", False, [], 0),
-        (1, "u", False, ["note"], 1),
-        (1, "d", True, [], 2),
-        (None, "t", True, [], 3),
+    staged = stage_columns(table, events, INGESTED)
+    c = staged.columns
+    assert list(
+        zip(c["id"], c["_op"], c["_is_deleted"], c["_unavailable"], c["_ord"], strict=True)
+    ) == [
+        (1, "u", False, None, 0),
+        (1, "u", False, ",note,", 1),
+        (1, "d", True, None, 2),
+        (None, "t", True, None, 3),
     ]
-    assert staged.truncates == 1
+    assert c["_valid_from"] == [BASE_TS, BASE_TS + 1, BASE_TS + 2, BASE_TS + 3]
+    assert set(c["_ingested_at"]) == {int(INGESTED.timestamp()) * 1_000_000}
+    assert staged.truncates == 1 and staged.since_seq == events[0].seq
     with pytest.raises(ValueError, match="timezone-aware"):
-        stage_rows(table, events, INGESTED.replace(tzinfo=None))
+        stage_columns(table, events, INGESTED.replace(tzinfo=None))
 
 
 def test_the_oracle_folds_a_small_history_by_hand():

@@ -22,9 +22,12 @@ from state_models.types import (
     ValueCoercionError,
     coerce_value,
     decimal,
+    decode_names,
+    encode_names,
     is_widening,
     map_debezium_type,
     map_source_type,
+    name_token,
     render_value,
     warehouse_type_from_sql,
 )
@@ -177,3 +180,11 @@ def test_printing_is_the_same_whatever_python_type_the_warehouse_returns():
     assert render_value('{"a":1}', JSON) == {"a": 1} == render_value({"a": 1}, JSON)
     assert render_value(b"\x01", BYTES) == "AQ=="
     assert render_value(float("nan"), FLOAT64) == "nan"
+
+
+@pytest.mark.parametrize("names", [[], ["note"], ["b", "a"], ["a,b", "a", "b%2C", "%"]])
+def test_name_lists_round_trip_and_membership_is_exact(names):
+    text = encode_names(names)
+    assert decode_names(text) == sorted(set(names))
+    for name in ["a", "b", "a,b", "note", "%", "b%2C", "x"]:
+        assert (f",{name_token(name)}," in (text or "")) is (name in names)

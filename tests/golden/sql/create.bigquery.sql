@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS `acme-data`.`cdc_state`.`billing_plan_prices` (
   `_tx_id` STRING,
   `_ingested_at` TIMESTAMP,
   `_next_seq` STRING,
-  `_unavailable` ARRAY<STRING>,
+  `_unavailable` STRING,
   `_key_bucket` INT64
 )
 PARTITION BY RANGE_BUCKET(`_key_bucket`, GENERATE_ARRAY(0, 1000, 1))

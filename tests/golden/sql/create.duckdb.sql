@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS "billing_plan_prices" (
   "_tx_id" TEXT,
   "_ingested_at" TIMESTAMPTZ,
   "_next_seq" TEXT,
-  "_unavailable" TEXT[]
+  "_unavailable" TEXT
 );
 
 CREATE TABLE IF NOT EXISTS "billing_plan_prices__truncates" (

@@ -2,41 +2,33 @@ MERGE INTO "billing_plan_prices" AS t
 USING (
   WITH "batch" AS (
     SELECT
-      "plan",
-      "currency",
-      "price",
-      "meta",
-      "renews_at",
-      "_valid_from",
-      "_op",
-      "_is_deleted",
-      "_seq",
-      "_event_id",
-      "_tx_id",
-      "_ingested_at",
-      "_unavailable"
-    FROM (
-      SELECT
-        "plan",
-        "currency",
-        "price",
-        "meta",
-        "renews_at",
-        "_valid_from",
-        "_op",
-        "_is_deleted",
-        "_seq",
-        "_event_id",
-        "_tx_id",
-        "_ingested_at",
-        "_unavailable",
-        ROW_NUMBER() OVER (PARTITION BY "plan", "currency", "_seq" ORDER BY "_ord") AS "__rn"
-      FROM "billing_plan_prices__stage"
-      WHERE
-        "_op" <> 't'
-    ) AS n
+      "s"."plan",
+      "s"."currency",
+      "s"."price",
+      "s"."meta",
+      "s"."renews_at",
+      "s"."_valid_from",
+      "s"."_op",
+      "s"."_is_deleted",
+      "s"."_seq",
+      "s"."_event_id",
+      "s"."_tx_id",
+      "s"."_ingested_at",
+      "s"."_unavailable"
+    FROM "billing_plan_prices__stage" AS s
     WHERE
-      "__rn" = 1
+      "s"."_op" <> 't'
+      AND NOT EXISTS(
+        SELECT
+          1
+        FROM "billing_plan_prices__stage" AS d
+        WHERE
+          (
+            "d"."plan" = "s"."plan" AND "d"."currency" = "s"."currency"
+          )
+          AND "d"."_seq" = "s"."_seq"
+          AND "d"."_ord" < "s"."_ord"
+      )
   ), "touched" AS (
     SELECT
       "plan",
@@ -75,7 +67,12 @@ USING (
     INNER JOIN touched AS u
       ON "x"."plan" = "u"."plan" AND "x"."currency" = "u"."currency"
     WHERE
-      "x"."_next_seq" IS NULL OR "x"."_next_seq" > "u"."__from_seq"
+      (
+        "x"."_next_seq" IS NULL OR "x"."_next_seq" > "u"."__from_seq"
+      )
+      AND (
+        "x"."_next_seq" IS NULL OR "x"."_next_seq" > '0000000000000010/0000000000000020'
+      )
   ), "fresh" AS (
     SELECT
       "b"."plan",
@@ -169,24 +166,14 @@ USING (
       LEAD("_seq") OVER (PARTITION BY "plan", "currency" ORDER BY "_seq" ASC) AS "__new_next_seq",
       LAST_VALUE(
         CASE
-          WHEN "__anchor" OR NOT ARRAY_CONTAINS("_unavailable", 'price')
-          THEN {'v': "price"}
-        END
-       IGNORE NULLS) OVER (
-        PARTITION BY "plan", "currency"
-        ORDER BY "_seq" ASC
-        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-      ) AS "__carry_0",
-      LAST_VALUE(
-        CASE
-          WHEN "__anchor" OR NOT ARRAY_CONTAINS("_unavailable", 'meta')
+          WHEN "__anchor" OR "_unavailable" IS NULL OR NOT STRPOS("_unavailable", ',meta,') > 0
           THEN {'v': "meta"}
         END
        IGNORE NULLS) OVER (
         PARTITION BY "plan", "currency"
         ORDER BY "_seq" ASC
         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-      ) AS "__carry_1"
+      ) AS "__carry_0"
     FROM chain
   )
   SELECT
@@ -195,15 +182,11 @@ USING (
     SELECT
       "plan",
       "currency",
+      "price",
       CASE
-        WHEN "__anchor" OR NOT ARRAY_CONTAINS("_unavailable", 'price')
-        THEN "price"
-        ELSE "__carry_0"."v"
-      END AS "price",
-      CASE
-        WHEN "__anchor" OR NOT ARRAY_CONTAINS("_unavailable", 'meta')
+        WHEN "__anchor" OR "_unavailable" IS NULL OR NOT STRPOS("_unavailable", ',meta,') > 0
         THEN "meta"
-        ELSE "__carry_1"."v"
+        ELSE "__carry_0"."v"
       END AS "meta",
       "renews_at",
       "_valid_from",
@@ -223,15 +206,9 @@ USING (
       OR "__new_valid_to" IS DISTINCT FROM "__old_valid_to"
       OR (
         NOT (
-          "__anchor" OR NOT ARRAY_CONTAINS("_unavailable", 'price')
+          "__anchor" OR "_unavailable" IS NULL OR NOT STRPOS("_unavailable", ',meta,') > 0
         )
-        AND "price" IS DISTINCT FROM "__carry_0"."v"
-      )
-      OR (
-        NOT (
-          "__anchor" OR NOT ARRAY_CONTAINS("_unavailable", 'meta')
-        )
-        AND "meta" IS DISTINCT FROM "__carry_1"."v"
+        AND "meta" IS DISTINCT FROM "__carry_0"."v"
       )
   ) AS "c"
 ) AS "s"
@@ -239,11 +216,13 @@ ON (
   "t"."plan" = "s"."plan" AND "t"."currency" = "s"."currency"
 )
 AND "t"."_seq" = "s"."_seq"
+AND (
+  "t"."_next_seq" IS NULL OR "t"."_next_seq" > '0000000000000010/0000000000000020'
+)
 WHEN MATCHED THEN UPDATE SET
   "_valid_to" = "s"."__new_valid_to",
   "_next_seq" = "s"."__new_next_seq",
   "_is_current" = "s"."__new_next_seq" IS NULL,
-  "price" = "s"."price",
   "meta" = "s"."meta"
 WHEN NOT MATCHED THEN INSERT (
   "plan",

@@ -2,43 +2,34 @@ MERGE INTO `acme-data`.`cdc_state`.`billing_plan_prices` AS t
 USING (
   WITH `batch` AS (
     SELECT
-      `plan`,
-      `currency`,
-      `price`,
-      `meta`,
-      `renews_at`,
-      `_valid_from`,
-      `_op`,
-      `_is_deleted`,
-      `_seq`,
-      `_event_id`,
-      `_tx_id`,
-      `_ingested_at`,
-      `_unavailable`,
-      `_key_bucket`
-    FROM (
-      SELECT
-        `plan`,
-        `currency`,
-        `price`,
-        `meta`,
-        `renews_at`,
-        `_valid_from`,
-        `_op`,
-        `_is_deleted`,
-        `_seq`,
-        `_event_id`,
-        `_tx_id`,
-        `_ingested_at`,
-        `_unavailable`,
-        `_key_bucket`,
-        ROW_NUMBER() OVER (PARTITION BY `plan`, `currency`, `_seq` ORDER BY `_ord` NULLS LAST) AS `__rn`
-      FROM `acme-data`.`cdc_state`.`billing_plan_prices__stage`
-      WHERE
-        `_op` <> 't'
-    ) AS n
+      `s`.`plan`,
+      `s`.`currency`,
+      `s`.`price`,
+      `s`.`meta`,
+      `s`.`renews_at`,
+      `s`.`_valid_from`,
+      `s`.`_op`,
+      `s`.`_is_deleted`,
+      `s`.`_seq`,
+      `s`.`_event_id`,
+      `s`.`_tx_id`,
+      `s`.`_ingested_at`,
+      `s`.`_unavailable`,
+      `s`.`_key_bucket`
+    FROM `acme-data`.`cdc_state`.`billing_plan_prices__stage` AS s
     WHERE
-      `__rn` = 1
+      `s`.`_op` <> 't'
+      AND NOT EXISTS(
+        SELECT
+          1
+        FROM `acme-data`.`cdc_state`.`billing_plan_prices__stage` AS d
+        WHERE
+          (
+            `d`.`plan` = `s`.`plan` AND `d`.`currency` = `s`.`currency`
+          )
+          AND `d`.`_seq` = `s`.`_seq`
+          AND `d`.`_ord` < `s`.`_ord`
+      )
   ), `new_truncates` AS (
     SELECT
       `n`.`_seq`,
@@ -110,6 +101,9 @@ USING (
     WHERE
       (
         `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > `u`.`__from_seq`
+      )
+      AND (
+        `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > '0000000000000010/0000000000000020'
       )
       AND `x`.`_key_bucket` IN UNNEST(@touched_buckets)
   ), `fresh` AS (
@@ -244,7 +238,7 @@ USING (
           MAX(`_ingested_at`)
         FROM `acme-data`.`cdc_state`.`billing_plan_prices__stage`
       ) AS `_ingested_at`,
-      ARRAY<STRING>[] AS `_unavailable`,
+      CAST(NULL AS STRING) AS `_unavailable`,
       `k`.`_key_bucket`,
       FALSE AS `__anchor`,
       NOT `e`.`_seq` IS NULL AS `__stored`,
@@ -312,24 +306,14 @@ USING (
       LEAD(`_seq`) OVER (PARTITION BY `plan`, `currency` ORDER BY `_seq` ASC NULLS LAST) AS `__new_next_seq`,
       LAST_VALUE(
         CASE
-          WHEN `__anchor` OR NOT 'price' IN UNNEST(`_unavailable`)
-          THEN STRUCT(`price` AS `v`)
-        END
-       IGNORE NULLS) OVER (
-        PARTITION BY `plan`, `currency`
-        ORDER BY `_seq` ASC NULLS LAST
-        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-      ) AS `__carry_0`,
-      LAST_VALUE(
-        CASE
-          WHEN `__anchor` OR NOT 'meta' IN UNNEST(`_unavailable`)
+          WHEN `__anchor` OR `_unavailable` IS NULL OR NOT INSTR(`_unavailable`, ',meta,') > 0
           THEN STRUCT(`meta` AS `v`)
         END
        IGNORE NULLS) OVER (
         PARTITION BY `plan`, `currency`
         ORDER BY `_seq` ASC NULLS LAST
         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-      ) AS `__carry_1`
+      ) AS `__carry_0`
     FROM flagged
     WHERE
       `__keep`
@@ -340,15 +324,11 @@ USING (
     SELECT
       `plan`,
       `currency`,
+      `price`,
       CASE
-        WHEN `__anchor` OR NOT 'price' IN UNNEST(`_unavailable`)
-        THEN `price`
-        ELSE `__carry_0`.`v`
-      END AS `price`,
-      CASE
-        WHEN `__anchor` OR NOT 'meta' IN UNNEST(`_unavailable`)
+        WHEN `__anchor` OR `_unavailable` IS NULL OR NOT INSTR(`_unavailable`, ',meta,') > 0
         THEN `meta`
-        ELSE `__carry_1`.`v`
+        ELSE `__carry_0`.`v`
       END AS `meta`,
       `renews_at`,
       `_valid_from`,
@@ -370,15 +350,9 @@ USING (
       OR `__new_valid_to` IS DISTINCT FROM `__old_valid_to`
       OR (
         NOT (
-          `__anchor` OR NOT 'price' IN UNNEST(`_unavailable`)
+          `__anchor` OR `_unavailable` IS NULL OR NOT INSTR(`_unavailable`, ',meta,') > 0
         )
-        AND `price` IS DISTINCT FROM `__carry_0`.`v`
-      )
-      OR (
-        NOT (
-          `__anchor` OR NOT 'meta' IN UNNEST(`_unavailable`)
-        )
-        AND TO_JSON_STRING(`meta`) IS DISTINCT FROM TO_JSON_STRING(`__carry_1`.`v`)
+        AND TO_JSON_STRING(`meta`) IS DISTINCT FROM TO_JSON_STRING(`__carry_0`.`v`)
       )
     UNION ALL
     SELECT
@@ -408,13 +382,15 @@ ON (
   `t`.`plan` = `s`.`plan` AND `t`.`currency` = `s`.`currency`
 )
 AND `t`.`_seq` = `s`.`_seq`
+AND (
+  `t`.`_next_seq` IS NULL OR `t`.`_next_seq` > '0000000000000010/0000000000000020'
+)
 AND `t`.`_key_bucket` IN UNNEST(@touched_buckets)
 WHEN MATCHED AND NOT `s`.`__keep` THEN DELETE
 WHEN MATCHED THEN UPDATE SET
   `_valid_to` = `s`.`__new_valid_to`,
   `_next_seq` = `s`.`__new_next_seq`,
   `_is_current` = `s`.`__new_next_seq` IS NULL,
-  `price` = `s`.`price`,
   `meta` = `s`.`meta`
 WHEN NOT MATCHED AND `s`.`__keep` THEN INSERT (
   `plan`,
