@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,6 +122,8 @@ class Runtime:
         self._last_archive = self.clock()
         self._started = time.monotonic()
         self._merged_window: list[tuple[float, int]] = []
+        # commit-to-visible latency of recently merged events (seconds), for status and the demo
+        self.latencies: deque[float] = deque(maxlen=200_000)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -264,6 +267,7 @@ class Runtime:
             if p.last_commit_ts is None or e.commit_ts > p.last_commit_ts:
                 p.last_commit_ts = e.commit_ts
             p.last_merged_at = now
+            self.latencies.append(max(0.0, now - e.commit_ts / 1e6))
         for tid, counts in report.tables.items():
             if tid in self.progress:
                 self.progress[tid].versions_written += counts.inserted
@@ -303,6 +307,17 @@ class Runtime:
         return sum(n for _, n in self._merged_window) / max(
             span, min(window_s, now - self._started)
         )
+
+    def freshness(self) -> dict[str, float] | None:
+        """p50 / p99 / max seconds from source commit to merged, over recently merged events."""
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+
+        def pct(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return {"p50": pct(0.50), "p99": pct(0.99), "max": ordered[-1], "n": float(len(ordered))}
 
     def capture_stats(self) -> dict[str, CaptureStats]:
         return {name: c.stats() for name, c in self.captures.items()}
