@@ -224,10 +224,11 @@ def report(
             by_key.items(), key=lambda kv: (len(kv[1]), not kv[1][-1]["_is_deleted"])
         )
         out.write("\n" + "=" * 78 + "\n")
-        out.write(
-            f"What happened: {stats.transactions:,} business actions in {sum(stats.actions.values()) and ''}"
-            f"{', '.join(f'{n} {k}' for k, n in sorted(stats.actions.items(), key=lambda x: -x[1]))}\n"
+        actions = ", ".join(
+            f"{n} {k.replace('_', ' ')}"
+            for k, n in sorted(stats.actions.items(), key=lambda x: -x[1])
         )
+        out.write(f"What happened: {stats.transactions:,} business actions ({actions})\n")
         out.write(
             f"Captured from the database logs and merged: {runtime.summary.events_merged:,} row changes "
             f"into {len(cfg.registry.tables())} SCD2 tables ({len(runtime.dead_letters)} dead letters)\n"
@@ -282,9 +283,10 @@ def report(
         out.write(f"  DuckDB     {rel(Path(cfg.warehouse_url.removeprefix('duckdb:///')))}\n")
         out.write(f"  cdc history --config {rel(cfg.path)} {subs.state_table} --key id={sub_id}\n")
         out.write(f"  cdc changelog ls --config {rel(cfg.path)}\n")
+        db = rel(Path(cfg.warehouse_url.removeprefix("duckdb:///")))
+        query = f"SELECT plan_id, status, count(*) FROM {subs.state_table}_current GROUP BY ALL ORDER BY ALL"
         out.write(
-            f"  duckdb {rel(Path(cfg.warehouse_url.removeprefix('duckdb:///')))} "
-            f'"SELECT plan_id, count(*) FROM {subs.state_table}_current GROUP BY 1"\n'
+            f"  python -c \"import duckdb; duckdb.connect('{db}', read_only=True).sql('{query}').show()\"\n"
         )
     finally:
         w.close()
