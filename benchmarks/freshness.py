@@ -1,0 +1,148 @@
+"""Commit-to-visible latency of ``cdc run`` on one machine, per PostgreSQL capture engine.
+
+A throwaway PostgreSQL receives a steady stream of changes (default 1,000 changes/s for 60 s, as
+single-row updates in small transactions); the embedded runtime captures them (pgoutput, then the
+embedded Debezium engine), journals, and merges them into a DuckDB state table. For every change
+the latency is the time from its source commit to the end of the MERGE that made it visible.
+
+    .venv/bin/python benchmarks/freshness.py [--rate 1000] [--seconds 60] [--engines pgoutput,debezium]
+
+Targets (issue 6): p50 < 1 s, p99 < 3 s for both engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cdc.config import load_config  # noqa: E402
+from cdc.runtime import Runtime, RuntimeOptions  # noqa: E402
+from connectors.local_servers import PostgresServer  # noqa: E402
+
+ROWS = 10_000
+PER_TX = 10
+
+
+def drive(dsn: str, rate: float, seconds: float, stop: threading.Event) -> int:
+    import psycopg
+
+    rng = random.Random(1)
+    sent = 0
+    start = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set() and (elapsed := time.monotonic() - start) < seconds:
+            due = int(elapsed * rate)
+            while sent < due:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            "UPDATE public.items SET n = n + 1 WHERE id = %s",
+                            [(rng.randrange(ROWS),) for _ in range(PER_TX)],
+                        )
+                sent += PER_TX
+            time.sleep(0.002)
+    return sent
+
+
+def run_engine(engine: str, rate: float, seconds: float) -> dict[str, float]:
+    pg = PostgresServer().start()
+    work = Path(tempfile.mkdtemp(prefix=f"cdc-fresh-{engine}-"))
+    try:
+        dsn = pg.create_database("bench")
+        pg.execute(
+            f"CREATE TABLE public.items (id bigint PRIMARY KEY, n bigint NOT NULL, label text);"
+            f"INSERT INTO public.items SELECT g, 0, 'item ' || g FROM generate_series(0, {ROWS - 1}) g",
+            database="bench",
+        )
+        config = work / "cdc.yaml"
+        config.write_text(f"""
+changelog: ./changelog
+warehouse: duckdb:///warehouse.duckdb
+state_dir: ./state
+sources:
+  bench:
+    kind: postgres
+    engine: {engine}
+    dsn: {dsn}
+    tables:
+      - {{name: public.items, primary_key: [id], columns: {{id: bigint, n: bigint, label: text}}}}
+""")
+        cfg = load_config(config)
+        runtime = Runtime(cfg, RuntimeOptions(max_latency_s=0.1, archive_interval_s=30))
+        stop = threading.Event()
+        runner = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # snapshot done and streaming
+            stats = runtime.capture_stats()
+            if stats and all(s.phase == "streaming" for s in stats.values()):
+                break
+            time.sleep(0.2)
+        # the snapshot's rows are not part of the measurement
+        while runtime.summary.events_merged < ROWS and time.monotonic() < deadline:
+            time.sleep(0.2)
+        runtime.latencies.clear()
+        sent = drive(dsn, rate, seconds, stop)
+        target = ROWS + sent
+        wait_until = time.monotonic() + 120
+        while runtime.summary.events_merged < target and time.monotonic() < wait_until:
+            time.sleep(0.2)
+        merged = runtime.summary.events_merged - ROWS
+        lat = sorted(runtime.latencies)
+        stop.set()
+        runner.join(120)
+
+        def pct(q: float) -> float:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+
+        return {
+            "sent": sent,
+            "merged": merged,
+            "p50": pct(0.5),
+            "p99": pct(0.99),
+            "max": lat[-1] if lat else float("nan"),
+        }
+    finally:
+        pg.destroy()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rate", type=float, default=1000.0, help="changes per second (1000)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="how long the load runs (60)")
+    ap.add_argument("--engines", default="pgoutput,debezium")
+    args = ap.parse_args()
+    print(
+        f"freshness: {args.rate:.0f} changes/s for {args.seconds:.0f} s into DuckDB via `cdc run` (2 cores)"
+    )
+    print(
+        f"{'engine':<10} {'changes':>9} {'merged':>9} {'p50 s':>7} {'p99 s':>7} {'max s':>7}  target p50<1 s, p99<3 s"
+    )
+    ok = True
+    for engine in args.engines.split(","):
+        r = run_engine(engine.strip(), args.rate, args.seconds)
+        meets = r["p50"] < 1.0 and r["p99"] < 3.0 and r["merged"] >= r["sent"]
+        ok &= meets
+        print(
+            f"{engine:<10} {r['sent']:>9,} {r['merged']:>9,} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['max']:>7.2f}  "
+            f"{'meets' if meets else 'MISSES'}",
+            flush=True,
+        )
+    print(
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (this process, JVM included)"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
