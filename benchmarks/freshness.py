@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdc.config import load_config  # noqa: E402
-from cdc.runtime import Runtime, RuntimeOptions  # noqa: E402
-from connectors.local_servers import PostgresServer  # noqa: E402
+from cdc.config import load_config
+from cdc.runtime import Runtime, RuntimeOptions
+from connectors.local_servers import PostgresServer
 
 ROWS = 10_000
 PER_TX = 10
@@ -41,12 +41,11 @@ def drive(dsn: str, rate: float, seconds: float, stop: threading.Event) -> int:
         while not stop.is_set() and (elapsed := time.monotonic() - start) < seconds:
             due = int(elapsed * rate)
             while sent < due:
-                with conn.transaction():
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            "UPDATE public.items SET n = n + 1 WHERE id = %s",
-                            [(rng.randrange(ROWS),) for _ in range(PER_TX)],
-                        )
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(
+                        "UPDATE public.items SET n = n + 1 WHERE id = %s",
+                        [(rng.randrange(ROWS),) for _ in range(PER_TX)],
+                    )
                 sent += PER_TX
             time.sleep(0.002)
     return sent
