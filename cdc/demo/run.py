@@ -31,6 +31,7 @@ from cdc.runtime import Runtime, RuntimeOptions
 from connectors.local_servers import MariaDBServer, PostgresServer, mariadb_binaries
 from connectors.sources import mysql_params
 from connectors.warehouse import open_warehouse
+from state_models.errors import CdcError
 from state_models.scd2 import TableDef
 
 PG_TABLES = ["public.plans", "public.users", "public.subscriptions", "public.invoices"]
@@ -60,17 +61,19 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         pg.start()
         billing_dsn = pg.create_database("billing")
         my = None
-        if opts.mariadb and mariadb_binaries() is not None:
+        if opts.mariadb and mariadb_binaries() is not None and binlog_capture_available():
             say(err, "starting a throwaway MariaDB (ROW binlog, full images and metadata)")
             my = MariaDBServer()
             servers.append(my)
             my.start()
             my.execute("CREATE DATABASE payments")
-        elif opts.mariadb:
+        elif opts.mariadb and mariadb_binaries() is None:
             say(
                 err,
                 "MariaDB is not installed: the payments side is skipped (apt-get install mariadb-server)",
             )
+        elif opts.mariadb:
+            say(err, "the binlog capture engine is not in this build: the payments side is skipped")
         payments_dsn = my.dsn("payments") if my else None
         SubscriptionWorkload.create_schema(
             billing_dsn, mysql_params(payments_dsn) if payments_dsn else None
@@ -91,7 +94,7 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
             target=lambda: result.setdefault("summary", runtime.run(stop)), daemon=True
         )
         runner.start()
-        wait_streaming(runtime, err)
+        wait_streaming(runtime, runner, err)
 
         workload = SubscriptionWorkload(
             billing_dsn, mysql_params(payments_dsn) if payments_dsn else None, seed=opts.seed
@@ -148,18 +151,28 @@ sources:
     return path
 
 
-def wait_streaming(runtime: Runtime, err: TextIO, timeout: float = 120.0) -> None:
+def binlog_capture_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("connectors.capture.binlog") is not None
+
+
+def wait_streaming(
+    runtime: Runtime, runner: threading.Thread, err: TextIO, timeout: float = 120.0
+) -> None:
     """Wait until every capture took its snapshot and streams (so the workload is in the log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if not runner.is_alive():
+            raise CdcError(f"the runtime stopped: {runtime.summary.error or 'no reason given'}")
         stats = runtime.capture_stats()
         if stats and all(s.phase == "streaming" for s in stats.values()):
             return
         failed = [s for s in stats.values() if s.phase == "failed"]
         if failed:
-            raise RuntimeError(f"capture failed: {failed[0].last_error}")
+            raise CdcError(f"capture failed: {failed[0].last_error}")
         time.sleep(0.1)
-    raise TimeoutError(
+    raise CdcError(
         f"captures did not start streaming within {timeout:.0f}s: {runtime.capture_stats()}"
     )
 
