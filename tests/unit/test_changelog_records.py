@@ -111,3 +111,15 @@ def test_integers_beyond_64_bits_read_back_exactly():
         "s": "1234567890123456789012",
         "f": 1.5,
     }
+
+
+def test_rows_with_nan_and_big_integers_read_back_from_arrow():
+    events = [
+        _event(1, after={"id": 1, "x": float("nan")}),
+        _event(2, after={"id": 2, "big": 2**70}),
+        _event(3),
+    ]
+    back = from_batch(to_batch(events, [0, 0, 0]))
+    assert math.isnan(back[0].after["x"])
+    assert back[1].after["big"] == 2**70
+    assert back[2].after["amount"] == "9.90"
