@@ -105,7 +105,12 @@ def main() -> None:
         default="append",
         help="append: buffered, files roll by size (default); write: EventSink, a file per batch",
     )
-    ap.add_argument("--replay-batch", type=int, default=100_000, help="events per MERGE")
+    ap.add_argument("--replay-batch", type=int, default=50_000, help="events per MERGE")
+    ap.add_argument(
+        "--duckdb-memory",
+        default="256MB",
+        help="DuckDB memory_limit for the state table (its own default is 80%% of RAM)",
+    )
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed afterwards)")
     ap.add_argument("--no-peer", action="store_true", help="skip the JSON Lines + gzip peer")
     args = ap.parse_args()
@@ -183,6 +188,8 @@ def main() -> None:
     wh_path = work / "replay.duckdb"
     wh_path.unlink(missing_ok=True)
     warehouse = open_warehouse(f"duckdb:///{wh_path}")
+    # DuckDB otherwise caches the whole table file in memory; the limit makes it page instead.
+    warehouse.con.execute("SET memory_limit = ?", [args.duckdb_memory])
     table = TableDef(
         TABLE,
         "billing_subscriptions",

@@ -27,8 +27,8 @@ from state_models.events import ChangeEvent
 from state_models.scd2 import TableDef
 
 #: Events per MERGE during a replay: large batches amortise the MERGE's fixed cost (one scan of
-#: the key columns); about 150 MB of decoded events at most in memory.
-DEFAULT_REPLAY_BATCH = 100_000
+#: the key columns); 50k keeps decoded and staged events to a few hundred MB (measured, 2M events).
+DEFAULT_REPLAY_BATCH = 50_000
 SHADOW_SUFFIX = "__shadow"
 
 Progress = Callable[[int], None]

@@ -225,3 +225,12 @@ def test_unreadable_files_are_reported_and_the_rest_is_read(changelog_root):
     assert any(k.endswith("-truncated.parquet") for k in reasons)
     assert any(k.endswith("-junk.parquet") for k in reasons)
     assert all(u.path.startswith(changelog_root.split("://")[0]) for u in stats.unreadable)
+
+
+def test_the_writer_is_a_capture_event_sink(changelog_root):
+    from connectors.capture.base import EventSink
+
+    sink = ChangelogWriter(changelog_root)
+    assert isinstance(sink, EventSink)
+    sink.write([])  # an empty batch is durable at once and writes nothing
+    assert layout_files(changelog_root) == []
