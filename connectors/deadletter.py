@@ -118,12 +118,15 @@ class DeadLetterNotFound(CdcError):
 
 
 class DeadLetterStore:
-    """Dead letters as JSONL files in ``folder`` (created on first write)."""
+    """Dead letters as JSONL files in ``folder`` (created on first write): a local folder, or a
+    ``gs://bucket/prefix`` (any fsspec URL) for jobs whose workers share no disk (Dataflow)."""
 
     def __init__(
         self, folder: str | os.PathLike[str], clock: Callable[[], dt.datetime] | None = None
     ):
-        self.folder = Path(folder)
+        text = os.fspath(folder)
+        self._files_at: _Folder = _ObjectFolder(text) if "://" in text else _LocalFolder(text)
+        self.folder: Path | str = text if "://" in text else Path(text)
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
     def __repr__(self) -> str:
@@ -156,7 +159,7 @@ class DeadLetterStore:
         stem = f"{now:%Y%m%dT%H%M%S%fZ}-{next(_sequence):06d}-{secrets.token_hex(3)}"
         at = format_timestamp(now)
         stored = [_stored(f"{stem}.{i}", at, letter) for i, letter in enumerate(pending)]
-        self._write(self.folder / f"{stem}.jsonl", stored)
+        self._write(self._files_at.path(stem), stored)
         return stored
 
     # ----------------------------------------------------------------- reading
@@ -189,31 +192,22 @@ class DeadLetterStore:
             by_file.setdefault(_file_of(letter_id), set()).add(letter_id)
         removed = 0
         for stem, ids in by_file.items():
-            path = self.folder / f"{stem}.jsonl"
-            if not path.exists():
+            if not self._files_at.files(stem):
                 continue
             kept = [letter for _, letter in self._entries(stem) if letter.id not in ids]
             before = sum(1 for _ in self._entries(stem))
             removed += before - len(kept)
             if kept:
-                self._write(path, kept)
+                self._write(self._files_at.path(stem), kept)
             else:
-                path.unlink()
+                self._files_at.remove(self._files_at.path(stem))
         return removed
 
     # ----------------------------------------------------------------- files
 
-    def _files(self, stem: str | None = None) -> builtins.list[Path]:
-        if not self.folder.is_dir():
-            return []
-        if stem is not None:
-            path = self.folder / f"{stem}.jsonl"
-            return [path] if path.exists() else []
-        return sorted(self.folder.glob("*.jsonl"))
-
-    def _entries(self, stem: str | None = None) -> Iterator[tuple[Path, DeadLetter]]:
-        for path in self._files(stem):
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    def _entries(self, stem: str | None = None) -> Iterator[tuple[str, DeadLetter]]:
+        for path in self._files_at.files(stem):
+            for number, line in enumerate(self._files_at.read(path).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -223,11 +217,11 @@ class DeadLetterStore:
                         f"{path}:{number}: not a dead letter ({exc}); the file was edited by hand?"
                     ) from exc
 
-    def _write(self, path: Path, letters: builtins.list[DeadLetter]) -> None:
+    def _write(self, path: str, letters: builtins.list[DeadLetter]) -> None:
         text = "".join(
             json.dumps(asdict(letter), ensure_ascii=False, default=str) + "\n" for letter in letters
         )
-        write_atomically(path, text.encode("utf-8"))
+        self._files_at.write(path, text.encode("utf-8"))
 
     def _not_found(self, letter_id: str) -> DeadLetterNotFound:
         import difflib
@@ -236,6 +230,74 @@ class DeadLetterStore:
         close = difflib.get_close_matches(letter_id, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return DeadLetterNotFound(f"no dead letter {letter_id!r} in {self.folder}{hint}")
+
+
+class _Folder(Protocol):
+    """Where the JSONL files are: the only place a local folder and an object store differ."""
+
+    def path(self, stem: str) -> str: ...
+    def files(self, stem: str | None = None) -> builtins.list[str]: ...
+    def read(self, path: str) -> str: ...
+    def write(self, path: str, data: bytes) -> None: ...
+    def remove(self, path: str) -> None: ...
+
+
+class _LocalFolder:
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def path(self, stem: str) -> str:
+        return str(self.folder / f"{stem}.jsonl")
+
+    def files(self, stem: str | None = None) -> builtins.list[str]:
+        if not self.folder.is_dir():
+            return []
+        if stem is not None:
+            path = self.folder / f"{stem}.jsonl"
+            return [str(path)] if path.exists() else []
+        return [str(p) for p in sorted(self.folder.glob("*.jsonl"))]
+
+    def read(self, path: str) -> str:
+        return Path(path).read_text(encoding="utf-8")
+
+    def write(self, path: str, data: bytes) -> None:
+        write_atomically(Path(path), data)  # temporary file, fsync, rename
+
+    def remove(self, path: str) -> None:
+        Path(path).unlink()
+
+
+class _ObjectFolder:
+    """A ``gs://`` prefix: an object becomes visible only when its upload completes, so a file is
+    written whole by one upload, and replaced (``remove``) by another."""
+
+    def __init__(self, url: str):
+        # as for the changelog (connectors.changelog.storage): gcsfs's bucket-type probe hangs
+        # against emulators and plain buckets do not need it; read when gcsfs is first imported
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, base = fsspec.core.url_to_fs(self.url)
+        self.base = str(base).rstrip("/")
+
+    def path(self, stem: str) -> str:
+        return f"{self.base}/{stem}.jsonl"
+
+    def files(self, stem: str | None = None) -> builtins.list[str]:
+        self.fs.invalidate_cache(self.base)
+        if stem is not None:
+            return [self.path(stem)] if self.fs.exists(self.path(stem)) else []
+        return sorted(self.fs.glob(f"{self.base}/*.jsonl"))
+
+    def read(self, path: str) -> str:
+        return bytes(self.fs.cat_file(path)).decode("utf-8")
+
+    def write(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(path, data)
+
+    def remove(self, path: str) -> None:
+        self.fs.rm_file(path)
 
 
 def _file_of(letter_id: str) -> str:

@@ -1,7 +1,7 @@
 """The whole production path on one machine, every component real:
 
 throwaway PostgreSQL -> embedded Debezium (capture) -> Pub/Sub publisher sink -> Pub/Sub stand-in
--> the streaming merge job on Beam's DirectRunner -> changelog files in the GCS emulator + SCD2
+-> the streaming merge job on Beam's DirectRunner -> changelog files and dead letters in the GCS emulator + SCD2
 state tables in DuckDB (and, in a second variant, in the BigQuery emulator).
 
 While a workload of inserts, updates (some twice in one transaction, some leaving a TOASTed column
@@ -295,7 +295,7 @@ def test_postgres_to_pubsub_to_beam_to_changelog_and_state_tables(
         table_defs=defs,
         warehouse_url=warehouse.url,
         changelog_root=f"gs://{gcs_bucket}/changelog",
-        dead_letter_folder=str(tmp_path / "dead_letters"),
+        dead_letter_folder=f"gs://{gcs_bucket}/dead_letters",
         dead_letter_topic=dead_letter_topic_of(registry),
         batch_size=200,
         batch_max_latency_s=0.5,

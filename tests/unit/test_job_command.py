@@ -1,0 +1,127 @@
+"""``cdc job streaming|replay``: options, checks before anything runs, and a local replay."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("apache_beam", reason="needs apache-beam (pip install -e '.[gcp]')")
+
+from cdc.cli import build_parser, main
+from cdc.commands.job import _pipeline_options
+from connectors.changelog import write_events
+from connectors.warehouse import open_warehouse
+from merge_jobs.pool import POOL
+from tests.scd2_histories import BASE_TS
+from tests.unit.test_merge_job_steps import TABLE, history_events
+
+REGISTRY = """
+changelog: ./lake
+warehouse: duckdb:///state.duckdb
+sources:
+  billing:
+    kind: postgres
+    engine: debezium
+    dsn: postgresql://cdc@127.0.0.1/billing
+    tables:
+      - name: public.subscriptions
+        primary_key: [id]
+        columns: {id: bigint, plan: text, amount: "numeric(12,2)"}
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "cdc.yaml"
+    path.write_text(REGISTRY)
+    return path
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["job", *argv])
+
+
+def test_replay_on_the_direct_runner_applies_the_changelog_once_however_often_it_runs(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = history_events()
+    write_events(str(config.parent / "lake"), events)
+    args = ["job", "replay", "--config", str(config), "--since", "2026-05-28T20:26:41Z"]
+    for _ in range(2):
+        assert main(args) == 0
+        POOL.close_idle()
+    out = capsys.readouterr().out
+    in_range = [e for e in events if e.commit_ts >= BASE_TS + 1_000_000]
+    assert f"DONE: {len(in_range)} events replayed, {len(in_range)} merged in 1 MERGEs" in out
+    wh = open_warehouse(f"duckdb:///{config.parent / 'state.duckdb'}")
+    try:
+        versions = wh.history(TABLE)
+    finally:
+        wh.close()
+    assert sorted(r["_event_id"] for r in versions) == sorted(e.event_id for e in in_range)
+
+
+def test_dataflow_needs_cloud_locations_and_says_which(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["job", "streaming", "--config", str(config), "--runner", "DataflowRunner"]) == 2
+    err = capsys.readouterr().err
+    for needed in (
+        "--project is required",
+        "--region is required",
+        "--temp-location is required",
+        "--changelog gs://bucket/prefix",
+        "--dead-letters gs://bucket/prefix",
+        "--warehouse bigquery://project/dataset",
+    ):
+        assert needed in err
+
+
+def test_dataflow_options_reach_beam(config: Path) -> None:
+    from apache_beam.options.pipeline_options import (
+        GoogleCloudOptions,
+        SetupOptions,
+        StandardOptions,
+        WorkerOptions,
+    )
+
+    args = parse(
+        "streaming",
+        "--runner=DataflowRunner",
+        "--project=acme-data",
+        "--region=europe-west1",
+        "--temp-location=gs://acme-tmp/beam",
+        "--num-workers=2",
+        "--max-num-workers=8",
+        "--service-account=cdc-merge@acme-data.iam.gserviceaccount.com",
+        "--pipeline-option=experiments=enable_streaming_engine",
+    )
+    options = _pipeline_options(args, streaming=True)
+    cloud = options.view_as(GoogleCloudOptions)
+    assert (cloud.project, cloud.region, cloud.temp_location) == (
+        "acme-data",
+        "europe-west1",
+        "gs://acme-tmp/beam",
+    )
+    assert cloud.service_account_email == "cdc-merge@acme-data.iam.gserviceaccount.com"
+    workers = options.view_as(WorkerOptions)
+    assert (workers.num_workers, workers.max_num_workers) == (2, 8)
+    assert options.view_as(StandardOptions).streaming
+    assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    setup_file = options.view_as(SetupOptions).setup_file
+    assert setup_file and Path(setup_file).name == "pyproject.toml" and Path(setup_file).exists()
+    assert "enable_streaming_engine" in options.get_all_options()["experiments"]
+
+
+def test_unknown_pipeline_options_and_missing_subscriptions_are_usage_errors(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["job", "replay", "--config", str(config)]
+    assert main([*base, "--pipeline-option", "no_such_option=1"]) == 2
+    assert "unknown Beam pipeline option(s): no_such_option" in capsys.readouterr().err
+    assert main([*base, "--since", "yesterday"]) == 2
+    assert "--since expects an ISO-8601 time" in capsys.readouterr().err
+    assert main(["job", "streaming", "--config", str(config)]) == 2
+    assert "no subscription to read" in capsys.readouterr().err
