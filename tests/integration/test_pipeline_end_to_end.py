@@ -304,7 +304,7 @@ def test_postgres_to_pubsub_to_beam_to_changelog_and_state_tables(
 
     pipeline = beam.Pipeline(
         options=PipelineOptions(
-            runner="DirectRunner", streaming=True, project=pubsub_emulator.project
+            [], runner="DirectRunner", streaming=True, project=pubsub_emulator.project
         )
     )
     build_streaming(pipeline, settings, [subscription])
@@ -407,7 +407,7 @@ def test_postgres_to_pubsub_to_beam_to_changelog_and_state_tables(
     )
     plan = plan_replay(settings.changelog_root, [TABLE_ID], ChangeRange())
     assert plan.files and not plan.unreadable
-    replay = beam.Pipeline(options=PipelineOptions(runner="DirectRunner"))
+    replay = beam.Pipeline(options=PipelineOptions([], runner="DirectRunner"))
     build_replay(replay, replay_settings, plan.files, ChangeRange())
     replay.run().wait_until_finish()
     POOL.close_idle()

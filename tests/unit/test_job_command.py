@@ -125,3 +125,35 @@ def test_unknown_pipeline_options_and_missing_subscriptions_are_usage_errors(
     assert "--since expects an ISO-8601 time" in capsys.readouterr().err
     assert main(["job", "streaming", "--config", str(config)]) == 2
     assert "no subscription to read" in capsys.readouterr().err
+
+
+def test_the_package_dataflow_workers_install_builds_offline(tmp_path: Path) -> None:
+    """What Beam runs for ``--setup_file pyproject.toml`` (stager: ``python -m build
+    --no-isolation --sdist``): the sdist must build without PyPI and hold every package."""
+    import subprocess
+    import sys
+    import tarfile
+
+    from cdc.commands.job import _own_pyproject
+
+    pyproject = _own_pyproject()
+    assert pyproject is not None
+    subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--outdir", str(tmp_path)],
+        cwd=Path(pyproject).parent,
+        check=True,
+        capture_output=True,
+    )
+    [sdist] = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for module in (
+        "merge_jobs/transforms.py",
+        "merge_jobs/streaming.py",
+        "merge_jobs/backfill.py",
+        "connectors/warehouse/__init__.py",
+        "state_models/debezium.py",
+        "cdc/commands/job.py",
+        "pyproject.toml",
+    ):
+        assert module in names

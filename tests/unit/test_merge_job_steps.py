@@ -173,7 +173,7 @@ def test_streaming_steps_merge_archive_and_dead_letter(paths: dict[str, str]) ->
             stream = stream.advance_watermark_to(30)  # closes the first changelog window
     stream = stream.advance_watermark_to_infinity()
 
-    pipeline = beam.Pipeline(options=PipelineOptions(streaming=True))
+    pipeline = beam.Pipeline(options=PipelineOptions([], streaming=True))
     decoded = pipeline | stream | "Decode" >> DecodeMessages(INFOS)
     _, archive_rejects = decoded.events | "Changelog" >> WriteChangelog(
         paths["changelog"], window_s=10
@@ -261,7 +261,7 @@ def test_transient_errors_are_retried_and_unfit_events_dead_lettered(
     messages = [pubsub_message(e) for e in [*events, too_precise]]
     _FAILURES["t1"] = 2
 
-    pipeline = beam.Pipeline(options=PipelineOptions(streaming=False))
+    pipeline = beam.Pipeline(options=PipelineOptions([], streaming=False))
     decoded = pipeline | beam.Create(messages) | "Decode" >> DecodeMessages(INFOS)
     _, rejects = decoded.events | "Merge" >> MergeIntoWarehouse(
         FlakyWarehouse(paths["warehouse"], "t1"),
@@ -294,7 +294,7 @@ def test_transient_errors_are_retried_and_unfit_events_dead_lettered(
 
 def test_streaming_merge_gives_up_after_the_retry_budget(paths: dict[str, str]) -> None:
     _FAILURES["t2"] = 10
-    pipeline = beam.Pipeline(options=PipelineOptions(streaming=False))
+    pipeline = beam.Pipeline(options=PipelineOptions([], streaming=False))
     decoded = (
         pipeline
         | beam.Create([pubsub_message(e) for e in history_events()])
@@ -333,7 +333,7 @@ def test_replay_applies_a_range_and_is_idempotent(paths: dict[str, str], tmp_pat
     assert len(plan.files) == 2 and not plan.unreadable
 
     def replay() -> Any:
-        pipeline = beam.Pipeline(options=PipelineOptions(streaming=False))
+        pipeline = beam.Pipeline(options=PipelineOptions([], streaming=False))
         build_replay(pipeline, settings, plan.files, rng)
         result = pipeline.run()
         result.wait_until_finish()
