@@ -71,18 +71,18 @@ class _ToEventsFn(beam.DoFn):
         self._read = Metrics.counter(NAMESPACE, "changelog_rows_read")
         self._kept = Metrics.counter(NAMESPACE, "events_replayed")
 
-    def process(self, table: Any) -> Iterator[ChangeEvent]:
+    def process(self, table: Any) -> Iterator[tuple[str, ChangeEvent]]:
         events = from_batch(table)
         self._read.inc(len(events))
         rng = self._rng
         for e in events:
             if rng.covers_seqs(e.seq, e.seq) and rng.covers_time(e.commit_ts, e.commit_ts):
                 self._kept.inc()
-                yield e
+                yield e.table, e
 
 
 class ReadChangelog(beam.PTransform):
-    """Changelog files -> the change events in ``rng`` (a bounded PCollection)."""
+    """Changelog files -> the change events in ``rng``, keyed by table (a bounded PCollection)."""
 
     def __init__(self, files: Sequence[str], rng: ChangeRange):
         super().__init__()
