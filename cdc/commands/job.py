@@ -49,7 +49,7 @@ def add_commands(add: AddCommand) -> None:
         "--changelog-window",
         type=float,
         metavar="SECONDS",
-        help="one changelog file per table per window of this many seconds (default 60)",
+        help="changelog files per table every this many seconds (default 60; more when big)",
     )
     _add_common(s)
 
