@@ -43,3 +43,5 @@ BIGQUERY = Capabilities(
 )
 
 TOUCHED_BUCKETS_PARAM = "touched_buckets"
+#: The MERGE's lower bound: the earliest ``_seq`` of the batch (see ``plans.plan_merge``).
+SINCE_SEQ_PARAM = "since_seq"

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from state_models.dialects import TOUCHED_BUCKETS_PARAM, Capabilities
+from state_models.dialects import SINCE_SEQ_PARAM, TOUCHED_BUCKETS_PARAM, Capabilities
 from state_models.scd2 import (
     EVENT_ID,
     INGESTED_AT,
@@ -174,9 +174,11 @@ def _union_all(*selects: exp.Query) -> exp.Query:
     return out
 
 
-def _touched_buckets(caps: Capabilities, alias: str) -> exp.Expr | None:
-    """``<alias>._key_bucket IN UNNEST(@touched_buckets)``: a constant filter, so BigQuery prunes."""
-    if not caps.key_buckets:
+def _touched_buckets(caps: Capabilities, alias: str, truncating: bool) -> exp.Expr | None:
+    """``<alias>._key_bucket IN UNNEST(@touched_buckets)``: a constant filter, so BigQuery prunes.
+
+    Not for a batch holding a truncate, which touches every key."""
+    if not caps.key_buckets or truncating:
         return None
     return exp.In(
         this=_col(KEY_BUCKET, alias),
@@ -223,16 +225,18 @@ def plan_merge(
     names: TableNames,
     caps: Capabilities,
     *,
-    since_seq: str | None = None,
     truncating: bool = False,
     with_truncates: bool = False,
 ) -> exp.Merge:
     """The one MERGE that applies a staged batch (see the module docstring).
 
-    ``since_seq``: the earliest ``_seq`` in the batch. A stored version whose next version comes
-    at or before it cannot change, so ``_next_seq IS NULL OR _next_seq > since_seq`` is added as a
-    constant filter: the warehouse evaluates it while scanning (DuckDB) and reads whole rows only
-    of the versions that pass, so a merge does not slow down as the history grows.
+    Parameters at run time: ``since_seq``, the earliest ``_seq`` in the batch: a stored version
+    whose next version comes at or before it cannot change, so ``_next_seq IS NULL OR _next_seq >
+    @since_seq`` is added as a filter on a constant, which the warehouse evaluates while scanning
+    (DuckDB prunes row groups by it and reads whole rows only of the versions that pass), so a
+    merge does not slow down as the history grows; and, where the capabilities partition by key
+    bucket, ``touched_buckets``. The plan itself depends only on the table's shape and the flags,
+    so a warehouse can render it once and reuse it for every batch.
 
     ``with_truncates``: the table's truncate log or the batch holds truncates, so tombstones must be
     spliced in. ``truncating``: the batch itself holds a truncate, so every key may be touched (a
@@ -329,8 +333,8 @@ def plan_merge(
                     _col(NEXT_SEQ, "x").is_(exp.Null()),
                     exp.GT(this=_col(NEXT_SEQ, "x"), expression=_col(FROM_SEQ, "u")),
                 ),
-                _since(since_seq, "x"),
-                _touched_buckets(caps, "x"),
+                _since("x"),
+                _touched_buckets(caps, "x", truncating),
             ),
             copy=False,
         )
@@ -432,7 +436,9 @@ def plan_merge(
         )
 
     change_fields: list[tuple[str, exp.Expr]] = [(c, resolved(c)) for c in biz]
-    change_fields += [(c, _col(c)) for c in [*version_meta, *bucket, NEW_VALID_TO, NEW_NEXT_SEQ]]
+    change_fields += [
+        (c, _col(c)) for c in [*version_meta, *bucket, NEW_VALID_TO, NEW_NEXT_SEQ, STORED]
+    ]
     if with_truncates:
         change_fields.append((KEEP, _bool(True)))
     changed = exp.or_(
@@ -459,6 +465,7 @@ def plan_merge(
         dropped_fields += [
             (NEW_VALID_TO, _null(TIMESTAMP, caps)),
             (NEW_NEXT_SEQ, _null(STRING, caps)),
+            (STORED, _bool(True)),
             (KEEP, _bool(False)),
         ]
         # withdrawn tombstones: a late delete (or an earlier truncate) now precedes them
@@ -474,18 +481,40 @@ def plan_merge(
     source_query.set("with_", exp.With(expressions=ctes))
 
     return _merge(
-        table, names, caps, source_query, carry, bucket, with_truncates, _since(since_seq, "t")
+        table,
+        names,
+        caps,
+        source_query,
+        carry,
+        bucket,
+        with_truncates,
+        _since("t"),
+        _touched_buckets(caps, "t", truncating),
     )
 
 
-def _since(since_seq: str | None, alias: str) -> exp.Expr | None:
-    """``<alias>._next_seq IS NULL OR <alias>._next_seq > 'since'``: what a batch can affect."""
-    if since_seq is None:
-        return None
+def plan_merge_counts(merge: exp.Merge) -> exp.Select:
+    """What a MERGE from :func:`plan_merge` will insert, update and delete, counted from its
+    source: for warehouses that do not report a MERGE's counts (bqemulator)."""
+    source = merge.args["using"].this.copy()
+    with_keep = any(a.alias == KEEP for a in source.find_all(exp.Alias))
+    kept: exp.Expr = _col(KEEP) if with_keep else _bool(True)
+    return exp.select(
+        _alias(exp.func("COUNTIF", exp.and_(exp.not_(_col(STORED)), kept.copy())), "inserted"),
+        _alias(exp.func("COUNTIF", exp.and_(_col(STORED), kept.copy())), "updated"),
+        _alias(exp.func("COUNTIF", exp.not_(kept.copy())), "deleted"),
+    ).from_(exp.Subquery(this=source, alias=exp.TableAlias(this=_ident("m"))), copy=False)
+
+
+def _since(alias: str) -> exp.Expr:
+    """``<alias>._next_seq IS NULL OR <alias>._next_seq > @since_seq``: what a batch can affect."""
     return exp.Paren(
         this=exp.or_(
             _col(NEXT_SEQ, alias).is_(exp.Null()),
-            exp.GT(this=_col(NEXT_SEQ, alias), expression=exp.Literal.string(since_seq)),
+            exp.GT(
+                this=_col(NEXT_SEQ, alias),
+                expression=exp.Parameter(this=exp.Var(this=SINCE_SEQ_PARAM)),
+            ),
         )
     )
 
@@ -498,7 +527,8 @@ def _merge(
     carry: list[str],
     bucket: list[str],
     with_truncates: bool,
-    since: exp.Expr | None,
+    since: exp.Expr,
+    touched_buckets: exp.Expr | None,
 ) -> exp.Merge:
     key = list(table.key)
     # The target rows a source row can match all pass ``since`` (they are in ``existing``), so the
@@ -507,7 +537,7 @@ def _merge(
         _keys_equal(key, "t", "s"),
         _col(SEQ, "t").eq(_col(SEQ, "s")),
         since,
-        _touched_buckets(caps, "t"),
+        touched_buckets,
     )
     updates = [
         exp.EQ(this=_col(VALID_TO), expression=_col(NEW_VALID_TO, "s")),

@@ -50,6 +50,8 @@ class Kind(StrEnum):
     NAME_LIST = "name_list"  # column names as text (the metadata column ``_unavailable``)
 
 
+_DECIMAL_TEXT_RE = re.compile(r"^decimal\((\d+),(\d+)\)$")
+
 #: The widest exact decimal both warehouses store natively (DuckDB DECIMAL(38), BigQuery NUMERIC).
 MAX_DECIMAL_PRECISION = 38
 #: An unbounded ``numeric`` becomes BigQuery's NUMERIC shape: 29 integer digits, 9 decimals.
@@ -68,6 +70,17 @@ class WarehouseType:
         if self.kind is Kind.DECIMAL:
             return f"decimal({self.precision},{self.scale})"
         return self.kind.value
+
+    @classmethod
+    def parse(cls, text: str) -> WarehouseType:
+        """The inverse of ``str()``: ``decimal(12,2)``, ``string``, ``timestamp`` ..."""
+        m = _DECIMAL_TEXT_RE.match(text)
+        if m:
+            return cls(Kind.DECIMAL, int(m.group(1)), int(m.group(2)))
+        try:
+            return cls(Kind(text))
+        except ValueError:
+            raise UnknownTypeError(f"not a warehouse type: {text!r}") from None
 
     def to_sql(self, dialect: str) -> exp.DataType:
         """The column type as a sqlglot DataType for ``dialect`` (``duckdb`` or ``bigquery``)."""

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from connectors.warehouse.sql import MergeCounts, SqlWarehouse
+from connectors.warehouse.sql import MergeCounts, MergePlan, SqlWarehouse
 from state_models.dialects import DUCKDB
 from state_models.errors import ConfigError, TransientError
 from state_models.plans import TableNames, table_names
@@ -107,22 +107,27 @@ class DuckDBWarehouse(SqlWarehouse):
         )
 
     def _stage(self, table: StateTable, staged: pa.Table) -> str:
-        name = f"__cdc_stage_{os.getpid()}_{next(_counter)}"
+        # one name per table, so that the rendered MERGE can be reused batch after batch
+        name = f"__cdc_stage_{table.name}"
         self.con.register(name, staged)
         return name
 
     def _unstage(self, staging: str) -> None:
         self.con.unregister(staging)
 
-    def _merge(self, statements: Sequence[exp.Expr], params: Mapping[str, Any]) -> MergeCounts:
-        merge, *rest = statements
-        merge = merge.copy()
-        merge.set("returning", exp.Returning(expressions=[exp.column("merge_action")]))
+    def _render(self, statement: exp.Expr) -> str:
+        if isinstance(statement, exp.Merge):  # DuckDB says what each row did
+            statement = statement.copy()
+            statement.set("returning", exp.Returning(expressions=[exp.column("merge_action")]))
+        return self.caps.render(statement)
+
+    def _merge(self, plan: MergePlan, params: Mapping[str, Any]) -> MergeCounts:
+        merge, *rest = plan.sql
         self.con.begin()
         try:
-            actions = self.con.sql(self.caps.render(merge)).to_arrow_table()
-            for s in rest:
-                self._exec(self.caps.render(s))
+            actions = self.con.sql(merge, params=dict(params)).to_arrow_table()
+            for sql in rest:  # the truncate-log insert: no parameters
+                self.con.execute(sql).fetchall()
             self.con.commit()
         except BaseException:
             self.con.rollback()

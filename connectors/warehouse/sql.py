@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from connectors.warehouse import ApplyResult
 from connectors.warehouse.arrow import staging_table
-from state_models.dialects import TOUCHED_BUCKETS_PARAM, Capabilities
+from state_models.dialects import SINCE_SEQ_PARAM, TOUCHED_BUCKETS_PARAM, Capabilities
 from state_models.errors import ConfigError, SchemaChangeError
 from state_models.events import ChangeEvent
 from state_models.plans import (
@@ -59,11 +59,24 @@ from state_models.scd2 import (
     stage_columns,
     truncate_table_name,
 )
-from state_models.types import UnknownTypeError, coerce_value, warehouse_type_from_sql
+from state_models.types import (
+    UnknownTypeError,
+    WarehouseType,
+    coerce_value,
+    warehouse_type_from_sql,
+)
 
 #: What we keep in the table's comment (DuckDB) or description (BigQuery): the parts of the
 #: table's shape that its columns alone do not say.
 META_MARK = "cdc-history"
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """The statements of one batch (the MERGE, then the truncate-log insert if any), rendered."""
+
+    statements: list[exp.Expr]
+    sql: list[str]
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class SqlWarehouse:
     def __init__(self) -> None:
         self._tables: dict[str, StateTable] = {}
         self._has_truncates: dict[str, bool] = {}
+        self._plans: dict[tuple[Any, ...], MergePlan] = {}
 
     # ----------------------------------------------------------------- hooks
 
@@ -106,8 +120,8 @@ class SqlWarehouse:
     def _unstage(self, staging: str) -> None:
         raise NotImplementedError
 
-    def _merge(self, statements: Sequence[exp.Expr], params: Mapping[str, Any]) -> MergeCounts:
-        """Run the MERGE (and the truncate log insert) atomically; count what the MERGE did."""
+    def _merge(self, plan: MergePlan, params: Mapping[str, Any]) -> MergeCounts:
+        """Run the plan's statements atomically with ``params``; count what the MERGE did."""
         raise NotImplementedError
 
     def _query(self, query: exp.Expr) -> list[dict[str, Any]]:
@@ -126,15 +140,28 @@ class SqlWarehouse:
         meta = _parse_meta(comment)
         key = tuple(meta.get("key") or table.primary_key or ())
         business: list[Column] = []
+        recorded = {name: text for name, text in meta.get("columns") or ()}
         for name, type_text in columns:
             if name in RESERVED_NAMES:
                 continue
             try:
-                business.append(Column(name, warehouse_type_from_sql(type_text, self.caps.dialect)))
+                # the type we recorded when we made the column is exact; a warehouse may report it
+                # loosely (bqemulator: JSON as STRING, NUMERIC without precision)
+                wtype = (
+                    WarehouseType.parse(recorded[name])
+                    if name in recorded
+                    else warehouse_type_from_sql(type_text, self.caps.dialect)
+                )
             except UnknownTypeError as exc:
                 raise SchemaChangeError(
                     f"state table {table.state_table}: column {name!r}: {exc}"
                 ) from None
+            business.append(Column(name, wtype))
+        # a column we added but the warehouse does not list yet (bqemulator after ALTER TABLE)
+        listed = {name for name, _ in columns}
+        business += [
+            Column(n, WarehouseType.parse(t)) for n, t in recorded.items() if n not in listed
+        ]
         by_name = {c.name: c for c in business}
         ordered = [by_name[k] for k in key if k in by_name] + [
             c for c in business if c.name not in key
@@ -175,8 +202,7 @@ class SqlWarehouse:
                 + [plan_widen_column(names.state, c, self.caps) for c in evolution.widen]
             )
             self._run(plan_views(state, names, self.caps))
-            if evolution.carry_grew:
-                self._set_comment(names, _format_meta(state))
+            self._set_comment(names, _format_meta(state))
         self._tables[table.state_table] = state
         return evolution
 
@@ -201,34 +227,19 @@ class SqlWarehouse:
         result.rejected = [*evolution.rejected, *not_fitting]
         if staged.num_rows == 0:
             return result
-        params: dict[str, Any] = {}
-        if self.caps.key_buckets:
-            # a truncate touches every key, hence every bucket
-            touched = (
-                range(self.caps.key_buckets)
-                if batch.truncates
-                else sorted(set(staged.column(KEY_BUCKET).to_pylist()))
-            )
-            params[TOUCHED_BUCKETS_PARAM] = list(touched)
         truncating = batch.truncates > 0
+        params: dict[str, Any] = {SINCE_SEQ_PARAM: pc.min(staged.column(SEQ)).as_py()}
+        if self.caps.key_buckets and not truncating:  # a truncate touches every bucket
+            params[TOUCHED_BUCKETS_PARAM] = sorted(set(staged.column(KEY_BUCKET).to_pylist()))
         with_truncates = truncating or self._table_has_truncates(state)
-        since_seq = pc.min(staged.column(SEQ)).as_py()
         staging = self._stage(state, staged)
         try:
-            names = self._names(state.name, staging)
-            statements: list[exp.Expr] = [
-                plan_merge(
-                    state,
-                    names,
-                    self.caps,
-                    since_seq=since_seq,
-                    truncating=truncating,
-                    with_truncates=with_truncates,
-                )
-            ]
-            if truncating:
-                statements.append(plan_record_truncates(names, self.caps))
-            counts = self._merge(statements, params)
+            plan = self._merge_plan(state, staging, truncating, with_truncates)
+            try:
+                counts = self._merge(plan, params)
+            except BaseException:
+                self._plans.clear()  # build it afresh next time
+                raise
         finally:
             self._unstage(staging)
         if truncating:
@@ -239,6 +250,30 @@ class SqlWarehouse:
             counts.deleted,
         )
         return result
+
+    def _merge_plan(
+        self, state: StateTable, staging: str, truncating: bool, with_truncates: bool
+    ) -> MergePlan:
+        """The batch's statements, built and rendered once per table shape (and staging name)."""
+        key = (state, staging, truncating, with_truncates)
+        plan = self._plans.get(key)
+        if plan is None:
+            names = self._names(state.name, staging)
+            statements: list[exp.Expr] = [
+                plan_merge(
+                    state, names, self.caps, truncating=truncating, with_truncates=with_truncates
+                )
+            ]
+            if truncating:
+                statements.append(plan_record_truncates(names, self.caps))
+            plan = MergePlan(statements, [self._render(s) for s in statements])
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _render(self, statement: exp.Expr) -> str:
+        return self.caps.render(statement)
 
     def _table_has_truncates(self, state: StateTable) -> bool:
         known = self._has_truncates.get(state.name)
@@ -403,7 +438,14 @@ class SqlWarehouse:
 
 def _format_meta(table: StateTable) -> str:
     return json.dumps(
-        {META_MARK: 1, "table": table.table_id, "key": list(table.key), "carry": list(table.carry)}
+        {
+            META_MARK: 1,
+            "table": table.table_id,
+            "key": list(table.key),
+            "carry": list(table.carry),
+            "columns": [[c.name, str(c.type)] for c in table.columns],
+        },
+        separators=(",", ":"),
     )
 
 
@@ -417,4 +459,4 @@ def _parse_meta(comment: str | None) -> dict[str, Any]:
     return meta if isinstance(meta, dict) and META_MARK in meta else {}
 
 
-__all__ = ["MergeCounts", "SqlWarehouse", "table_names"]
+__all__ = ["MergeCounts", "MergePlan", "SqlWarehouse", "table_names"]

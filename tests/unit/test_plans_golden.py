@@ -43,7 +43,6 @@ TABLE = StateTable(
     ),
     carry=("meta",),  # the source once sent meta as unavailable (TOAST)
 )
-SINCE = "0000000000000010/0000000000000020"
 DIALECTS = {"duckdb": (DUCKDB, None, None), "bigquery": (BIGQUERY, "cdc_state", "acme-data")}
 
 
@@ -51,12 +50,10 @@ def plans(dialect: str) -> dict[str, list[exp.Expr]]:
     caps, dataset, project = DIALECTS[dialect]
     names = table_names(TABLE.name, dataset, project, staging="billing_plan_prices__stage")
     return {
-        "merge": [plan_merge(TABLE, names, caps, since_seq=SINCE)],
-        "merge_with_truncates": [
-            plan_merge(TABLE, names, caps, since_seq=SINCE, with_truncates=True)
-        ],
+        "merge": [plan_merge(TABLE, names, caps)],
+        "merge_with_truncates": [plan_merge(TABLE, names, caps, with_truncates=True)],
         "merge_truncating": [
-            plan_merge(TABLE, names, caps, since_seq=SINCE, truncating=True),
+            plan_merge(TABLE, names, caps, truncating=True),
             plan_record_truncates(names, caps),
         ],
         "create": list(plan_create_state(TABLE, names, caps)),

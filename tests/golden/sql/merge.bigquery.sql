@@ -75,7 +75,7 @@ USING (
         `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > `u`.`__from_seq`
       )
       AND (
-        `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > '0000000000000010/0000000000000020'
+        `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > @since_seq
       )
       AND `x`.`_key_bucket` IN UNNEST(@touched_buckets)
   ), `fresh` AS (
@@ -208,7 +208,8 @@ USING (
       `_unavailable`,
       `_key_bucket`,
       `__new_valid_to`,
-      `__new_next_seq`
+      `__new_next_seq`,
+      `__stored`
     FROM versions
     WHERE
       NOT `__stored`
@@ -227,7 +228,7 @@ ON (
 )
 AND `t`.`_seq` = `s`.`_seq`
 AND (
-  `t`.`_next_seq` IS NULL OR `t`.`_next_seq` > '0000000000000010/0000000000000020'
+  `t`.`_next_seq` IS NULL OR `t`.`_next_seq` > @since_seq
 )
 AND `t`.`_key_bucket` IN UNNEST(@touched_buckets)
 WHEN MATCHED THEN UPDATE SET

@@ -71,7 +71,7 @@ USING (
         "x"."_next_seq" IS NULL OR "x"."_next_seq" > "u"."__from_seq"
       )
       AND (
-        "x"."_next_seq" IS NULL OR "x"."_next_seq" > '0000000000000010/0000000000000020'
+        "x"."_next_seq" IS NULL OR "x"."_next_seq" > $since_seq
       )
   ), "fresh" AS (
     SELECT
@@ -198,7 +198,8 @@ USING (
       "_ingested_at",
       "_unavailable",
       "__new_valid_to",
-      "__new_next_seq"
+      "__new_next_seq",
+      "__stored"
     FROM versions
     WHERE
       NOT "__stored"
@@ -217,7 +218,7 @@ ON (
 )
 AND "t"."_seq" = "s"."_seq"
 AND (
-  "t"."_next_seq" IS NULL OR "t"."_next_seq" > '0000000000000010/0000000000000020'
+  "t"."_next_seq" IS NULL OR "t"."_next_seq" > $since_seq
 )
 WHEN MATCHED THEN UPDATE SET
   "_valid_to" = "s"."__new_valid_to",

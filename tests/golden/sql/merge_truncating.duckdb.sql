@@ -115,7 +115,7 @@ USING (
         "x"."_next_seq" IS NULL OR "x"."_next_seq" > "u"."__from_seq"
       )
       AND (
-        "x"."_next_seq" IS NULL OR "x"."_next_seq" > '0000000000000010/0000000000000020'
+        "x"."_next_seq" IS NULL OR "x"."_next_seq" > $since_seq
       )
   ), "fresh" AS (
     SELECT
@@ -343,6 +343,7 @@ USING (
       "_unavailable",
       "__new_valid_to",
       "__new_next_seq",
+      "__stored",
       TRUE AS "__keep"
     FROM versions
     WHERE
@@ -372,6 +373,7 @@ USING (
       "_unavailable",
       CAST(NULL AS TIMESTAMPTZ) AS "__new_valid_to",
       CAST(NULL AS TEXT) AS "__new_next_seq",
+      TRUE AS "__stored",
       FALSE AS "__keep"
     FROM flagged
     WHERE
@@ -383,7 +385,7 @@ ON (
 )
 AND "t"."_seq" = "s"."_seq"
 AND (
-  "t"."_next_seq" IS NULL OR "t"."_next_seq" > '0000000000000010/0000000000000020'
+  "t"."_next_seq" IS NULL OR "t"."_next_seq" > $since_seq
 )
 WHEN MATCHED AND NOT "s"."__keep" THEN DELETE
 WHEN MATCHED THEN UPDATE SET

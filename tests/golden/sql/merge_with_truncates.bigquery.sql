@@ -103,7 +103,7 @@ USING (
         `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > `u`.`__from_seq`
       )
       AND (
-        `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > '0000000000000010/0000000000000020'
+        `x`.`_next_seq` IS NULL OR `x`.`_next_seq` > @since_seq
       )
       AND `x`.`_key_bucket` IN UNNEST(@touched_buckets)
   ), `fresh` AS (
@@ -342,6 +342,7 @@ USING (
       `_key_bucket`,
       `__new_valid_to`,
       `__new_next_seq`,
+      `__stored`,
       TRUE AS `__keep`
     FROM versions
     WHERE
@@ -372,6 +373,7 @@ USING (
       `_key_bucket`,
       CAST(NULL AS TIMESTAMP) AS `__new_valid_to`,
       CAST(NULL AS STRING) AS `__new_next_seq`,
+      TRUE AS `__stored`,
       FALSE AS `__keep`
     FROM flagged
     WHERE
@@ -383,7 +385,7 @@ ON (
 )
 AND `t`.`_seq` = `s`.`_seq`
 AND (
-  `t`.`_next_seq` IS NULL OR `t`.`_next_seq` > '0000000000000010/0000000000000020'
+  `t`.`_next_seq` IS NULL OR `t`.`_next_seq` > @since_seq
 )
 AND `t`.`_key_bucket` IN UNNEST(@touched_buckets)
 WHEN MATCHED AND NOT `s`.`__keep` THEN DELETE

@@ -99,7 +99,7 @@ USING (
         "x"."_next_seq" IS NULL OR "x"."_next_seq" > "u"."__from_seq"
       )
       AND (
-        "x"."_next_seq" IS NULL OR "x"."_next_seq" > '0000000000000010/0000000000000020'
+        "x"."_next_seq" IS NULL OR "x"."_next_seq" > $since_seq
       )
   ), "fresh" AS (
     SELECT
@@ -327,6 +327,7 @@ USING (
       "_unavailable",
       "__new_valid_to",
       "__new_next_seq",
+      "__stored",
       TRUE AS "__keep"
     FROM versions
     WHERE
@@ -356,6 +357,7 @@ USING (
       "_unavailable",
       CAST(NULL AS TIMESTAMPTZ) AS "__new_valid_to",
       CAST(NULL AS TEXT) AS "__new_next_seq",
+      TRUE AS "__stored",
       FALSE AS "__keep"
     FROM flagged
     WHERE
@@ -367,7 +369,7 @@ ON (
 )
 AND "t"."_seq" = "s"."_seq"
 AND (
-  "t"."_next_seq" IS NULL OR "t"."_next_seq" > '0000000000000010/0000000000000020'
+  "t"."_next_seq" IS NULL OR "t"."_next_seq" > $since_seq
 )
 WHEN MATCHED AND NOT "s"."__keep" THEN DELETE
 WHEN MATCHED THEN UPDATE SET
