@@ -33,7 +33,7 @@ from state_models.dialects import BIGQUERY
 from state_models.errors import ConfigError, TransientError
 from state_models.plans import TableNames, plan_merge_counts, staging_columns, table_names
 from state_models.scd2 import StateTable
-from state_models.types import Kind
+from state_models.types import Kind, WarehouseType
 
 #: Staging tables that a crash leaves behind expire on their own.
 STAGING_TTL = dt.timedelta(hours=6)
@@ -174,7 +174,7 @@ class BigQueryWarehouse(SqlWarehouse):
     def _stage(self, table: StateTable, staged: pa.Table) -> str:
         name = f"{table.name}__stage_{uuid.uuid4().hex[:12]}"
         columns = staging_columns(table, self.caps)
-        schema = [self._bq.SchemaField(c.name, _schema_type(c.type.kind, c.type)) for c in columns]
+        schema = [self._bq.SchemaField(c.name, _schema_type(c.type)) for c in columns]
         destination = self._bq.Table(f"{self.project}.{self.dataset}.{name}", schema=schema)
         destination.expires = dt.datetime.now(dt.UTC) + STAGING_TTL
         self._call(lambda: self.client.create_table(destination))
@@ -265,20 +265,9 @@ def _bind(statement: exp.Expr, params: Mapping[str, Any]) -> exp.Expr:
     return statement.transform(literal)
 
 
-def _schema_type(kind: Kind, wtype: Any) -> str:
-    return {
-        Kind.BOOL: "BOOL",
-        Kind.INT64: "INT64",
-        Kind.FLOAT64: "FLOAT64",
-        Kind.STRING: "STRING",
-        Kind.BYTES: "BYTES",
-        Kind.DATE: "DATE",
-        Kind.TIME: "TIME",
-        Kind.DATETIME: "DATETIME",
-        Kind.TIMESTAMP: "TIMESTAMP",
-        Kind.JSON: "JSON",
-        Kind.NAME_LIST: "STRING",
-    }.get(kind) or ("BIGNUMERIC" if wtype.sql("bigquery").startswith("BIGNUMERIC") else "NUMERIC")
+def _schema_type(wtype: WarehouseType) -> str:
+    """The load schema's type name: the DDL type without its parameters (NUMERIC(12, 2) -> NUMERIC)."""
+    return wtype.sql("bigquery").split("(", 1)[0]
 
 
 def _ndjson(staged: pa.Table, kinds: Mapping[str, Kind]) -> bytes:
