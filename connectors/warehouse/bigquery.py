@@ -8,9 +8,12 @@ transaction. The table's description records our column types and key: BigQuery'
 says ``NUMERIC`` where we asked for ``NUMERIC(12, 2)`` only in some clients, and bqemulator lists
 JSON as STRING and forgets columns added with ``ALTER TABLE``.
 
-Against bqemulator (``api_endpoint`` not on googleapis.com) two things differ, each only there:
-a MERGE job has no ``dml_stats``, so the counts come from one extra query over the MERGE's source;
-and nothing else. Real BigQuery needs Application Default Credentials (or an injected client).
+Real BigQuery needs Application Default Credentials (or an injected client); with
+``BIGQUERY_EMULATOR_HOST`` set, the client talks to that emulator anonymously. Against bqemulator
+(``api_endpoint`` not on googleapis.com) two things are done differently, only there: a MERGE job
+has no ``dml_stats``, so the counts come from one extra query over the MERGE's source; and a
+script (a batch holding a truncate) gets its parameters as literals, since bqemulator does not
+pass query parameters into scripts.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import datetime as dt
 import decimal
 import io
 import json
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,6 +52,26 @@ _SCHEMA_TYPES = {
 }
 
 
+def _client(project: str, location: str | None) -> Any:
+    """The official client: Application Default Credentials, or the emulator named by
+    ``BIGQUERY_EMULATOR_HOST`` (which the client honours) with anonymous credentials."""
+    from google.cloud import bigquery
+
+    emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    if not emulator:
+        return bigquery.Client(project=project, location=location)
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+
+    endpoint = emulator if "://" in emulator else f"http://{emulator}"
+    return bigquery.Client(
+        project=project,
+        location=location,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=endpoint),
+    )
+
+
 def parse_bigquery_url(url: str) -> tuple[str, str, dict[str, str]]:
     """``bigquery://project/dataset?location=EU`` -> (project, dataset, options)."""
     parsed = urlparse(url)
@@ -71,7 +95,7 @@ class BigQueryWarehouse(SqlWarehouse):
         self.project, self.dataset, options = parse_bigquery_url(url)
         self.location = location or options.get("location")
         self._bq = bigquery
-        self.client = client or bigquery.Client(project=self.project, location=self.location)
+        self.client = client or _client(self.project, self.location)
         endpoint = str(getattr(self.client._connection, "API_BASE_URL", ""))
         #: real BigQuery reports inserted/updated/deleted rows of a MERGE; bqemulator does not
         self.dml_stats = "googleapis.com" in endpoint

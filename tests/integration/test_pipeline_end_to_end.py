@@ -22,6 +22,7 @@ is there (or a deadline passes) and then calls ``result.cancel()``, which stops 
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import string
 import threading
@@ -229,8 +230,14 @@ def warehouse(request: Any, tmp_path: Path) -> WarehouseUnderTest:
             "the BigQuery warehouse adapter (connectors/warehouse/bigquery.py) is not in this "
             "checkout yet; this variant runs once it is (against the bqemulator fixture)"
         )
-    dataset = request.getfixturevalue("bigquery_dataset")  # pragma: no cover - needs the adapter
-    return WarehouseUnderTest(f"bigquery://{dataset}", lambda table, wh: wh.current(table))
+    dataset = request.getfixturevalue("bigquery_dataset")
+    if not os.environ.get("CDC_TEST_BIGQUERY_PROJECT"):  # the job's own client finds the emulator
+        emulator = request.getfixturevalue("bigquery_emulator")
+        request.getfixturevalue("monkeypatch").setenv(
+            "BIGQUERY_EMULATOR_HOST", emulator.api_endpoint
+        )
+    project, name = dataset.split(".", 1)
+    return WarehouseUnderTest(f"bigquery://{project}/{name}", lambda table, wh: wh.current(table))
 
 
 @pytest.fixture
