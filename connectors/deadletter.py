@@ -17,6 +17,12 @@ file concerned the same way. One line is one :class:`DeadLetter`::
 
 ``raw`` is the exact message text; a message that is not UTF-8 is kept as base64
 (``raw_encoding: "base64"``), so a retry can feed the original bytes back to the decoder.
+
+Delivery is at least once, so the same failure can be reported twice (a Pub/Sub message redelivered
+after its ack deadline, a bundle retried, a batch re-read after a crash). Each letter carries a
+``fingerprint``, a hash of everything but its id and time (reason, type, source, table, raw message,
+context such as the Pub/Sub message id or the event's ``seq``); the store lists a fingerprint once,
+the earliest copy with ``copies`` saying how often it came, and ``remove`` takes every copy.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from __future__ import annotations
 import base64
 import builtins
 import datetime as dt
+import hashlib
 import itertools
 import json
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,6 +84,21 @@ class NewDeadLetter:
             context=dict(context or {}),
         )
 
+    def fingerprint(self) -> str:
+        """Equal for two reports of the same failure of the same message (see the module doc)."""
+        raw, encoding = _raw_for_storage(self.raw)
+        identity = [
+            self.reason,
+            self.error_type,
+            self.source,
+            self.table,
+            raw,
+            encoding,
+            dict(self.context),
+        ]
+        text = json.dumps(identity, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -91,6 +113,8 @@ class DeadLetter:
     raw: str | None
     raw_encoding: str  # "text" | "base64"
     context: dict[str, Any]
+    fingerprint: str | None = None  # None in files written before fingerprints existed
+    copies: int = 1  # how many times this failure was reported (set by ``list``, not stored)
 
     def raw_bytes(self) -> bytes | None:
         """The original message as bytes, whatever encoding it was stored in."""
@@ -165,13 +189,15 @@ class DeadLetterStore:
     # ----------------------------------------------------------------- reading
 
     def list(self, *, source: str | None = None, table: str | None = None) -> list[DeadLetter]:
-        """Every dead letter, oldest first (optionally only one source's or one table's)."""
-        return [
-            letter
-            for _, letter in self._entries()
-            if (source is None or letter.source == source)
-            and (table is None or letter.table == table)
-        ]
+        """Every dead letter, oldest first (optionally only one source's or one table's); a failure
+        reported more than once is listed once, its earliest copy, with ``copies`` counting them."""
+        first: dict[str, DeadLetter] = {}
+        for letter in self._distinct():
+            if (source is None or letter.source == source) and (
+                table is None or letter.table == table
+            ):
+                first[letter.id] = letter
+        return list(first.values())
 
     def show(self, letter_id: str) -> DeadLetter:
         """One dead letter by id; ``DeadLetterNotFound`` names the closest ids if it is not there."""
@@ -181,45 +207,66 @@ class DeadLetterStore:
         raise self._not_found(letter_id)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._entries())
+        return sum(1 for _ in self._distinct())
+
+    def _distinct(self) -> Iterator[DeadLetter]:
+        seen: dict[str, DeadLetter] = {}
+        order: list[str] = []
+        for _, letter in self._entries():
+            key = letter.fingerprint or letter.id
+            if key in seen:
+                seen[key] = replace(seen[key], copies=seen[key].copies + 1)
+            else:
+                seen[key] = letter
+                order.append(key)
+        return (seen[key] for key in order)
 
     # ----------------------------------------------------------------- removing
 
     def remove(self, letter_ids: Iterable[str]) -> int:
-        """Remove dead letters (after a successful retry); returns how many were removed."""
+        """Remove dead letters (after a successful retry) with every copy of each; returns how many
+        distinct letters were removed."""
+        wanted = set(letter_ids)
+        if not wanted:
+            return 0
+        # the fingerprints of the ids asked for: their copies (in other files) go as well
+        gone = {
+            letter.fingerprint or letter.id for _, letter in self._entries() if letter.id in wanted
+        }
         by_file: dict[str, set[str]] = {}
-        for letter_id in letter_ids:
-            by_file.setdefault(_file_of(letter_id), set()).add(letter_id)
-        removed = 0
-        for stem, ids in by_file.items():
-            if not self._files_at.files(stem):
-                continue
-            kept = [letter for _, letter in self._entries(stem) if letter.id not in ids]
-            before = sum(1 for _ in self._entries(stem))
-            removed += before - len(kept)
+        for path, letter in self._entries():
+            if (letter.fingerprint or letter.id) in gone:
+                by_file.setdefault(path, set()).add(letter.id)
+        for path, ids in by_file.items():
+            kept = [letter for letter in self._read(path) if letter.id not in ids]
             if kept:
-                self._write(self._files_at.path(stem), kept)
+                self._write(path, kept)
             else:
-                self._files_at.remove(self._files_at.path(stem))
-        return removed
+                self._files_at.remove(path)
+        return len(gone)
 
     # ----------------------------------------------------------------- files
 
     def _entries(self, stem: str | None = None) -> Iterator[tuple[str, DeadLetter]]:
         for path in self._files_at.files(stem):
-            for number, line in enumerate(self._files_at.read(path).splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield path, DeadLetter(**json.loads(line))
-                except (ValueError, TypeError) as exc:
-                    raise CdcError(
-                        f"{path}:{number}: not a dead letter ({exc}); the file was edited by hand?"
-                    ) from exc
+            for letter in self._read(path):
+                yield path, letter
 
-    def _write(self, path: str, letters: builtins.list[DeadLetter]) -> None:
+    def _read(self, path: str) -> Iterator[DeadLetter]:
+        for number, line in enumerate(self._files_at.read(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                yield DeadLetter(**json.loads(line))
+            except (ValueError, TypeError) as exc:
+                raise CdcError(
+                    f"{path}:{number}: not a dead letter ({exc}); the file was edited by hand?"
+                ) from exc
+
+    def _write(self, path: str, letters: Iterable[DeadLetter]) -> None:
         text = "".join(
-            json.dumps(asdict(letter), ensure_ascii=False, default=str) + "\n" for letter in letters
+            json.dumps(_for_file(letter), ensure_ascii=False, default=str) + "\n"
+            for letter in letters
         )
         self._files_at.write(path, text.encode("utf-8"))
 
@@ -300,6 +347,12 @@ class _ObjectFolder:
         self.fs.rm_file(path)
 
 
+def _for_file(letter: DeadLetter) -> dict[str, Any]:
+    record = asdict(letter)
+    del record["copies"]  # a property of the listing, not of the letter
+    return record
+
+
 def _file_of(letter_id: str) -> str:
     return letter_id.rsplit(".", 1)[0]
 
@@ -316,6 +369,7 @@ def _stored(letter_id: str, at: str, letter: NewDeadLetter) -> DeadLetter:
         raw=raw,
         raw_encoding=encoding,
         context=dict(letter.context),
+        fingerprint=letter.fingerprint(),
     )
 
 

@@ -507,6 +507,7 @@ _MAX_ATTRIBUTE = 1024
 def _attributes(letter: DeadLetter) -> dict[str, str]:
     out = {
         "dead_letter_id": letter.id,
+        "fingerprint": letter.fingerprint or "",
         "reason": letter.reason,
         "error_type": letter.error_type,
         "source": letter.source or "",

@@ -383,11 +383,12 @@ def cmd_dl_ls(args: argparse.Namespace) -> int:
                 "at": x.at,
                 "table": x.table or "-",
                 "error": x.error_type,
+                "copies": x.copies,
                 "reason": _short(x.reason, 100),
             }
             for x in letters
         ],
-        ["id", "at", "table", "error", "reason"],
+        ["id", "at", "table", "error", "copies", "reason"],
     )
     print(
         f"{len(letters)} dead letter(s); `cdc dead-letters show ID` for the raw message",
@@ -431,7 +432,7 @@ def cmd_dl_retry(args: argparse.Namespace) -> int:
 def _letter_doc(letter: Any, raw: bool) -> dict[str, Any]:
     doc = {
         k: getattr(letter, k)
-        for k in ("id", "at", "reason", "error_type", "source", "table", "context")
+        for k in ("id", "at", "reason", "error_type", "source", "table", "context", "copies")
     }
     if raw:
         doc["raw"] = letter.raw_text() if letter.raw_encoding == "text" else letter.raw

@@ -83,3 +83,44 @@ def test_a_hand_edited_file_is_reported_with_its_place(tmp_path):
     path.write_text(path.read_text() + "{broken\n")
     with pytest.raises(Exception, match=f"{path.name}:2: not a dead letter"):
         store.list()
+
+
+def test_the_same_failure_reported_twice_is_one_letter(tmp_path):
+    # at-least-once delivery: a redelivered message fails again with the same reason and context
+    store = DeadLetterStore(default_folder(tmp_path), clock=CLOCK)
+    bad = NewDeadLetter(
+        "not valid JSON", "DecodeError", b"{x", "billing", "billing.a.b", {"message_id": "7"}
+    )
+    first = store.put_many([bad])[0]
+    store.put_many([bad, NewDeadLetter("other", "DecodeError", b"{y", "billing", "billing.a.b")])
+    other_message = NewDeadLetter(
+        "not valid JSON", "DecodeError", b"{x", "billing", "billing.a.b", {"message_id": "8"}
+    )
+    store.put_many([other_message])
+    listed = store.list()
+    assert [(d.raw, d.copies) for d in listed] == [("{x", 2), ("{y", 1), ("{x", 1)]
+    assert listed[0].id == first.id and len(store) == 3
+    assert first.fingerprint == bad.fingerprint() != other_message.fingerprint()
+    # retrying it removes every copy, and counts it once
+    assert store.remove([first.id]) == 1
+    assert [(d.raw, d.copies) for d in store.list()] == [("{y", 1), ("{x", 1)]
+
+
+def test_letters_written_before_fingerprints_still_list(tmp_path):
+    folder = default_folder(tmp_path)
+    folder.mkdir()
+    old = {
+        "id": "20261126T101500123456Z-000000-3f9a01.0",
+        "at": "2026-11-26T10:15:00.123456Z",
+        "reason": "r",
+        "error_type": "DecodeError",
+        "source": None,
+        "table": None,
+        "raw": "{",
+        "raw_encoding": "text",
+        "context": {},
+    }
+    (folder / "20261126T101500123456Z-000000-3f9a01.jsonl").write_text(json.dumps(old) + "\n")
+    [letter] = DeadLetterStore(folder).list()
+    assert letter.fingerprint is None and letter.copies == 1
+    assert DeadLetterStore(folder).remove([letter.id]) == 1
