@@ -53,6 +53,18 @@ class LoadedConfig:
             return root
         return str(self.resolve_path(root))
 
+    def datastream_output(self, source_name: str) -> str:
+        """Where an ``engine: datastream`` source's files are read from (a local ``output:``
+        relative to the file's folder)."""
+        source = self.registry.sources[source_name]
+        if source.datastream is None:
+            raise ConfigError(
+                f"source {source_name!r} is engine: datastream but has no datastream: section: "
+                "set its bucket (and prefix), or output: for a folder holding the stream's files"
+            )
+        url = source.datastream.output_url(source_name)
+        return url if "://" in url else str(self.resolve_path(url))
+
     @property
     def warehouse_url(self) -> str:
         """The warehouse URL with a relative DuckDB path made absolute against the file's folder."""

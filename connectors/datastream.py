@@ -154,7 +154,7 @@ def plan_for(source_name: str, source: Source) -> DatastreamPlan:
         ),
         stream=resource("stream", stream_id, "streams", stream),
         bucket=spec.bucket,
-        path="/".join(p for p in (spec.prefix, source_name) if p),
+        path=spec.folder(source_name),
     )
 
 

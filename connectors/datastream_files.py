@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
+from connectors.deadletter import NewDeadLetter
 from state_models.datastream import (
     DatastreamChange,
     SourceKind,
@@ -37,6 +38,7 @@ class Rejected:
     file: str
     where: str  # "line 3 (byte 812)" or "block at byte 4096, record 2"
     error: TerminalError
+    offset: int | None = None  # byte offset of the line, or of the Avro block, when known
 
     @property
     def reason(self) -> str:
@@ -48,6 +50,13 @@ class Rejected:
 
     def __str__(self) -> str:
         return f"{self.file}: {self.where}: {self.reason}"
+
+    def dead_letter(self, source: str | None, table: str | None = None) -> NewDeadLetter:
+        """This record as a dead letter: the reason, the record as read, the file and offset."""
+        context: dict[str, Any] = {"stage": "decode", "file": self.file, "where": self.where}
+        if self.offset is not None:
+            context["offset"] = self.offset
+        return NewDeadLetter.from_error(self.error, source=source, table=table, context=context)
 
 
 @dataclass
@@ -88,15 +97,15 @@ def read_datastream_stream(
     batch = FileBatch(file=name, format=fmt)
     records = _avro_records(fh) if fmt == "avro" else _json_records(fh, head)
     changes: list[DatastreamChange] = []
-    for where, record in records:
+    for where, offset, record in records:
         batch.records += 1
         if isinstance(record, TerminalError):
-            batch.rejected.append(Rejected(name, where, record))
+            batch.rejected.append(Rejected(name, where, record, offset))
             continue
         try:
             changes.append(decode_datastream(record, resolve, kind=kind, keep_raw=keep_raw))
         except TerminalError as exc:
-            batch.rejected.append(Rejected(name, where, exc))
+            batch.rejected.append(Rejected(name, where, exc, offset))
     batch.events = fold_update_halves(changes)
     return batch
 
@@ -109,7 +118,7 @@ def _open(path: str) -> Any:
     return open(path.removeprefix("file://"), "rb")
 
 
-def _json_records(fh: BinaryIO, head: bytes) -> Iterator[tuple[str, Any]]:
+def _json_records(fh: BinaryIO, head: bytes) -> Iterator[tuple[str, int | None, Any]]:
     stream: BinaryIO = gzip.GzipFile(fileobj=fh) if head.startswith(_GZIP_MAGIC) else fh  # type: ignore[assignment]
     offset, line_no = 0, 0
     while True:
@@ -119,39 +128,42 @@ def _json_records(fh: BinaryIO, head: bytes) -> Iterator[tuple[str, Any]]:
             # a truncated or corrupt gzip member: what was read stands, the rest is one reject
             yield (
                 f"line {line_no + 1} (byte {offset})",
+                offset,
                 DecodeError(f"file unreadable from here on: {exc}"),
             )
             return
         if not line:
             return
         line_no += 1
-        where = f"line {line_no} (byte {offset})"
+        at = offset
+        where = f"line {line_no} (byte {at})"
         offset += len(line)
         if not line.strip():
             continue
         try:
-            yield where, line.decode("utf-8")
+            yield where, at, line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield where, DecodeError(f"not UTF-8 text: {exc}", raw=line)
+            yield where, at, DecodeError(f"not UTF-8 text: {exc}", raw=line)
 
 
-def _avro_records(fh: BinaryIO) -> Iterator[tuple[str, Any]]:
+def _avro_records(fh: BinaryIO) -> Iterator[tuple[str, int | None, Any]]:
     import fastavro
 
     try:
         blocks = fastavro.block_reader(fh)
     except (ValueError, EOFError, OSError) as exc:
-        yield "header", DecodeError(f"not a readable Avro file: {exc}")
+        yield "header", 0, DecodeError(f"not a readable Avro file: {exc}")
         return
     offset = 0
     try:
         for block in blocks:
             offset = block.offset
             for i, record in enumerate(block):
-                yield f"block at byte {block.offset}, record {i}", record
+                yield f"block at byte {block.offset}, record {i}", block.offset, record
     except (ValueError, EOFError, OSError, zlib.error, StopIteration) as exc:
         yield (
             f"block at byte {offset}",
+            offset,
             DecodeError(f"Avro file unreadable from here on: {type(exc).__name__}: {exc}"),
         )
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from connectors.changelog.reader import ChangelogReader, ReadStats
+from connectors.changelog.reader import EventReader, ReadStats
 from connectors.deadletter import DeadLetterStore
 from connectors.warehouse import Warehouse
 from merge_jobs.apply import ApplyReport, apply_events
@@ -49,7 +49,7 @@ class ReplayReport:
     @property
     def ok(self) -> bool:
         """Everything in the range was read and applied."""
-        return not self.read.unreadable and not self.applied.dead_letters
+        return not (self.read.unreadable or self.read.rejected or self.applied.dead_letters)
 
 
 def shadow_of(table: TableDef, name: str | None = None) -> TableDef:
@@ -70,7 +70,7 @@ def rebatch(batches: Iterable[list[ChangeEvent]], size: int) -> Iterator[list[Ch
 
 
 def replay(
-    reader: ChangelogReader,
+    reader: EventReader,
     warehouse: Warehouse,
     table: TableDef,
     rng: ChangeRange | None = None,
@@ -103,7 +103,7 @@ def replay(
 
 
 def rebuild(
-    reader: ChangelogReader,
+    reader: EventReader,
     warehouse: Warehouse,
     table: TableDef,
     *,

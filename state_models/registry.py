@@ -131,6 +131,19 @@ class DatastreamSpec(_Model):
     )
     file_rotation_mb: int | None = Field(default=None, ge=1, le=1000)
     file_rotation_interval_s: int | None = Field(default=None, ge=15, le=86400)
+    output: str | None = Field(
+        default=None,
+        description="where `cdc replay` reads the stream's files when not from "
+        "gs://<bucket>/<prefix>/<source> (a copy elsewhere, or a local folder)",
+    )
+
+    def folder(self, source_name: str) -> str:
+        """The stream's folder in the bucket (no leading or trailing slash): ``<prefix>/<source>``."""
+        return "/".join(p for p in (self.prefix, source_name) if p)
+
+    def output_url(self, source_name: str) -> str:
+        """Where the stream's files are read from: ``output``, else ``gs://<bucket>/<folder>``."""
+        return self.output or f"gs://{self.bucket}/{self.folder(source_name)}"
 
     @field_validator("stream", "source_profile", "destination_profile", "private_connection")
     @classmethod

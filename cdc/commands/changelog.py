@@ -127,6 +127,40 @@ def resolve_table(cfg: LoadedConfig, ref: str) -> str:
         raise
 
 
+def changelog_reader(cfg: LoadedConfig, table_id: str, dead_letters: Any = None) -> Any:
+    """The reader of a table's raw changelog, chosen by its source's engine: Datastream's own
+    files for ``engine: datastream``, our Parquet changelog otherwise."""
+    from connectors.changelog.reader import ChangelogReader
+
+    try:
+        registered = cfg.registry.table(table_id)
+    except ConfigError:  # only in the changelog
+        return ChangelogReader(cfg.changelog_root)
+    source = registered.source
+    if source.engine != "datastream":
+        return ChangelogReader(cfg.changelog_root)
+    from connectors.changelog.datastream import DEFAULT_MARGIN_S, DatastreamChangelogReader
+    from state_models.registry import table_infos
+
+    rotation = source.datastream.file_rotation_interval_s if source.datastream else None
+    return DatastreamChangelogReader(
+        cfg.datastream_output(registered.source_name),
+        registered.source_name,
+        table_infos(cfg.registry, registered.source_name),
+        kind=source.kind,
+        dead_letters=dead_letters,
+        margin_s=DEFAULT_MARGIN_S if rotation is None else rotation + 300,
+    )
+
+
+def _summarize(reader: Any, table: str, rng: ChangeRange | None, stats: Any) -> tuple[Any, Any]:
+    from connectors.changelog.reader import ChangelogReader, summarize
+
+    if isinstance(reader, ChangelogReader):
+        return summarize(reader, table, rng, stats=stats)
+    return reader.summarize(table, rng, stats=stats)
+
+
 def format_us(us: int | None) -> str:
     if us is None:
         return ""
@@ -147,7 +181,7 @@ def _row(s: Any, **extra: Any) -> dict[str, Any]:
     return {
         **extra,
         "files": s.files,
-        "events": s.rows,
+        "events": s.rows if s.counted else "",
         "bytes": s.bytes,
         "size": format_bytes(s.bytes),
         "first_seq": s.first_seq or "",
@@ -163,17 +197,16 @@ def _report_unreadable(unreadable: list[Any]) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from connectors.changelog.reader import ChangelogReader, PartitionSummary, ReadStats, summarize
+    from connectors.changelog.reader import ChangelogReader, PartitionSummary, ReadStats
 
     cfg = load(args)
-    reader = ChangelogReader(cfg.changelog_root)
     registered = [t.id for t in cfg.registry.tables()]
-    stored = reader.tables()
+    stored = ChangelogReader(cfg.changelog_root).tables()
     stats = ReadStats()
     rows = []
     for table in sorted(set(registered) | set(stored)):
-        _, parts = summarize(reader, table, stats=stats)
-        total = PartitionSummary(table, None)
+        _, parts = _summarize(changelog_reader(cfg, table), table, None, stats)
+        total = PartitionSummary(table, None, counted=all(p.counted for p in parts))
         for p in parts:
             total.files += p.files
             total.rows += p.rows
@@ -188,6 +221,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 if theirs is not None:
                     setattr(total, attr, theirs if mine is None else pick(mine, theirs))
         note = "" if table in registered else "not registered"
+        if not total.counted:
+            note = "Datastream files (events not counted; times are their folders')"
         rows.append(_row(total, table=table, partitions=len(parts), note=note))
     if args.format == "json":
         print(json.dumps(rows, indent=2))
@@ -216,31 +251,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from connectors.changelog.reader import ChangelogReader, ReadStats, summarize
+    from connectors.changelog.reader import ReadStats
 
     cfg = load(args)
     table = resolve_table(cfg, args.table)
     rng = range_from_args(args)
-    reader = ChangelogReader(cfg.changelog_root)
+    reader = changelog_reader(cfg, table)
     stats = ReadStats()
-    files, parts = summarize(reader, table, rng, stats=stats)
+    files, parts = _summarize(reader, table, rng, stats)
     if args.files:
-        rows = [
-            {
-                "partition": s.file.partition.path,
-                "file": s.file.display.rsplit("/", 1)[-1],
-                "path": s.file.display,
-                "events": s.rows,
-                "row_groups": s.row_groups,
-                "bytes": s.file.bytes,
-                "size": format_bytes(s.file.bytes),
-                "first_seq": s.file.first_seq,
-                "last_seq": s.file.last_seq,
-                "first_commit": format_us(s.min_commit_us),
-                "last_commit": format_us(s.max_commit_us),
-            }
-            for s in files
-        ]
+        rows = [_file_row(s) for s in files]
         columns = [
             "partition",
             "file",
@@ -266,18 +286,51 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         where = "" if rng.is_everything else " (range given: files that may overlap it)"
-        print(f"{table} in {cfg.changelog_root}{where}")
+        print(f"{table} in {reader.root.url}{where}")
         if rows:
             print_table(rows, columns)
         total_rows = sum(p.rows for p in parts)
         total_bytes = sum(p.bytes for p in parts)
         per_event = f", {total_bytes / total_rows:.1f} bytes/event" if total_rows else ""
+        events = f"{total_rows} events" if all(p.counted for p in parts) else "events not counted"
         print(
-            f"{len(parts)} partitions, {len(files)} files, {total_rows} events, "
+            f"{len(parts)} partitions, {len(files)} files, {events}, "
             f"{format_bytes(total_bytes)}{per_event}"
         )
     _report_unreadable(stats.unreadable)
     return EXIT_FAILED if stats.unreadable else EXIT_OK
+
+
+def _file_row(s: Any) -> dict[str, Any]:
+    from connectors.changelog.datastream import DatastreamFile
+
+    if isinstance(s, DatastreamFile):
+        return {
+            "partition": s.partition.path,
+            "file": s.display.rsplit("/", 1)[-1],
+            "path": s.display,
+            "events": "",
+            "row_groups": "",
+            "bytes": s.bytes,
+            "size": format_bytes(s.bytes),
+            "first_seq": "",
+            "last_seq": "",
+            "first_commit": format_us(s.minute_us),
+            "last_commit": "",
+        }
+    return {
+        "partition": s.file.partition.path,
+        "file": s.file.display.rsplit("/", 1)[-1],
+        "path": s.file.display,
+        "events": s.rows,
+        "row_groups": s.row_groups,
+        "bytes": s.file.bytes,
+        "size": format_bytes(s.file.bytes),
+        "first_seq": s.file.first_seq,
+        "last_seq": s.file.last_seq,
+        "first_commit": format_us(s.min_commit_us),
+        "last_commit": format_us(s.max_commit_us),
+    }
 
 
 # --------------------------------------------------------------------------- replay, rebuild, verify
@@ -331,21 +384,24 @@ class ProgressBar:
 
 def _open(cfg: LoadedConfig, ref: str) -> tuple[Any, Any, Any, Any]:
     """(table def, changelog reader, warehouse, dead-letter store) for a registered table."""
-    from connectors.changelog.reader import ChangelogReader
     from connectors.deadletter import DeadLetterStore, default_folder
     from connectors.warehouse import open_warehouse
     from state_models.scd2 import TableDef
 
     table = TableDef.from_registered(cfg.registry.table(ref))
-    reader = ChangelogReader(cfg.changelog_root)
+    dead_letters = DeadLetterStore(default_folder(cfg.state_dir))
+    reader = changelog_reader(cfg, table.table_id, dead_letters)
     warehouse = open_warehouse(cfg.warehouse_url)
-    return table, reader, warehouse, DeadLetterStore(default_folder(cfg.state_dir))
+    return table, reader, warehouse, dead_letters
 
 
-def _planned_events(reader: Any, table_id: str, rng: ChangeRange) -> int:
-    """Events in the files a read will open (an upper bound when the range cuts files)."""
-    from connectors.changelog.reader import summarize
+def _planned_events(reader: Any, table_id: str, rng: ChangeRange) -> int | None:
+    """Events in the files a read will open (an upper bound when the range cuts files); None
+    when only reading them would tell (Datastream files)."""
+    from connectors.changelog.reader import ChangelogReader, summarize
 
+    if not isinstance(reader, ChangelogReader):
+        return None
     files, _ = summarize(reader, table_id, rng)
     return sum(f.rows for f in files)
 
@@ -368,6 +424,12 @@ def _replay_summary(report: Any, what: str) -> int:
         print(f"  schema: {change}")
     for u in report.read.unreadable:
         print(f"unreadable: {u.path}: {u.reason}", file=sys.stderr)
+    if report.read.rejected:
+        print(
+            f"{report.read.rejected} records could not be decoded: dead-lettered with their file "
+            "and offset (see cdc dead-letters ls)",
+            file=sys.stderr,
+        )
     if report.read.unreadable:
         print(
             f"{len(report.read.unreadable)} changelog files could not be read: the range is "

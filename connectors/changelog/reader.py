@@ -19,7 +19,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,6 +76,7 @@ class ReadStats:
     rows_read: int = 0  # rows decoded
     rows: int = 0  # rows returned (inside the range)
     unreadable: list[Unreadable] = field(default_factory=list)
+    rejected: int = 0  # records that could not be decoded (Datastream files): dead-lettered
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,23 @@ class FileSummary:
     row_groups: int
     min_commit_us: int | None
     max_commit_us: int | None
+
+
+class EventReader(Protocol):
+    """What a replay reads a table's raw changelog through: our Parquet files (``ChangelogReader``)
+    or, for an ``engine: datastream`` source, Datastream's own files
+    (``connectors.changelog.datastream``)."""
+
+    def tables(self) -> list[str]: ...
+
+    def events(
+        self,
+        table: str,
+        rng: ChangeRange | None = None,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        stats: ReadStats | None = None,
+    ) -> Iterator[list[ChangeEvent]]: ...
 
 
 class ChangelogReader:
@@ -174,18 +192,7 @@ class ChangelogReader:
             )
 
     def _ls_dirs(self, path: str, files_as: ReadStats | None = None) -> list[str]:
-        if not self.root.fs.exists(path):
-            return []
-        names = []
-        for info in self.root.fs.ls(path, detail=True):
-            name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-            if info.get("type") == "directory":
-                names.append(name)
-            elif files_as is not None:
-                files_as.unreadable.append(
-                    Unreadable(self.root.display(info["name"]), "a file outside any partition")
-                )
-        return sorted(names)
+        return list_dirs(self.root, path, files_as, "a file outside any partition")
 
     # ------------------------------------------------------------------ reading
 
@@ -314,6 +321,21 @@ class ChangelogReader:
             return Unreadable(f.display, _reason(exc))
 
 
+def list_dirs(root: Root, path: str, files_as: ReadStats | None, stray: str) -> list[str]:
+    """Names of the folders in ``path`` (none if it does not exist), sorted; a file found there is
+    recorded in ``files_as.unreadable`` with the reason ``stray``, when given."""
+    if not root.fs.exists(path):
+        return []
+    names = []
+    for info in root.fs.ls(path, detail=True):
+        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+        if info.get("type") == "directory":
+            names.append(name)
+        elif files_as is not None:
+            files_as.unreadable.append(Unreadable(root.display(info["name"]), stray))
+    return sorted(names)
+
+
 def _min_max(rg: Any, col: int | None, *, raw: bool) -> tuple[Any, Any] | None:
     if col is None:
         return None
@@ -369,6 +391,7 @@ class PartitionSummary:
     last_seq: str | None = None
     min_commit_us: int | None = None
     max_commit_us: int | None = None
+    counted: bool = True  # False: events not counted (Datastream files are listed, not read)
 
     def add(self, s: FileSummary) -> None:
         f = s.file
