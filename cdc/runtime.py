@@ -122,6 +122,7 @@ class Runtime:
         self._last_archive = self.clock()
         self._started = time.monotonic()
         self._merged_window: list[tuple[float, int]] = []
+        self._postponed_said = -1e9
         # commit-to-visible latency of recently merged events (seconds), for status and the demo
         self.latencies: deque[float] = deque(maxlen=200_000)
 
@@ -156,8 +157,9 @@ class Runtime:
                     if self.on_status is not None:
                         self.on_status(self)
                     next_status = now + self.options.status_interval_s
-                if not merged:
-                    stop.wait(self.options.poll_s)
+                # the DuckDB file is let go between merges so `cdc history` & co. can read it
+                self._warehouse.release()
+                stop.wait(self.options.poll_s if not merged else self.options.poll_s / 5)
         finally:
             capture_stop.set()
             for name, t in self._threads.items():
@@ -230,7 +232,10 @@ class Runtime:
                     context_of=None,
                 )
             except TransientError as exc:
-                log.warning("merge postponed, will retry: %s", exc)
+                now = time.monotonic()
+                if now - self._postponed_said >= 30:  # e.g. `cdc replay` holds the DuckDB file
+                    log.warning("merge postponed, will retry: %s", exc)
+                    self._postponed_said = now
                 return total
             Journal.mark(take, MERGED)
             self._record(events, report)

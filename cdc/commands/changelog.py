@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import load, print_table, subcommands
+from cdc.commands.common import LOCK_WAIT_S, load, print_table, subcommands
 from cdc.config import LoadedConfig
 from state_models.changelog import ChangeRange
 from state_models.errors import ConfigError
@@ -391,7 +391,7 @@ def _open(cfg: LoadedConfig, ref: str) -> tuple[Any, Any, Any, Any]:
     table = TableDef.from_registered(cfg.registry.table(ref))
     dead_letters = DeadLetterStore(default_folder(cfg.state_dir))
     reader = changelog_reader(cfg, table.table_id, dead_letters)
-    warehouse = open_warehouse(cfg.warehouse_url)
+    warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
     return table, reader, warehouse, dead_letters
 
 

@@ -9,6 +9,10 @@ from typing import Any
 
 from cdc.config import LoadedConfig, load_config
 
+#: How long a command waits for ``cdc run`` to let go of a DuckDB warehouse file (it does so between
+#: merges, so a command gets in within a merge's time).
+LOCK_WAIT_S = 30.0
+
 
 def load(args: argparse.Namespace) -> LoadedConfig:
     """The registry named by ``--config``; warnings (unset variables) go to stderr."""

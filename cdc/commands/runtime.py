@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import load, print_table, subcommands
+from cdc.commands.common import LOCK_WAIT_S, load, print_table, subcommands
 from cdc.config import LoadedConfig
 from state_models.errors import ConfigError, TransientError
 
@@ -243,7 +243,7 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
     stats: dict[str, dict[str, Any] | None] = {}
     note = ""
     try:
-        warehouse = open_warehouse(cfg.warehouse_url)
+        warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=5)
     except TransientError as exc:
         warehouse = None
         note = f"busy ({exc}); figures below come from cdc run's status file"
@@ -293,6 +293,23 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
     }
 
 
+#: position fields worth showing, per engine (pgoutput: flushed/last_commit; Debezium: lsn,
+#: lsn_commit; binlog: file/pos/gtid)
+_OFFSET_FIELDS = ("file", "pos", "gtid", "lsn", "lsn_commit", "flushed", "last_commit")
+
+
+def _offset_text(position: dict[str, Any], *, lsn: bool) -> str:
+    parts = []
+    for key in _OFFSET_FIELDS:
+        value = position.get(key)
+        if value is None or value == "":
+            continue
+        if lsn and isinstance(value, int) and key != "pos":
+            value = f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"  # PostgreSQL's own LSN notation
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
 def _capture_status(
     cfg: LoadedConfig, runtime: Any, now: float
 ) -> tuple[list[dict[str, Any]], list[str]]:
@@ -308,15 +325,9 @@ def _capture_status(
         except Exception as exc:  # an unreadable offset file is worth showing, not fatal here
             stored = None
             detail.append(f"offset unreadable: {exc}")
-        if stored:
-            detail.append(
-                "offset "
-                + ", ".join(
-                    f"{k}={v}"
-                    for k, v in sorted(stored.items())
-                    if k in ("lsn", "file", "pos", "gtid", "lsn_commit")
-                )
-            )
+        shown = _offset_text(stored or {}, lsn=source.kind == "postgres")
+        if shown:
+            detail.append(f"offset {shown}")
         if source.kind == "postgres" and source.engine != "datastream":
             try:
                 from connectors.capture.slots import slot_status
@@ -414,7 +425,7 @@ def cmd_dl_retry(args: argparse.Namespace) -> int:
     if not letters:
         print("no dead letters to retry")
         return EXIT_OK
-    warehouse = open_warehouse(cfg.warehouse_url)
+    warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
     try:
         result = redrive(
             cfg.registry, warehouse, store, letters, ingested_at=dt.datetime.now(dt.UTC)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import load, print_table
+from cdc.commands.common import LOCK_WAIT_S, load, print_table
 from cdc.config import LoadedConfig
 from connectors.deadletter import NewDeadLetter
 from state_models.debezium import decode_debezium
@@ -106,7 +106,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     ingested_at = dt.datetime.now(dt.UTC)
     report = ApplyReport()
     tombstones = 0
-    warehouse = open_warehouse(cfg.warehouse_url)
+    warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
     try:
         for chunk in _chunks(_lines(paths), LINES_PER_ROUND):
             decoded = _decode_lines(chunk, resolve, source)
@@ -263,7 +263,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     key = _key_filter(args.key)
     from connectors.warehouse import open_warehouse
 
-    warehouse = open_warehouse(cfg.warehouse_url)
+    warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
     try:
         state = warehouse.state_table(table)
         if state is not None:
@@ -284,7 +284,7 @@ def cmd_as_of(args: argparse.Namespace) -> int:
         )
     from connectors.warehouse import open_warehouse
 
-    warehouse = open_warehouse(cfg.warehouse_url)
+    warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
     try:
         state = warehouse.state_table(table)
         rows = warehouse.as_of(table, at=at, seq=args.seq)

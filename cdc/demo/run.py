@@ -179,10 +179,12 @@ def wait_streaming(
 
 def progress_bar(err: TextIO, seconds: float, runtime: Runtime) -> Any:
     last = [0.0]
+    tty = err.isatty()
+    every = 0.25 if tty else 5.0  # a log file gets a line every few seconds, not a redrawn bar
 
     def show(elapsed: float, stats: WorkloadStats) -> None:
         now = time.monotonic()
-        if now - last[0] < 0.25 and elapsed < seconds:
+        if now - last[0] < every and elapsed < seconds:
             return
         last[0] = now
         width = 30
@@ -190,9 +192,10 @@ def progress_bar(err: TextIO, seconds: float, runtime: Runtime) -> Any:
         fresh = runtime.freshness()
         lag = f"p50 lag {fresh['p50']:.2f}s" if fresh else "lag -"
         err.write(
-            f"\r\033[K[{'#' * done}{'.' * (width - done)}] {elapsed:4.0f}/{seconds:.0f}s  "
+            ("\r\033[K" if tty else "")
+            + f"[{'#' * done}{'.' * (width - done)}] {elapsed:4.0f}/{seconds:.0f}s  "
             f"{stats.transactions:,} business actions  {runtime.summary.events_merged:,} changes merged "
-            f"({runtime.events_per_second():,.0f}/s)  {lag}"
+            f"({runtime.events_per_second():,.0f}/s)  {lag}" + ("" if tty else "\n")
         )
         err.flush()
 
@@ -224,7 +227,7 @@ def report(
     started: dt.datetime,
     caught_up: bool,
 ) -> None:
-    w = open_warehouse(cfg.warehouse_url)
+    w = open_warehouse(cfg.warehouse_url, lock_wait_s=30)
     try:
         subs = TableDef.from_registered(cfg.registry.table("billing.public.subscriptions"))
         invoices = TableDef.from_registered(cfg.registry.table("billing.public.invoices"))

@@ -99,16 +99,24 @@ class Warehouse(Protocol):
         """Row counts and content checksums per key range, and the first differing versions."""
         ...
 
+    def release(self) -> None:  # pragma: no cover - protocol
+        """Let other processes at the warehouse until the next statement (DuckDB: close the file)."""
+        ...
+
     def close(self) -> None:  # pragma: no cover - protocol
         ...
 
 
-def open_warehouse(url: str, **options: Any) -> Warehouse:
-    """Open ``duckdb:///path.duckdb`` (``duckdb:///:memory:``) or ``bigquery://project/dataset``."""
+def open_warehouse(url: str, *, lock_wait_s: float = 0.0, **options: Any) -> Warehouse:
+    """Open ``duckdb:///path.duckdb`` (``duckdb:///:memory:``) or ``bigquery://project/dataset``.
+
+    ``lock_wait_s``: DuckDB only, how long to wait for another process (``cdc run``) to let go of
+    the file; commands that read a table while ``cdc run`` merges into it pass a few seconds.
+    """
     if url.startswith("duckdb://"):
         from connectors.warehouse.duckdb import DuckDBWarehouse
 
-        return DuckDBWarehouse(url, **options)
+        return DuckDBWarehouse(url, lock_wait_s=lock_wait_s, **options)
     if url.startswith("bigquery://"):
         from connectors.warehouse.bigquery import BigQueryWarehouse
 

@@ -8,7 +8,9 @@ touched keys' recent versions (see ``state_models.plans``), plus one scan of the
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from state_models.plans import TableNames, table_names
 from state_models.scd2 import StateTable
 
 _counter = itertools.count()
+log = logging.getLogger(__name__)
 
 
 def duckdb_path(url: str) -> str:
@@ -43,24 +46,66 @@ class DuckDBWarehouse(SqlWarehouse):
     caps = DUCKDB
 
     def __init__(
-        self, url: str = "duckdb:///:memory:", *, connection: Any = None, threads: int | None = None
+        self,
+        url: str = "duckdb:///:memory:",
+        *,
+        connection: Any = None,
+        threads: int | None = None,
+        lock_wait_s: float = 0.0,
     ):
+        """``lock_wait_s``: how long to wait when another process holds the file (DuckDB lets one
+        process open a file at a time; ``cdc run`` lets go of it between merges, see ``release``)."""
         super().__init__()
         self.url = url
-        path = duckdb_path(url)
-        if connection is None and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.con = connection or duckdb.connect(path)
-        except duckdb.IOException as exc:
-            # another process holds the file's write lock: worth retrying later
-            raise TransientError(f"cannot open DuckDB warehouse {path}: {exc}") from exc
-        self._exec("SET TimeZone = 'UTC'")
-        if threads:
-            self._exec(f"SET threads = {int(threads)}")
+        self._path = duckdb_path(url)
+        self._threads = threads
+        self._owned = connection is None and self._path != ":memory:"
+        if self._owned:
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._con: Any = connection if connection is not None else self._connect(lock_wait_s)
+
+    def _connect(self, lock_wait_s: float = 0.0) -> Any:
+        deadline = time.monotonic() + lock_wait_s
+        said = False
+        while True:
+            try:
+                con = duckdb.connect(self._path)
+                break
+            except duckdb.IOException as exc:
+                if time.monotonic() >= deadline:
+                    # another process holds the file's lock: worth retrying later
+                    raise TransientError(
+                        f"cannot open DuckDB warehouse {self._path}: {exc}"
+                    ) from exc
+                if not said and time.monotonic() > deadline - lock_wait_s + 1:
+                    log.warning(
+                        "waiting for another process (cdc run?) to let go of %s", self._path
+                    )
+                    said = True
+                time.sleep(0.02)
+        con.execute("SET TimeZone = 'UTC'").fetchall()
+        if self._threads:
+            con.execute(f"SET threads = {int(self._threads)}").fetchall()
+        return con
+
+    @property
+    def con(self) -> Any:
+        """The connection, reopened if ``release`` let go of the file."""
+        if self._con is None:
+            self._con = self._connect()
+        return self._con
+
+    def release(self) -> None:
+        """Close the file so that other processes (``cdc history``, ``cdc status``) can open it; the
+        next statement reopens it (raising ``TransientError`` while someone else holds it)."""
+        if self._owned and self._con is not None:
+            self._con.close()
+            self._con = None
 
     def close(self) -> None:
-        self.con.close()
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     def _exec(self, sql: str) -> list[Any]:
         """Run a statement to completion (DuckDB refuses new work while a result is unread)."""

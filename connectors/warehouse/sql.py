@@ -317,6 +317,10 @@ class SqlWarehouse:
             return []
         return self._query(plan_current(state, self._names(state.name), self.caps))
 
+    def release(self) -> None:
+        """Let other processes at the warehouse until the next statement; nothing to do for a
+        server (DuckDB closes its file)."""
+
     def stats(self, table: TableDef) -> dict[str, Any] | None:
         """Versions, live rows, newest ``_seq`` and commit time; None when the table does not exist."""
         state = self._require(table)
