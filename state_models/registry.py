@@ -193,7 +193,16 @@ class Source(_Model):
         default=None, description="PostgreSQL publication (default cdc_<source>)"
     )
     server_id: int | None = Field(
-        default=None, description="MySQL replica server id for the binlog reader"
+        default=None,
+        ge=1,
+        le=2**32 - 1,
+        description="MySQL replica server id for the binlog reader (default: derived from the "
+        "source name); unique among the server's replicas",
+    )
+    gtid: bool = Field(
+        default=False,
+        description="engine binlog: resume by GTID (MariaDB GTID state, MySQL gtid_mode=ON) "
+        "instead of binlog file/position",
     )
     debezium: dict[str, str] | None = Field(
         default=None, description="extra Debezium connector properties, passed through verbatim"
@@ -208,6 +217,10 @@ class Source(_Model):
         if self.engine not in allowed:
             raise ValueError(
                 f"engine {self.engine!r} cannot read a {self.kind} source; expected one of {list(allowed)}"
+            )
+        if (self.gtid or self.server_id is not None) and self.engine != "binlog":
+            raise ValueError(
+                f"gtid and server_id apply to engine: binlog only (engine is {self.engine!r})"
             )
         if self.datastream is not None:
             if self.engine != "datastream":

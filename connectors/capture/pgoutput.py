@@ -491,13 +491,7 @@ class PgoutputCapture(Capture):
         )
 
     def _run(self, sink: EventSink, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self._session(sink, stop)
-                return
-            except SourceUnavailableError as exc:
-                if not self.backoff.wait(exc, stop):
-                    return
+        self.backoff.run(lambda: self._session(sink, stop), stop)
 
     # -- one connected session
 

@@ -24,11 +24,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from connectors.capture.wire import days_since_epoch as _wire_date
+from connectors.capture.wire import decimal_bytes as _decimal_bytes
+from connectors.capture.wire import field_schema as _s
+from connectors.capture.wire import micros_of_day as _wire_micro_time
+from connectors.capture.wire import micros_since_epoch as _wire_micro_timestamp
+from connectors.capture.wire import millis_of_day as _wire_milli_time
+from connectors.capture.wire import millis_since_epoch as _wire_milli_timestamp
+
 Parse = Callable[[str], Any]
 Wire = Callable[[Any], Any]
 
-_EPOCH_DATE = dt.date(1970, 1, 1)
-_EPOCH = dt.datetime(1970, 1, 1)
 _DAYS_PER_MONTH_AVG = 30.4375  # io.debezium.time.MicroDuration.DAYS_PER_MONTH_AVG
 
 
@@ -200,66 +206,13 @@ def _bits(text: str) -> str:
 # --------------------------------------------------------------------------- wire renderers
 
 
-def _decimal_bytes(value: Decimal) -> str:
-    sign, digits, exponent = value.as_tuple()
-    unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
-    if isinstance(exponent, int) and exponent > 0:
-        unscaled *= 10**exponent
-    length = max(1, (unscaled.bit_length() + 8) // 8)
-    return base64.b64encode(unscaled.to_bytes(length, "big", signed=True)).decode()
-
-
-def _wire_decimal(value: Decimal) -> str:
-    return _decimal_bytes(value)
-
-
 def _wire_variable(value: Decimal) -> dict[str, Any]:
     exponent = value.as_tuple().exponent
     scale = max(0, -exponent) if isinstance(exponent, int) else 0
     return {"scale": scale, "value": _decimal_bytes(value)}
 
 
-def _wire_date(value: str) -> int:
-    return (dt.date.fromisoformat(value) - _EPOCH_DATE).days
-
-
-def _micros_since_epoch(value: str) -> int:
-    delta = dt.datetime.fromisoformat(value) - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _wire_micro_timestamp(value: str) -> int:
-    return _micros_since_epoch(value)
-
-
-def _wire_milli_timestamp(value: str) -> int:
-    return _micros_since_epoch(value) // 1000
-
-
-def _micros_of_day(value: str) -> int:
-    t = dt.time.fromisoformat(value)
-    return ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.microsecond
-
-
-def _wire_micro_time(value: str) -> int:
-    return _micros_of_day(value)
-
-
-def _wire_milli_time(value: str) -> int:
-    return _micros_of_day(value) // 1000
-
-
 # --------------------------------------------------------------------------- the type table
-
-
-def _s(type_: str, name: str | None = None, **params: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": type_}
-    if name:
-        out["name"] = name
-        out["version"] = 1
-    if params:
-        out["parameters"] = params
-    return out
 
 
 _VSD_SCHEMA = {
@@ -295,7 +248,7 @@ _FIXED: dict[int, PgType] = {
         "money",
         _money,
         _s("bytes", "org.apache.kafka.connect.data.Decimal", scale="2"),
-        _wire_decimal,
+        _decimal_bytes,
     ),
     829: PgType("macaddr", str, _s("string")),
     869: PgType("inet", str, _s("string")),
@@ -338,7 +291,7 @@ def pg_type(oid: int, typmod: int, catalog: TypeCatalog | None = None) -> PgType
                 scale=str(scale),
                 **{"connect.decimal.precision": str(precision)},
             ),
-            _wire_decimal,
+            _decimal_bytes,
         )
     if oid == 1083:  # time(p): adaptive precision
         if _precision(typmod) <= 3:

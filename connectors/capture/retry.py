@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from connectors.capture.base import Capture
 from state_models.errors import SourceUnavailableError
@@ -50,3 +51,14 @@ class Backoff:
         stopped = stop.wait(self.delay)
         self.delay = min(self.delay * 2, self.maximum)
         return not stopped
+
+    def run(self, session: Callable[[], None], stop: threading.Event) -> None:
+        """Run ``session`` until it returns, retrying it with backoff while the source is
+        unreachable (``SourceUnavailableError``); other errors propagate."""
+        while not stop.is_set():
+            try:
+                session()
+                return
+            except SourceUnavailableError as exc:
+                if not self.wait(exc, stop):
+                    return

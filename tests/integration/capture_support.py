@@ -118,3 +118,40 @@ def sql(dsn: str, *statements: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         for s in statements:
             c.execute(s)
+
+
+def my_capture(dsn: str, state_dir: Any, *specs: Any, **options: Any) -> Capture:
+    """A binlog capture of source ``pay`` (tables ``specs``, default <db>.subs keyed by id)."""
+    from connectors.capture import make_capture
+    from state_models.registry import Registry, Source, TableSpec, table_infos
+
+    db = dsn.rsplit("/", 1)[1]
+    source = Source(
+        kind="mysql",
+        engine="binlog",
+        dsn=dsn,
+        tables=list(specs) or [TableSpec(name=f"{db}.subs")],
+        snapshot=options.pop("snapshot", "initial"),
+        gtid=options.pop("gtid", False),
+    )
+    infos = table_infos(Registry(sources={"pay": source}), "pay")
+    return make_capture("pay", source, infos, state_dir, **options)
+
+
+def mysql(server: Any, db: str, *statements: str) -> None:
+    """Run statements on a MariaDB/MySQL test server, each committed on its own."""
+    for s in statements:
+        server.execute(s, database=db)
+
+
+def mysql_transaction(dsn: str, *statements: str) -> None:
+    """Run statements as one transaction on the MySQL/MariaDB database of ``dsn``."""
+    import pymysql
+
+    from connectors.sources import mysql_params
+
+    with pymysql.connect(autocommit=False, **mysql_params(dsn)) as conn:
+        with conn.cursor() as cur:
+            for s in statements:
+                cur.execute(s)
+        conn.commit()

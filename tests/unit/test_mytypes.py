@@ -1,0 +1,104 @@
+"""MySQL/MariaDB values from either driver -> one canonical value, and back to Debezium's wire form."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+
+from connectors.capture.binlog import GtidState
+from connectors.capture.binlogs import BinlogStatus, default_server_id
+from connectors.capture.mytypes import (
+    ColumnSpec,
+    my_type,
+    spec_from_binlog,
+    spec_from_information_schema,
+)
+from state_models.debezium import convert_value
+
+
+def _roundtrip(spec: ColumnSpec, driver_value: object) -> object:
+    """canonical value, checked to decode back to itself from the wire form."""
+    t = my_type(spec)
+    canonical = t.parse(driver_value)
+    wire = t.wire(canonical) if t.wire else canonical
+    field = {**t.schema, "field": "x"}
+    assert convert_value(wire, field, None) == canonical
+    return canonical
+
+
+@pytest.mark.parametrize(
+    ("spec", "snapshot_value", "binlog_value", "canonical"),
+    [
+        (ColumnSpec("decimal", precision=10, scale=2), Decimal("9.99"), Decimal("9.99"), Decimal("9.99")),
+        (ColumnSpec("float"), 1.1, 1.100000023841858, 1.1),
+        (ColumnSpec("datetime", fsp=6), dt.datetime(2026, 1, 2, 3, 4, 5, 6), dt.datetime(2026, 1, 2, 3, 4, 5, 6), "2026-01-02T03:04:05.000006"),
+        (ColumnSpec("datetime"), dt.datetime(2026, 1, 2, 3, 4, 5), dt.datetime(2026, 1, 2, 3, 4, 5), "2026-01-02T03:04:05.000000"),
+        (ColumnSpec("timestamp", fsp=3), dt.datetime(2026, 1, 2, 3, 4, 5, 123000), dt.datetime(2026, 1, 2, 3, 4, 5, 123000), "2026-01-02T03:04:05.123Z"),
+        (ColumnSpec("timestamp"), dt.datetime(2026, 1, 2, 3, 4, 5), dt.datetime(2026, 1, 2, 3, 4, 5), "2026-01-02T03:04:05Z"),
+        (ColumnSpec("date"), dt.date(2026, 2, 3), dt.date(2026, 2, 3), "2026-02-03"),
+        (ColumnSpec("date"), "0000-00-00", None, None),
+        (ColumnSpec("time", fsp=6), dt.timedelta(hours=25, microseconds=5), dt.timedelta(hours=25, microseconds=5), "01:00:00.000005"),
+        (ColumnSpec("set", labels=("p", "q", "r")), "p,r", {"r", "p"}, "p,r"),
+        (ColumnSpec("enum", labels=("x", "y")), "y", "y", "y"),
+        (ColumnSpec("bit", precision=1), b"\x01", "1", True),
+        (ColumnSpec("bit", precision=10), b"\x02\x01", "1000000001", "AQI="),
+        (ColumnSpec("blob", binary=True), b"\x00\xff", b"\x00\xff", "AP8="),
+        (ColumnSpec("json"), '{"k": [1]}', {b"k": [1]}, '{"k": [1]}'),
+        (ColumnSpec("year"), 2024, 2024, 2024),
+        (ColumnSpec("bigint", unsigned=True), 2**64 - 1, 2**64 - 1, 2**64 - 1),
+    ],
+)  # fmt: skip
+def test_snapshot_and_binlog_values_meet_in_one_canonical_value(
+    spec: ColumnSpec, snapshot_value: object, binlog_value: object, canonical: object
+) -> None:
+    if snapshot_value is not None and binlog_value is not None:
+        assert _roundtrip(spec, snapshot_value) == canonical
+        assert _roundtrip(spec, binlog_value) == canonical
+    else:
+        assert (
+            my_type(spec).parse(snapshot_value if binlog_value is None else binlog_value)
+            == canonical
+        )
+
+
+def test_information_schema_and_table_map_describe_a_column_alike() -> None:
+    info = spec_from_information_schema("enum", "enum('a','it''s')", None, None, None, "utf8mb4")
+    assert info.labels == ("a", "it's")
+    assert spec_from_information_schema("int", "int(10) unsigned", 10, 0, None, None).unsigned
+    column = SimpleNamespace(
+        type=246, precision=12, decimals=2, unsigned=False, character_set_name=None, fsp=0
+    )
+    assert my_type(spec_from_binlog(column)) == my_type(
+        spec_from_information_schema("decimal", "decimal(12,2)", 12, 2, None, None)
+    )
+    text = SimpleNamespace(type=252, unsigned=False, character_set_name="utf8")
+    blob = SimpleNamespace(type=252, unsigned=False, character_set_name="binary")
+    assert my_type(spec_from_binlog(text)).schema == {"type": "string"}
+    assert my_type(spec_from_binlog(blob)).schema == {"type": "bytes"}
+
+
+def test_gtid_state_keeps_the_last_gtid_of_each_mariadb_domain() -> None:
+    state = GtidState("0-1-5,1-2-9", mariadb=True)
+    state.add("0-1-6")
+    state.add("2-1-1")
+    assert state.text() == "0-1-6,1-2-9,2-1-1"
+    assert GtidState(None, mariadb=True).text() is None
+
+
+def test_binlog_lag_and_a_purged_file() -> None:
+    files = [("mysql-bin.000002", 1000), ("mysql-bin.000003", 500)]
+    status = BinlogStatus(
+        files, "mysql-bin.000003", 500, "0-1-9", {"file": "mysql-bin.000002", "pos": 400}
+    )
+    assert status.lag_bytes == 600 + 500 and not status.purged and not status.warnings("pay")
+    gone = BinlogStatus(
+        files, "mysql-bin.000003", 500, None, {"file": "mysql-bin.000001", "pos": 4}
+    )
+    assert gone.purged and gone.lag_bytes is None
+    assert "re-snapshot the source" in gone.warnings("pay")[0]
+    assert 1 <= default_server_id("pay") < 2**32 and default_server_id("pay") == default_server_id(
+        "pay"
+    )
