@@ -1,9 +1,10 @@
 """`cdc run` survives SIGKILL: the `_current` view ends equal to the source, one version per change.
 
 A workload of inserts, updates and deletes (each audited by a trigger in the same transaction, so
-the audit table lists every committed change) runs against a throwaway PostgreSQL while `cdc run`
-is killed with SIGKILL twice and restarted. At the end the state table must hold exactly one
-version per committed change of each key, and its `_current` view must equal the source table.
+the audit table lists every committed change) runs against a throwaway source while `cdc run` is
+killed with SIGKILL twice and restarted: PostgreSQL captured by pgoutput, and MariaDB captured by
+the binlog reader. At the end the state table must hold exactly one version per committed change
+of each key, and its `_current` view must equal the source table.
 """
 
 from __future__ import annotations
@@ -17,18 +18,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pymysql
 import pytest
 
 from cdc.config import load_config
+from connectors.sources import mysql_params
 from connectors.warehouse import open_warehouse
 from state_models.scd2 import TableDef
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SCHEMA = """
+PG_SCHEMA = """
 CREATE TABLE public.accounts (id bigint PRIMARY KEY, balance numeric(12,2) NOT NULL, note text);
 CREATE TABLE public.audit (n bigserial PRIMARY KEY, id bigint NOT NULL, op text NOT NULL);
 CREATE FUNCTION public.audit_accounts() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -39,6 +45,68 @@ END $$;
 CREATE TRIGGER accounts_audit AFTER INSERT OR UPDATE OR DELETE ON public.accounts
   FOR EACH ROW EXECUTE FUNCTION public.audit_accounts();
 """
+
+MARIADB_SCHEMA = [
+    "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance DECIMAL(12,2) NOT NULL, note TEXT)",
+    "CREATE TABLE audit (n BIGINT AUTO_INCREMENT PRIMARY KEY, id BIGINT NOT NULL, op VARCHAR(8) NOT NULL)",
+    *(
+        f"CREATE TRIGGER accounts_{op.lower()} AFTER {op} ON accounts FOR EACH ROW "
+        f"INSERT INTO audit (id, op) VALUES ({row}.id, '{op}')"
+        for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD"))
+    ),
+]
+
+
+@dataclass
+class Source:
+    """One source database of the test: its registry entry, a connection, a query."""
+
+    registry: str  # the `billing:` source entry of cdc.yaml
+    table: str  # registered table id
+    connect: Callable[[], Any]  # a DB-API connection, autocommit off
+    query: Callable[[str], list[tuple[Any, ...]]]
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def source(request: pytest.FixtureRequest) -> Source:
+    if request.param == "postgres":
+        postgres, dsn = request.getfixturevalue("postgres"), request.getfixturevalue("pg_database")
+        db = dsn.rsplit("/", 1)[1]
+        postgres.execute(PG_SCHEMA, database=db)
+        return Source(
+            registry=f"""
+    kind: postgres
+    engine: pgoutput
+    dsn: {dsn}
+    slot: cdc_crash_{db}
+    publication: cdc_crash_{db}
+    tables:
+      - name: public.accounts
+        primary_key: [id]
+        columns: {{id: bigint, balance: "numeric(12,2)", note: text}}
+""",
+            table="billing.public.accounts",
+            connect=lambda: psycopg.connect(dsn),
+            query=lambda sql: postgres.execute(sql.replace("{t}", "public."), database=db),
+        )
+    mariadb, db = request.getfixturevalue("mariadb"), request.getfixturevalue("mysql_database")
+    for statement in MARIADB_SCHEMA:
+        mariadb.execute(statement, database=db)
+    dsn = mariadb.dsn(db)
+    return Source(
+        registry=f"""
+    kind: mysql
+    engine: binlog
+    dsn: {dsn}
+    tables:
+      - name: {db}.accounts
+        primary_key: [id]
+        columns: {{id: bigint, balance: "decimal(12,2)", note: text}}
+""",
+        table=f"billing.{db}.accounts",
+        connect=lambda: pymysql.connect(autocommit=False, **mysql_params(dsn)),
+        query=lambda sql: mariadb.execute(sql.replace("{t}", ""), database=db),
+    )
 
 
 def start_run(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -81,62 +149,55 @@ def wait_streaming(state: Path, proc: subprocess.Popen[bytes], timeout: float = 
     raise TimeoutError("cdc run did not start streaming")
 
 
-def workload(dsn: str, n: int, seed: int, done: threading.Event) -> None:
+def workload(source: Source, n: int, seed: int, done: threading.Event) -> None:
     rng = random.Random(seed)
     live: set[int] = set()
     next_id = 1
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    conn = source.connect()
+    try:
+        cur = conn.cursor()
         for i in range(n):
             choice = rng.random()
-            with conn.transaction():
-                if not live or choice < 0.35:
-                    conn.execute(
-                        "INSERT INTO public.accounts VALUES (%s, %s, %s)",
-                        (next_id, rng.randint(0, 999), f"n{i}"),
+            if not live or choice < 0.35:
+                cur.execute(
+                    "INSERT INTO accounts VALUES (%s, %s, %s)",
+                    (next_id, rng.randint(0, 999), f"n{i}"),
+                )
+                live.add(next_id)
+                next_id += 1
+            elif choice < 0.85:
+                for key in rng.sample(sorted(live), min(len(live), rng.randint(1, 3))):
+                    cur.execute(
+                        "UPDATE accounts SET balance = balance + 1, note = %s WHERE id = %s",
+                        (f"u{i}", key),
                     )
-                    live.add(next_id)
-                    next_id += 1
-                elif choice < 0.85:
-                    for key in rng.sample(sorted(live), min(len(live), rng.randint(1, 3))):
-                        conn.execute(
-                            "UPDATE public.accounts SET balance = balance + 1, note = %s WHERE id = %s",
-                            (f"u{i}", key),
-                        )
-                else:
-                    key = rng.choice(sorted(live))
-                    conn.execute("DELETE FROM public.accounts WHERE id = %s", (key,))
-                    live.discard(key)
+            else:
+                key = rng.choice(sorted(live))
+                cur.execute("DELETE FROM accounts WHERE id = %s", (key,))
+                live.discard(key)
+            conn.commit()
             time.sleep(0.004)
-        conn.execute("INSERT INTO public.accounts VALUES (-1, 0, 'end of workload')")
+        cur.execute("INSERT INTO accounts VALUES (-1, 0, 'end of workload')")
+        conn.commit()
+    finally:
+        conn.close()
     done.set()
 
 
-def test_cdc_run_killed_twice_loses_and_doubles_nothing(postgres, pg_database, tmp_path):
-    db = pg_database.rsplit("/", 1)[1]
-    postgres.execute(SCHEMA, database=db)
+def test_cdc_run_killed_twice_loses_and_doubles_nothing(source: Source, tmp_path: Path) -> None:
     config = tmp_path / "cdc.yaml"
     config.write_text(f"""
 changelog: ./changelog
 warehouse: duckdb:///warehouse.duckdb
 state_dir: ./state
 sources:
-  billing:
-    kind: postgres
-    engine: pgoutput
-    dsn: {pg_database}
-    slot: cdc_crash_{db}
-    publication: cdc_crash_{db}
-    tables:
-      - name: public.accounts
-        primary_key: [id]
-        columns: {{id: bigint, balance: "numeric(12,2)", note: text}}
-""")
+  billing:{source.registry}""")
     state, log = tmp_path / "state", tmp_path / "run.log"
     proc = start_run(config, log)
     try:
         wait_streaming(state, proc)
         done = threading.Event()
-        writer = threading.Thread(target=workload, args=(pg_database, 1500, 11, done))
+        writer = threading.Thread(target=workload, args=(source, 1500, 11, done))
         writer.start()
         for pause in (2.0, 2.5):  # two hard kills while the workload runs
             time.sleep(pause)
@@ -154,7 +215,7 @@ sources:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(120) == 0, log.read_text()[-3000:]
             wh = open_warehouse(cfg.warehouse_url)
-            table = TableDef.from_registered(cfg.registry.table("billing.public.accounts"))
+            table = TableDef.from_registered(cfg.registry.table(source.table))
             current = wh.current(table)
             history = wh.history(table)
             wh.close()
@@ -168,15 +229,12 @@ sources:
             proc.wait()
 
     source_rows = {
-        r[0]: (r[1], r[2])
-        for r in postgres.execute("SELECT id, balance, note FROM public.accounts", database=db)
+        r[0]: (r[1], r[2]) for r in source.query("SELECT id, balance, note FROM {t}accounts")
     }
     assert {r["id"]: (r["balance"], r["note"]) for r in current} == source_rows
 
     audit: dict[int, int] = {}
-    for key, count in postgres.execute(
-        "SELECT id, count(*) FROM public.audit GROUP BY id", database=db
-    ):
+    for key, count in source.query("SELECT id, count(*) FROM {t}audit GROUP BY id"):
         audit[key] = count
     versions: dict[int, int] = {}
     for r in history:
