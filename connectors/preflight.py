@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,12 +35,15 @@ def default_publication(source_name: str, source: Source) -> str:
     return source.publication or f"cdc_{source_name}"
 
 
-def preflight(source_name: str, source: Source) -> list[Check]:
-    """Run every check for one source. A source that cannot be reached is one failed check."""
+def preflight(source_name: str, source: Source, state_dir: str | Path | None = None) -> list[Check]:
+    """Run every check for one source. A source that cannot be reached is one failed check.
+
+    With ``state_dir``, a binlog capture's stored position is checked against the server too.
+    """
     try:
         if source.kind == "postgres":
             return check_postgres(source_name, source)
-        return check_mysql(source_name, source)
+        return check_mysql(source_name, source, state_dir)
     except SourceUnavailableError as exc:
         return [
             Check(
@@ -263,7 +267,9 @@ def _pg_ident(name: str) -> str:
 # --------------------------------------------------------------------------- MySQL / MariaDB
 
 
-def check_mysql(source_name: str, source: Source) -> list[Check]:
+def check_mysql(
+    source_name: str, source: Source, state_dir: str | Path | None = None
+) -> list[Check]:
     import pymysql
 
     params = mysql_params(require_dsn(source, source_name))
@@ -307,6 +313,9 @@ def check_mysql(source_name: str, source: Source) -> list[Check]:
                     "start the server with log_bin (my.cnf [mysqld]: log_bin = mysql-bin, server_id = 1) and restart",
                 )
             )
+
+        if log_bin in ("ON", "1"):
+            add(_binlog_check(source_name, source, cur, mariadb, state_dir))
 
         expected = {
             "binlog_format": ("ROW", "row events carry the changed rows; STATEMENT/MIXED do not"),
@@ -411,3 +420,49 @@ def check_mysql(source_name: str, source: Source) -> list[Check]:
                     )
                 )
     return checks
+
+
+def _binlog_check(
+    source_name: str, source: Source, cur: Any, mariadb: bool, state_dir: str | Path | None
+) -> Check:
+    """Where the server's binlog stands, how long it is kept, and (given the state dir) whether
+    the binlog capture's stored position is still on the server and how far behind it is."""
+    from connectors.capture.binlogs import read_binlogs, resnapshot_fix
+
+    stored = None
+    if state_dir is not None and source.engine == "binlog":
+        from connectors.capture.offsets import OffsetStore
+
+        try:
+            stored = OffsetStore(state_dir, source_name, "binlog").load()
+        except Exception:  # an unreadable offset file is the capture's to report
+            stored = None
+    status = read_binlogs(cur, mariadb, stored)
+    kept = sum(size for _, size in status.files)
+    cur.execute(
+        "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
+        "('expire_logs_days', 'binlog_expire_logs_seconds')"
+    )
+    expiry = ", ".join(f"{k}={v}" for k, v in cur.fetchall())
+    detail = (
+        f"{status.describe()}; {len(status.files)} binlog file(s), {kept / 2**20:.1f} MiB kept"
+        + (f" ({expiry})" if expiry else "")
+    )
+    if status.purged:
+        return Check(
+            source_name,
+            "binlog position",
+            "fail",
+            status.warnings(source_name)[0],
+            resnapshot_fix(source_name),
+        )
+    warnings = status.warnings(source_name)
+    if warnings:
+        return Check(
+            source_name,
+            "binlog position",
+            "warn",
+            f"{detail}; {warnings[0]}",
+            "start the capture (`cdc run`) so that it catches up",
+        )
+    return Check(source_name, "binlog position", "ok", detail)

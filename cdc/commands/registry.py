@@ -99,7 +99,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"no source {n!r} in {cfg.path} (sources: {', '.join(cfg.registry.sources)})"
             )
-    checks = [c for n in names for c in preflight(n, cfg.registry.sources[n])]
+    checks = [c for n in names for c in preflight(n, cfg.registry.sources[n], cfg.state_dir)]
     if args.format == "json":
         print(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

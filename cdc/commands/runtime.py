@@ -340,6 +340,15 @@ def _capture_status(
                 warnings.extend(f"{name}: {w}" for w in slot.warnings())
             except Exception as exc:  # the source may be down; say so and go on
                 detail.append(f"slot: {type(exc).__name__}: {exc}")
+        elif source.engine == "binlog":
+            try:
+                from connectors.capture.binlogs import binlog_status
+
+                binlog = binlog_status(name, source, stored)
+                detail.append(f"binlog: {binlog.describe()}")
+                warnings.extend(f"{name}: {w}" for w in binlog.warnings(name))
+            except Exception as exc:  # the source may be down; say so and go on
+                detail.append(f"binlog: {type(exc).__name__}: {exc}")
         lag = rt.get("lag_s")
         rows.append(
             {

@@ -349,3 +349,49 @@ def test_capture_survives_a_source_restart(mariadb_factory: Any, tmp_path: Path)
         r.wait_events(2, timeout=60)
         r.stop()
     assert [e.key["id"] for e in r.sink.events] == [1, 2]
+
+
+def test_binlog_position_and_lag_show_in_preflight_and_a_purged_position_fails_it(
+    mariadb_factory: Any, tmp_path: Path
+) -> None:
+    from cdc.commands.runtime import collect_status
+    from cdc.config import load_config
+    from connectors.capture.binlogs import binlog_status
+    from connectors.preflight import preflight
+
+    server = mariadb_factory()
+    server.execute("CREATE DATABASE shop")
+    server.execute("CREATE TABLE shop.subs (id BIGINT PRIMARY KEY, plan VARCHAR(20) NOT NULL)")
+    capture = _capture(server.dsn("shop"), tmp_path, snapshot="never")
+    with running(capture) as r:
+        r.wait_streaming()
+        r.stop()
+    server.execute("INSERT INTO shop.subs VALUES (1, 'x'), (2, 'y')")
+    stored = capture.offsets.load()
+    status = binlog_status("pay", capture.source, stored)
+    assert status.lag_bytes and 0 < status.lag_bytes < 10_000 and not status.purged
+    check = next(
+        c for c in preflight("pay", capture.source, tmp_path) if c.name == "binlog position"
+    )
+    assert (
+        check.status == "ok" and "MiB behind" in check.detail and "stored position" in check.detail
+    )
+
+    config = tmp_path / "cdc.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path}\nwarehouse: duckdb:///{tmp_path}/w.duckdb\nsources:\n"
+        f"  pay:\n    kind: mysql\n    engine: binlog\n    dsn: {server.dsn('shop')}\n"
+        "    tables:\n      - name: shop.subs\n"
+    )
+    row = collect_status(load_config(config))["captures"][0]
+    assert "binlog: server at mysql-bin." in row["detail"] and "MiB behind" in row["detail"]
+
+    server.execute("FLUSH BINARY LOGS")
+    newest = server.execute("SHOW MASTER STATUS")[0][0]
+    server.execute(f"PURGE BINARY LOGS TO '{newest}'")
+    assert any("purged" in w for w in collect_status(load_config(config))["warnings"])
+    check = next(
+        c for c in preflight("pay", capture.source, tmp_path) if c.name == "binlog position"
+    )
+    assert check.status == "fail" and "purged" in check.detail
+    assert "delete its offsets" in check.fix
