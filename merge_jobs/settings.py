@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from state_models.registry import Registry, table_infos
 from state_models.scd2 import TableDef
@@ -17,6 +17,15 @@ from state_models.tables import TableInfo
 DEFAULT_BATCH_SIZE = 5000
 DEFAULT_BATCH_MAX_LATENCY_S = 1.0
 DEFAULT_CHANGELOG_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class DatastreamSource:
+    """An ``engine: datastream`` source: where its files are, and how to decode them."""
+
+    name: str
+    kind: Literal["mysql", "postgres"]
+    root: str  # gs://<bucket>/<prefix>/<source>, or the registry's datastream.output
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class JobSettings:
     batch_max_latency_s: float = DEFAULT_BATCH_MAX_LATENCY_S
     changelog_window_s: float = DEFAULT_CHANGELOG_WINDOW_S
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    datastream: tuple[DatastreamSource, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

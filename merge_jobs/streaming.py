@@ -4,7 +4,10 @@
 
     ReadFromPubSub (each subscription, with attributes) ─ Flatten ─ DecodeMessages
         ├─ events ─ WriteChangelog       (fixed windows per table -> immutable Parquet files)
-        ├─ events ─ MergeIntoWarehouse   (per-table micro-batches -> one MERGE each)
+        ├─ events ─┬─ MergeIntoWarehouse (per-table micro-batches -> one MERGE each)
+        │          │
+    Datastream files (GCS notifications or a polled pattern) ─ ReadDatastreamFiles
+        │          └─ events (their files are the changelog already: not copied)
         └─ dead letters (decode, changelog, merge) ─ StoreDeadLetters (store + dead-letter topic)
 
 Delivery is at least once end to end: Pub/Sub redelivers what was not acknowledged, and the
@@ -26,8 +29,17 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 
 from connectors.warehouse import Warehouse
+from merge_jobs.datastream import (
+    DEFAULT_POLL_S,
+    NotifiedFiles,
+    ReadDatastreamFiles,
+    WatchedFiles,
+    check_pattern,
+)
 from merge_jobs.settings import JobSettings
 from merge_jobs.transforms import (
+    DEAD_LETTERS,
+    EVENTS,
     DecodeMessages,
     MergeIntoWarehouse,
     StoreDeadLetters,
@@ -51,41 +63,98 @@ def build_streaming(
     settings: JobSettings,
     subscriptions: Sequence[str],
     *,
+    datastream_notifications: Sequence[str] = (),
+    datastream_files: Sequence[str] = (),
+    datastream_poll_s: float = DEFAULT_POLL_S,
+    datastream_poll_until: Any = None,
     warehouse: Callable[[], Warehouse] | None = None,
     publisher: Callable[[], Any] | None = None,
 ) -> StreamingOutputs:
-    """Add the streaming merge job's steps to ``pipeline`` (which must run in streaming mode)."""
-    if not subscriptions:
+    """Add the streaming merge job's steps to ``pipeline`` (which must run in streaming mode).
+
+    ``subscriptions`` carry Debezium messages; ``datastream_notifications`` (subscriptions of GCS
+    notifications) and ``datastream_files`` (file patterns, polled) bring the files of the
+    registry's ``engine: datastream`` sources (``merge_jobs.datastream``); the patterns are polled
+    every ``datastream_poll_s`` seconds, until ``datastream_poll_until`` (a Beam ``Timestamp``) if
+    given.
+    """
+    if not (subscriptions or datastream_notifications or datastream_files):
         raise ValueError(
-            "no Pub/Sub subscription to read: pass --subscription, or add a pubsub: section to the "
-            "registry and run `cdc pubsub setup`"
+            "nothing to read: pass --subscription (or add a pubsub: section to the registry and "
+            "run `cdc pubsub setup`), --datastream-notifications or --datastream-files"
         )
-    reads = [
-        pipeline | f"Read {_short(sub)}" >> ReadFromPubSub(subscription=sub, with_attributes=True)
-        for sub in subscriptions
-    ]
-    messages = reads[0] if len(reads) == 1 else reads | "Messages" >> beam.Flatten()
-    decoded = messages | "Decode" >> DecodeMessages(settings.tables)
-    files, changelog_rejects = decoded.events | "Changelog" >> WriteChangelog(
-        settings.changelog_root,
-        window_s=settings.changelog_window_s,
-        storage_options=settings.storage_options,
+    merge_inputs, letters = [], []
+    changelog_files = None
+    if subscriptions:
+        reads = [
+            pipeline
+            | f"Read {_short(sub)}" >> ReadFromPubSub(subscription=sub, with_attributes=True)
+            for sub in subscriptions
+        ]
+        messages = reads[0] if len(reads) == 1 else reads | "Messages" >> beam.Flatten()
+        decoded = messages | "Decode" >> DecodeMessages(settings.tables)
+        changelog_files, changelog_rejects = decoded.events | "Changelog" >> WriteChangelog(
+            settings.changelog_root,
+            window_s=settings.changelog_window_s,
+            storage_options=settings.storage_options,
+        )
+        merge_inputs.append(decoded.events)
+        letters += [decoded.dead_letters, changelog_rejects]
+    if datastream_notifications or datastream_files:
+        merge_inputs.append(
+            _datastream_events(
+                pipeline,
+                settings,
+                datastream_notifications,
+                datastream_files,
+                (datastream_poll_s, datastream_poll_until),
+                letters,
+            )
+        )
+    events = (
+        merge_inputs[0] if len(merge_inputs) == 1 else merge_inputs | "AllEvents" >> beam.Flatten()
     )
-    reports, merge_rejects = decoded.events | "Merge" >> MergeIntoWarehouse(
+    reports, merge_rejects = events | "Merge" >> MergeIntoWarehouse(
         warehouse or WarehouseConnector(settings.warehouse_url),
         settings.table_defs,
         batch_size=settings.batch_size,
         max_latency_s=settings.batch_max_latency_s,
     )
-    letters = (
-        decoded.dead_letters,
-        changelog_rejects,
-        merge_rejects,
-    ) | "AllDeadLetters" >> beam.Flatten()
-    _ = letters | "DeadLetters" >> StoreDeadLetters(
+    all_letters = (*letters, merge_rejects) | "AllDeadLetters" >> beam.Flatten()
+    _ = all_letters | "DeadLetters" >> StoreDeadLetters(
         settings.dead_letter_folder, settings.dead_letter_topic, publisher
     )
-    return StreamingOutputs(decoded.events, files, reports, letters)
+    return StreamingOutputs(events, changelog_files, reports, all_letters)
+
+
+def _datastream_events(
+    pipeline: beam.Pipeline,
+    settings: JobSettings,
+    notifications: Sequence[str],
+    patterns: Sequence[str],
+    polling: tuple[float, Any],
+    letters: list[Any],
+) -> Any:
+    """The events of new Datastream files, keyed by table; their dead letters join ``letters``."""
+    if not settings.datastream:
+        raise ValueError(
+            "Datastream input given, but the registry has no engine: datastream source"
+        )
+    for pattern in patterns:
+        check_pattern(pattern, settings.datastream)
+    urls = []
+    for sub in notifications:
+        files, rejects = pipeline | f"Notifications {_short(sub)}" >> NotifiedFiles(
+            sub, settings.datastream
+        )
+        urls.append(files)
+        letters.append(rejects)
+    for n, pattern in enumerate(patterns):
+        urls.append(pipeline | f"Watch {n}" >> WatchedFiles(pattern, *polling))
+    all_urls = urls[0] if len(urls) == 1 else urls | "DatastreamFiles" >> beam.Flatten()
+    read = all_urls | "Datastream" >> ReadDatastreamFiles(settings.datastream, settings.tables)
+    letters.append(read[DEAD_LETTERS])
+    return read[EVENTS]
 
 
 def _short(subscription: str) -> str:

@@ -41,6 +41,27 @@ def add_commands(add: AddCommand) -> None:
         "section",
     )
     s.add_argument(
+        "--datastream-notifications",
+        action="append",
+        metavar="SUB",
+        help="subscription of the GCS notifications (OBJECT_FINALIZE) of the bucket Datastream "
+        "writes to: read each new file of the registry's engine: datastream sources (repeatable)",
+    )
+    s.add_argument(
+        "--datastream-files",
+        action="append",
+        metavar="PATTERN",
+        help="or poll a file pattern for new Datastream files, e.g. "
+        "gs://acme-cdc-datastream/datastream/shop/** (repeatable; files already there are read "
+        "at start)",
+    )
+    s.add_argument(
+        "--datastream-poll",
+        type=float,
+        metavar="SECONDS",
+        help="how often --datastream-files is matched (default 60)",
+    )
+    s.add_argument(
         "--dead-letter-topic",
         help="topic for dead letters (id or projects/P/topics/T; default: the registry's; "
         "'none' for none)",
@@ -129,6 +150,7 @@ def _usage(args: argparse.Namespace) -> int:
 def cmd_streaming(args: argparse.Namespace) -> int:
     import apache_beam as beam
 
+    from merge_jobs.datastream import DEFAULT_POLL_S
     from merge_jobs.settings import dead_letter_topic_of, subscriptions_of
     from merge_jobs.streaming import build_streaming
 
@@ -145,20 +167,44 @@ def cmd_streaming(args: argparse.Namespace) -> int:
     subscriptions = [
         _path(s, "subscriptions", args.project, registry) for s in (args.subscription or [])
     ] or subscriptions_of(registry)
-    if not subscriptions:
+    notifications = [
+        _path(s, "subscriptions", args.project, registry)
+        for s in (args.datastream_notifications or [])
+    ]
+    patterns = args.datastream_files or []
+    if not (subscriptions or notifications or patterns):
         raise ConfigError(
-            "no subscription to read: pass --subscription, or add a pubsub: section to "
-            f"{cfg.path} and run `cdc pubsub setup`"
+            "no subscription to read: pass --subscription (or add a pubsub: section to "
+            f"{cfg.path} and run `cdc pubsub setup`), or --datastream-notifications / "
+            "--datastream-files for engine: datastream sources"
         )
+    if (notifications or patterns) and not settings.datastream:
+        raise ConfigError(
+            f"--datastream-notifications/--datastream-files: {cfg.path} has no engine: datastream "
+            "source with a datastream: section (bucket, prefix) to read files for"
+        )
+    if args.datastream_poll is not None and args.datastream_poll <= 0:
+        raise ConfigError("--datastream-poll must be positive seconds")
     options = _pipeline_options(args, streaming=True)
     pipeline = beam.Pipeline(options=options)
-    build_streaming(pipeline, settings, subscriptions)
+    try:
+        build_streaming(
+            pipeline,
+            settings,
+            subscriptions,
+            datastream_notifications=notifications,
+            datastream_files=patterns,
+            datastream_poll_s=args.datastream_poll or DEFAULT_POLL_S,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     result = pipeline.run()
     if args.runner == DATAFLOW:
         _print_dataflow(result, args, streaming=True)
         return EXIT_OK
     print(
-        f"streaming {len(subscriptions)} subscription(s) into {settings.warehouse_url} on the "
+        f"streaming {len(subscriptions)} subscription(s) and "
+        f"{len(notifications) + len(patterns)} Datastream input(s) into {settings.warehouse_url} on the "
         "DirectRunner; Ctrl-C stops (events still buffered are not merged: the DirectRunner "
         "acknowledges Pub/Sub messages as it pulls them)",
         file=sys.stderr,
@@ -240,6 +286,7 @@ def _settings(cfg: LoadedConfig, args: argparse.Namespace, dead_letter_topic: st
         DEFAULT_BATCH_MAX_LATENCY_S,
         DEFAULT_BATCH_SIZE,
         DEFAULT_CHANGELOG_WINDOW_S,
+        DatastreamSource,
         JobSettings,
         registered_tables,
     )
@@ -264,6 +311,11 @@ def _settings(cfg: LoadedConfig, args: argparse.Namespace, dead_letter_topic: st
             batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
             batch_max_latency_s=args.batch_max_latency or DEFAULT_BATCH_MAX_LATENCY_S,
             changelog_window_s=window or DEFAULT_CHANGELOG_WINDOW_S,
+            datastream=tuple(
+                DatastreamSource(name, source.kind, cfg.datastream_output(name))
+                for name, source in cfg.registry.sources.items()
+                if source.engine == "datastream" and source.datastream is not None
+            ),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

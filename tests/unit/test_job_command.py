@@ -157,3 +157,28 @@ def test_the_package_dataflow_workers_install_builds_offline(tmp_path: Path) -> 
         "pyproject.toml",
     ):
         assert module in names
+
+
+def test_datastream_inputs_need_a_datastream_source_and_a_pattern_inside_its_folder(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["job", "streaming", "--config", str(config), "--datastream-files", "/x/**"]
+    assert main(args) == 2
+    assert "no engine: datastream source" in capsys.readouterr().err
+
+    with_stream = tmp_path / "ds.yaml"
+    with_stream.write_text(
+        REGISTRY
+        + """
+  shop:
+    kind: mysql
+    engine: datastream
+    dsn: mysql://datastream@10.0.0.5/shop
+    tables: [{name: shop.orders, primary_key: [id]}]
+    datastream: {project: p, location: us-central1, bucket: acme-ds, output: ./ds/shop}
+"""
+    )
+    args = ["job", "streaming", "--config", str(with_stream), "--datastream-files", "/x/**"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "outside every Datastream source's folder" in err and str(tmp_path / "ds/shop") in err
