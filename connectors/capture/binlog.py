@@ -117,11 +117,19 @@ class Shape:
     key: tuple[str, ...]
     envelope: TableEnvelope | None
 
+    def __post_init__(self) -> None:
+        # columns whose driver values are already canonical (integers) are copied as they are
+        self._parsers = [
+            (n, t.parse) for n, t in zip(self.names, self.types, strict=True) if not t.exact
+        ]
+
     def image(self, values: dict[str, Any]) -> dict[str, Any]:
-        return {
-            n: None if (v := values.get(n)) is None else t.parse(v)
-            for n, t in zip(self.names, self.types, strict=True)
-        }
+        out = {n: values.get(n) for n in self.names}
+        for n, parse in self._parsers:
+            v = out[n]
+            if v is not None:
+                out[n] = parse(v)
+        return out
 
 
 def make_shape(
@@ -258,8 +266,9 @@ class BinlogDecoder:
             return
         ts = int(ev.timestamp) * 1_000_000
         server_id = int(ev.packet.server_id)
+        prefix = binlog_seq(self.file_no, start, 0)[:-16]  # seq of row i: prefix + i in hex
         for i, row in enumerate(ev.rows):
-            seq = binlog_seq(self.file_no, start, i)
+            seq = f"{prefix}{i:016x}"
             if self._skip_to is not None:
                 if seq <= self._skip_to:
                     continue

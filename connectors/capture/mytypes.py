@@ -63,6 +63,7 @@ class MyType:
     schema: dict[str, Any]
     wire: Wire | None = None
     supported: bool = True
+    exact: bool = False  # both drivers already hand over the canonical value: no parse needed
 
 
 # --------------------------------------------------------------------------- parsers
@@ -215,7 +216,7 @@ def my_type(spec: ColumnSpec) -> MyType:
     if t == "integer":
         t = "int"
     if (t, spec.unsigned) in _INTS:
-        return MyType(t, _int, s(_INTS[(t, spec.unsigned)]))
+        return MyType(t, _int, s(_INTS[(t, spec.unsigned)]), exact=True)
     if t in ("decimal", "numeric"):
         precision, scale = spec.precision or 10, spec.scale or 0
         return MyType(
