@@ -201,7 +201,10 @@ class BinlogDecoder:
         if isinstance(ev, RotateEvent):
             self.file = ev.next_binlog
             self.file_no = binlog_file_number(self.file)
-            if not self.in_tx:
+            done_at = (binlog_file_number(self.done[0]), self.done[1])
+            # a real rotate moves on to the next file; the one a GTID resume starts with may name
+            # the file's start, which is no progress
+            if not self.in_tx and (self.file_no, int(ev.position)) > done_at:
                 self.done = (self.file, int(ev.position))
             return
         end = int(ev.packet.log_pos)

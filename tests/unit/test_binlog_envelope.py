@@ -68,3 +68,69 @@ def test_our_envelope_of_a_documented_change_decodes_to_the_same_event() -> None
             golden.op.value, golden.before, golden.after, source, golden.commit_ts
         )
         assert decode_debezium(rendered, resolve) == golden
+
+
+def _event(cls: type, end: int, size: int, **attrs: object) -> object:
+    """A mysql-replication event as the stream hands it over, without a packet to parse."""
+    from types import SimpleNamespace
+
+    ev = cls.__new__(cls)
+    ev.packet = SimpleNamespace(log_pos=end, event_size=size, server_id=1)
+    ev.timestamp = 1_700_000_000
+    rows = attrs.pop("rows", None)
+    if rows is not None:
+        ev._RowsEvent__rows = rows
+    ev.__dict__.update(attrs)
+    return ev
+
+
+def _transaction(gtid: str, start: int, ids: list[int]) -> list[object]:
+    from types import SimpleNamespace
+
+    from pymysqlreplication.event import MariadbGtidEvent, XidEvent
+    from pymysqlreplication.row_event import WriteRowsEvent
+
+    column = SimpleNamespace(
+        name="id",
+        type=8,
+        unsigned=False,
+        character_set_name=None,
+        enum_values=None,
+        set_values=None,
+    )
+    rows = [{"values": {"id": i}} for i in ids]
+    return [
+        _event(MariadbGtidEvent, start + 40, 40, gtid=gtid),
+        _event(
+            WriteRowsEvent, start + 100, 60, schema="shop", table="t", columns=[column], rows=rows
+        ),
+        _event(XidEvent, start + 130, 30),
+    ]
+
+
+def test_positions_inside_and_after_a_transaction_and_a_resume_skips_what_was_delivered() -> None:
+    from connectors.capture.binlog import BinlogDecoder
+    from state_models.events import ChangeEvent
+
+    tables = {("shop", "t"): (TableInfo("pay.shop.t", ("id",)), ("id",))}
+    start = {"file": "mysql-bin.000002", "pos": 1000, "gtid": "0-1-9", "last_seq": None}
+    decoder = BinlogDecoder("pay", tables, start)
+    gtid_ev, rows_ev, xid_ev = _transaction("0-1-10", 1000, [1, 2, 3])
+    out: list[ChangeEvent] = []
+    decoder.feed(gtid_ev, out)
+    decoder.feed(rows_ev, out)
+    mid = decoder.position()  # acknowledged here: reconnect at the transaction, skip its 3 rows
+    assert (mid["file"], mid["pos"], mid["gtid"]) == ("mysql-bin.000002", 1000, "0-1-9")
+    assert mid["last_seq"] == out[-1].seq and [e.key["id"] for e in out] == [1, 2, 3]
+    assert [e.tx_id for e in out] == ["0-1-10"] * 3
+    decoder.feed(xid_ev, out)
+    assert decoder.position() == {**mid, "pos": 1130, "gtid": "0-1-10"}
+    decoder.feed(rows_ev, out)  # replayed by a reconnect: seen already
+    assert len(out) == 3
+
+    # a restart from a position saved after the first two rows delivers only the third
+    resumed = BinlogDecoder("pay", tables, {**mid, "last_seq": out[1].seq})
+    again: list[ChangeEvent] = []
+    for ev in _transaction("0-1-10", 1000, [1, 2, 3]):
+        resumed.feed(ev, again)
+    assert [e.key["id"] for e in again] == [3] and again[0] == out[2]
