@@ -65,7 +65,7 @@ from connectors.capture.binlogs import (
     read_binlogs,
     resnapshot_fix,
 )
-from connectors.capture.envelope import VERSION, EnvelopeColumn, TableEnvelope
+from connectors.capture.envelope import VERSION, EnvelopeColumn, TableEnvelope, json_text
 from connectors.capture.mytypes import (
     MyType,
     my_type,
@@ -270,13 +270,20 @@ class BinlogDecoder:
         ts = int(ev.timestamp) * 1_000_000
         server_id = int(ev.packet.server_id)
         prefix = binlog_seq(self.file_no, start, 0)[:-16]  # seq of row i: prefix + i in hex
+        source_head = ""  # the serialised source block up to its row number, once per event
+        if self.keep_raw:
+            block = source_block(
+                self.source_name, shape, ts, server_id, self.tx_gtid, self.file, start, 0, "false"
+            )
+            del block["row"], block["thread"], block["query"]
+            source_head = json_text(block)[:-1]
         for i, row in enumerate(ev.rows):
             seq = f"{prefix}{i:016x}"
             if self._skip_to is not None:
                 if seq <= self._skip_to:
                     continue
                 self._skip_to = None
-            source = self._source(shape, start, i, ts, server_id)
+            source = f'{source_head},"row":{i},"thread":null,"query":null}}' if source_head else ""
             if isinstance(ev, WriteRowsEvent):
                 self._emit(out, shape, Op.INSERT, None, shape.image(row["values"]), seq, ts, source)
             elif isinstance(ev, DeleteRowsEvent):
@@ -292,11 +299,6 @@ class BinlogDecoder:
                     self._emit(out, shape, Op.UPDATE, before, after, seq, ts, source)
             self.last_seq = seq
 
-    def _source(self, shape: Shape, pos: int, row: int, ts: int, server_id: int) -> dict[str, Any]:
-        return source_block(
-            self.source_name, shape, ts, server_id, self.tx_gtid, self.file, pos, row, "false"
-        )
-
     def _emit(
         self,
         out: list[ChangeEvent],
@@ -306,7 +308,7 @@ class BinlogDecoder:
         after: dict[str, Any] | None,
         seq: str,
         ts: int,
-        source: dict[str, Any],
+        source: str,
     ) -> None:
         image = before if op is Op.DELETE else after
         assert image is not None

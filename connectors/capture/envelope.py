@@ -124,21 +124,18 @@ class TableEnvelope:
         op: str,
         before: Mapping[str, Any] | None,
         after: Mapping[str, Any] | None,
-        source: dict[str, Any],
+        source: dict[str, Any] | str,
         ts_us: int,
         unavailable: Sequence[str] = (),
     ) -> str:
-        payload = {
-            "before": self._wire(before, ()),
-            "after": self._wire(after, unavailable),
-            "source": source,
-            "transaction": None,
-            "op": op,
-            "ts_ms": ts_us // 1000,
-            "ts_us": ts_us,
-            "ts_ns": ts_us * 1000,
-        }
-        return self._prefix + _dumps(payload) + "}"
+        """The envelope text. ``source`` may come already serialised (``json_text``): the rows of
+        one binlog event share all of it but the row number, so it is rendered once per event."""
+        images = _dumps({"before": self._wire(before, ()), "after": self._wire(after, unavailable)})
+        source_text = source if isinstance(source, str) else _dumps(source)
+        return (
+            f'{self._prefix}{images[:-1]},"source":{source_text},"transaction":null,"op":"{op}",'
+            f'"ts_ms":{ts_us // 1000},"ts_us":{ts_us},"ts_ns":{ts_us * 1000}}}}}'
+        )
 
     def _wire(
         self, image: Mapping[str, Any] | None, unavailable: Sequence[str]
@@ -163,6 +160,11 @@ def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON as the envelopes are written (exact decimals as text)."""
+    return _dumps(value)
 
 
 def _dumps(value: Any) -> str:
