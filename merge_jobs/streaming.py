@@ -29,6 +29,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 
 from connectors.warehouse import Warehouse
+from merge_jobs import direct_runner
 from merge_jobs.datastream import (
     DEFAULT_POLL_S,
     NotifiedFiles,
@@ -83,6 +84,8 @@ def build_streaming(
             "nothing to read: pass --subscription (or add a pubsub: section to the registry and "
             "run `cdc pubsub setup`), --datastream-notifications or --datastream-files"
         )
+    # Only the DirectRunner consults it: bundles of up to 1,000 messages instead of 10.
+    direct_runner.install()
     merge_inputs, letters = [], []
     changelog_files = None
     if subscriptions:

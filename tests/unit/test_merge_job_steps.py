@@ -365,3 +365,37 @@ def test_pool_lends_each_object_to_one_borrower_at_a_time() -> None:
     assert pool.acquire("other", make) is made[-1] and len(made) == 3
     pool.release("k", b)
     assert pool.close_idle() == 1
+
+
+def test_direct_runner_reads_pubsub_in_large_pulls() -> None:
+    from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
+    from apache_beam.runners.direct.transform_evaluator import (
+        TransformEvaluatorRegistry,
+        _PubSubReadEvaluator,
+    )
+
+    from merge_jobs.direct_runner import _LargePulls, install
+
+    assert install(500)
+    evaluator = TransformEvaluatorRegistry._test_evaluators_overrides[_DirectReadFromPubSub]
+    assert issubclass(evaluator, _PubSubReadEvaluator)
+
+    class Client:
+        calls: list[dict[str, Any]] = []
+
+        def pull(self, **kwargs: Any) -> str:
+            self.calls.append(kwargs)
+            return "response"
+
+        def acknowledge(self, **kwargs: Any) -> None:
+            self.calls.append({"ack": kwargs})
+
+    client = Client()
+    # Beam's own call, as its evaluator makes it
+    assert _LargePulls(client, 500).pull(subscription="s", max_messages=10, timeout=30) == "response"
+    _LargePulls(client, 500).acknowledge(subscription="s", ack_ids=["a"])
+    assert client.calls == [
+        {"subscription": "s", "max_messages": 500, "timeout": 30},
+        {"ack": {"subscription": "s", "ack_ids": ["a"]}},
+    ]
+    install()
