@@ -56,7 +56,7 @@ def install(max_messages: int = PULL_MAX_MESSAGES) -> bool:
     except ImportError:  # pragma: no cover - Beam without the GCP extra, or a different layout
         return False
 
-    class _LargePullReadEvaluator(_PubSubReadEvaluator):  # type: ignore[misc]
+    class _LargePullReadEvaluator(_PubSubReadEvaluator):
         @classmethod
         def _get_subscriber_client(cls, transform: Any) -> Any:
             return _LargePulls(super()._get_subscriber_client(transform), max_messages)

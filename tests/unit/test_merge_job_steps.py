@@ -392,7 +392,9 @@ def test_direct_runner_reads_pubsub_in_large_pulls() -> None:
 
     client = Client()
     # Beam's own call, as its evaluator makes it
-    assert _LargePulls(client, 500).pull(subscription="s", max_messages=10, timeout=30) == "response"
+    assert (
+        _LargePulls(client, 500).pull(subscription="s", max_messages=10, timeout=30) == "response"
+    )
     _LargePulls(client, 500).acknowledge(subscription="s", ack_ids=["a"])
     assert client.calls == [
         {"subscription": "s", "max_messages": 500, "timeout": 30},
