@@ -819,6 +819,10 @@ class BinlogCapture(Capture):
                         continue
                 # a heartbeat (the server has nothing more right now), a full or an old batch
                 saved = self._ack(sink, pending, decoder, saved)
+                if self.by_gtid and saved.get("gtid"):
+                    # where mysql-replication reconnects by itself after a dropped connection
+                    # (it would otherwise replay the session from its first GTID state)
+                    reader.auto_position = saved["gtid"]
         finally:
             reader.close()
 

@@ -407,3 +407,36 @@ def test_binlog_position_and_lag_show_in_preflight_and_a_purged_position_fails_i
     )
     assert check.status == "fail" and "purged" in check.detail
     assert "delete its offsets" in check.fix
+
+
+@pytest.mark.parametrize("gtid", [False, True], ids=["file-pos", "gtid"])
+def test_a_killed_replication_connection_neither_loses_nor_repeats_a_change(
+    db: tuple[Any, str, str], tmp_path: Path, gtid: bool
+) -> None:
+    server, name, dsn = db
+    with running(_capture(dsn, tmp_path, snapshot="never", gtid=gtid)) as r:
+        r.wait_streaming()
+        mysql(server, name, "INSERT INTO subs VALUES (10, 'a', 1, NULL)")
+        r.wait_events(1)
+        dumps = [
+            row[0]
+            for row in server.execute("SHOW PROCESSLIST")
+            if str(row[4]).startswith("Binlog Dump")
+        ]
+        assert dumps
+        for thread in dumps:
+            server.execute(f"KILL {thread}")
+        mysql(
+            server,
+            name,
+            "INSERT INTO subs VALUES (11, 'b', 1, NULL)",
+            "UPDATE subs SET plan = 'c' WHERE id = 10",
+        )
+        r.wait_events(3)
+        time.sleep(1.0)
+        r.stop()
+    assert [(e.op, e.key["id"]) for e in r.sink.events] == [
+        (Op.INSERT, 10),
+        (Op.INSERT, 11),
+        (Op.UPDATE, 10),
+    ]
