@@ -21,7 +21,8 @@ file concerned the same way. One line is one :class:`DeadLetter`::
 Delivery is at least once, so the same failure can be reported twice (a Pub/Sub message redelivered
 after its ack deadline, a bundle retried, a batch re-read after a crash). Each letter carries a
 ``fingerprint``, a hash of everything but its id and time (reason, type, source, table, raw message,
-context such as the Pub/Sub message id or the event's ``seq``); the store lists a fingerprint once,
+context such as the event's ``seq`` or a file and offset, but not the Pub/Sub message id or publish
+time, which change when a publisher sends the same bytes again); the store lists a fingerprint once,
 the earliest copy with ``copies`` saying how often it came, and ``remove`` takes every copy.
 """
 
@@ -45,6 +46,9 @@ from state_models.errors import CdcError, TerminalError
 from state_models.types import format_timestamp
 
 FOLDER_NAME = "dead_letters"
+#: Context fields that differ between two deliveries of the same content (a message republished
+#: after a failed acknowledgement gets a new id and time): left out of the fingerprint.
+_DELIVERY_FIELDS = frozenset({"message_id", "publish_time", "delivery_attempt", "ack_id"})
 _sequence = itertools.count()
 
 
@@ -94,7 +98,7 @@ class NewDeadLetter:
             self.table,
             raw,
             encoding,
-            dict(self.context),
+            {k: v for k, v in self.context.items() if k not in _DELIVERY_FIELDS},
         ]
         text = json.dumps(identity, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]

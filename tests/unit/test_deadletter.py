@@ -94,13 +94,23 @@ def test_the_same_failure_reported_twice_is_one_letter(tmp_path):
     first = store.put_many([bad])[0]
     store.put_many([bad, NewDeadLetter("other", "DecodeError", b"{y", "billing", "billing.a.b")])
     other_message = NewDeadLetter(
-        "not valid JSON", "DecodeError", b"{x", "billing", "billing.a.b", {"message_id": "8"}
+        "not valid JSON", "DecodeError", b"{x", "billing", "billing.a.b", {"line": 8}
     )
     store.put_many([other_message])
     listed = store.list()
     assert [(d.raw, d.copies) for d in listed] == [("{x", 2), ("{y", 1), ("{x", 1)]
     assert listed[0].id == first.id and len(store) == 3
     assert first.fingerprint == bad.fingerprint() != other_message.fingerprint()
+    # the same bytes published again (a new message id and time) are the same failure
+    again = NewDeadLetter(
+        "not valid JSON",
+        "DecodeError",
+        b"{x",
+        "billing",
+        "billing.a.b",
+        {"message_id": "9", "publish_time": "t"},
+    )
+    assert again.fingerprint() == bad.fingerprint()
     # retrying it removes every copy, and counts it once
     assert store.remove([first.id]) == 1
     assert [(d.raw, d.copies) for d in store.list()] == [("{y", 1), ("{x", 1)]
