@@ -373,31 +373,33 @@ def test_direct_runner_reads_pubsub_in_large_pulls() -> None:
         TransformEvaluatorRegistry,
         _PubSubReadEvaluator,
     )
+    from apache_beam.utils.timestamp import Timestamp
+    from google.pubsub_v1.types import pubsub as types
 
-    from merge_jobs.direct_runner import _LargePulls, install
+    from merge_jobs.direct_runner import install, received_elements
 
-    assert install(500)
+    assert install()
     evaluator = TransformEvaluatorRegistry._test_evaluators_overrides[_DirectReadFromPubSub]
     assert issubclass(evaluator, _PubSubReadEvaluator)
 
-    class Client:
-        calls: list[dict[str, Any]] = []
-
-        def pull(self, **kwargs: Any) -> str:
-            self.calls.append(kwargs)
-            return "response"
-
-        def acknowledge(self, **kwargs: Any) -> None:
-            self.calls.append({"ack": kwargs})
-
-    client = Client()
-    # Beam's own call, as its evaluator makes it
-    assert (
-        _LargePulls(client, 500).pull(subscription="s", max_messages=10, timeout=30) == "response"
+    # the same elements as Beam's own conversion, built from the raw protobuf
+    sent = types.PubsubMessage(
+        data=b"{}",
+        attributes={"table": TABLE.table_id},
+        message_id="7",
+        ordering_key="k",
+        publish_time={"seconds": 1_700_000_000, "nanos": 123_456_789},
     )
-    _LargePulls(client, 500).acknowledge(subscription="s", ack_ids=["a"])
-    assert client.calls == [
-        {"subscription": "s", "max_messages": 500, "timeout": 30},
-        {"ack": {"subscription": "s", "ack_ids": ["a"]}},
-    ]
-    install()
+    response = types.PullResponse(
+        received_messages=[types.ReceivedMessage(ack_id="a1", message=sent)]
+    )
+    [(timestamp, message)], ack_ids = received_elements(response)
+    beams = PubsubMessage._from_message(response.received_messages[0].message)
+    assert ack_ids == ["a1"]
+    assert timestamp == Timestamp.from_utc_datetime(beams.publish_time)
+    assert message == beams
+    assert (message.message_id, message.publish_time, message.ordering_key) == (
+        beams.message_id,
+        beams.publish_time,
+        beams.ordering_key,
+    )
