@@ -60,6 +60,18 @@ def received_elements(response: Any) -> tuple[list[tuple[Any, Any]], list[str]]:
     return elements, ack_ids
 
 
+def runs_on(pipeline: Any) -> bool:
+    """Whether ``pipeline`` runs on Beam's Python DirectRunner (where streaming is bundle-based)."""
+    try:
+        from apache_beam.runners.direct.direct_runner import (
+            BundleBasedDirectRunner,
+            SwitchingDirectRunner,
+        )
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(pipeline.runner, BundleBasedDirectRunner | SwitchingDirectRunner)
+
+
 def install(max_messages: int = PULL_MAX_MESSAGES) -> bool:
     """Make the DirectRunner's Pub/Sub reads pull up to ``max_messages`` per bundle. Idempotent.
 

@@ -7,7 +7,8 @@ per bundle would cost more than the bundle itself, so DoFns borrow them from thi
 pool instead: ``setup`` takes an idle one (or makes one), ``teardown`` returns it. A borrowed
 object is never shared by two DoFn instances at once, so objects that are not thread-safe (a DuckDB
 connection) are safe here. Idle objects are closed when the process exits, or by ``close_idle``
-(the job runner calls it once the pipeline has finished).
+(the job runner calls it once the pipeline has finished). ``lock(key)`` is a lock shared by every
+DoFn of the process, for work that must not overlap there (one MERGE per table at a time).
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class ResourcePool:
 
     def __init__(self) -> None:
         self._idle: dict[Hashable, list[Any]] = {}
+        self._locks: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
+
+    def lock(self, key: Hashable) -> threading.Lock:
+        """The process-wide lock of ``key`` (e.g. one table of one warehouse), made on first use."""
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
 
     def acquire(self, key: Hashable, make: Callable[[], T]) -> T:
         """An idle object for ``key``, or a new one from ``make()``."""

@@ -310,12 +310,15 @@ class _ApplyBatchFn(beam.DoFn):
         batch_size: int,
         retry: RetryPolicy,
         clock: Callable[[], float] = time.time,
+        *,
+        serialize: bool = False,
     ):
         self._connect = warehouse
         self._tables = dict(tables)
         self._batch_size = batch_size
         self._retry = retry
         self._clock = clock
+        self._serialize = serialize  # one MERGE per table at a time in this process
         self._merges = Metrics.counter(NAMESPACE, "merges")
         self._merged = Metrics.counter(NAMESPACE, "events_merged")
         self._inserted = Metrics.counter(NAMESPACE, "versions_inserted")
@@ -365,11 +368,16 @@ class _ApplyBatchFn(beam.DoFn):
                     self._warehouse = None
                 raise
 
-        started = self._clock()
-        report = self._retry.run(
-            f"merging {len(events)} events into {table_id}", apply, self._retries.inc
-        )
-        done = self._clock()
+        what = f"merging {len(events)} events into {table_id}"
+        if self._serialize:
+            with POOL.lock((self._connect, table_id)):
+                started = self._clock()
+                report = self._retry.run(what, apply, self._retries.inc)
+                done = self._clock()
+        else:
+            started = self._clock()
+            report = self._retry.run(what, apply, self._retries.inc)
+            done = self._clock()
         counts = report.tables.get(table_id)
         self._merges.inc(counts.batches if counts else 0)
         self._batch_sizes.update(len(events))
@@ -391,6 +399,36 @@ class _ApplyBatchFn(beam.DoFn):
             self._warehouse = None
 
 
+class _BatchPerBundleFn(beam.DoFn):
+    """Keyed events -> one (table, events) per table and window of each bundle, at its end.
+
+    The cheap batching for the local DirectRunner (see ``MergeIntoWarehouse``): no state, no
+    timers; a bundle is what one Pub/Sub pull brought (``merge_jobs.direct_runner``).
+    """
+
+    def start_bundle(self) -> None:
+        self._groups: dict[tuple[Any, str], tuple[list[ChangeEvent], Any]] = {}
+
+    def process(
+        self,
+        element: tuple[str, ChangeEvent],
+        window: Any = beam.DoFn.WindowParam,
+        timestamp: Any = beam.DoFn.TimestampParam,
+    ) -> None:
+        table, event = element
+        events, latest = self._groups.setdefault((window, table), ([], timestamp))
+        events.append(event)
+        if timestamp > latest:
+            self._groups[(window, table)] = (events, timestamp)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        from apache_beam.transforms.window import WindowedValue
+
+        groups, self._groups = self._groups, {}
+        for (window, table), (events, latest) in groups.items():
+            yield WindowedValue((table, events), latest, (window,))
+
+
 class MergeIntoWarehouse(beam.PTransform):
     """Keyed events -> per-table batches -> one MERGE per batch. Output: (reports, dead letters).
 
@@ -403,6 +441,13 @@ class MergeIntoWarehouse(beam.PTransform):
       in the same fused step, and a key's batches come from one stateful step at a time.
     - Bounded input (``max_latency_s=None``, the replay): one ``GroupByKey`` per table, cut into
       ``batch_size`` MERGEs in order by the one worker that holds the table's group.
+    - ``per_bundle=True`` (the streaming job on the local DirectRunner): each bundle's events of a
+      table are one batch (cut at ``batch_size``), merged at the end of the bundle; MERGEs into
+      one table are serialized by a lock of the process (the DirectRunner runs the whole job in
+      one process). Stateful ``GroupIntoBatches`` costs that runner a state write and read per
+      event and holds every batch for its timer; its bundles are already micro-batches (one
+      Pub/Sub pull each), so ``max_latency_s`` is not used. Nothing is lost by it: the
+      DirectRunner acknowledges messages when it pulls them and keeps state in memory anyway.
     """
 
     def __init__(
@@ -412,6 +457,7 @@ class MergeIntoWarehouse(beam.PTransform):
         *,
         batch_size: int = 5000,
         max_latency_s: float | None = 1.0,
+        per_bundle: bool = False,
         retry: RetryPolicy = RetryPolicy(),
     ):
         super().__init__()
@@ -421,18 +467,22 @@ class MergeIntoWarehouse(beam.PTransform):
         self._tables = dict(tables)
         self._batch_size = batch_size
         self._max_latency_s = max_latency_s
+        self._per_bundle = per_bundle
         self._retry = retry
 
     def expand(self, events: Any) -> Any:
         if self._max_latency_s is None:
             batched = events | "GroupByTable" >> beam.GroupByKey()
+        elif self._per_bundle:
+            batched = events | "BatchPerBundle" >> beam.ParDo(_BatchPerBundleFn())
         else:
             batched = events | "Batch" >> beam.GroupIntoBatches(
                 self._batch_size, max_buffering_duration_secs=self._max_latency_s
             )
-        merged = batched | "Merge" >> beam.ParDo(
-            _ApplyBatchFn(self._warehouse, self._tables, self._batch_size, self._retry)
-        ).with_outputs(DEAD_LETTERS, main="reports")
+        apply = _ApplyBatchFn(
+            self._warehouse, self._tables, self._batch_size, self._retry, serialize=self._per_bundle
+        )
+        merged = batched | "Merge" >> beam.ParDo(apply).with_outputs(DEAD_LETTERS, main="reports")
         return merged.reports, merged[DEAD_LETTERS]
 
 

@@ -151,7 +151,12 @@ def paths(tmp_path: Path) -> Iterator[dict[str, str]]:
     POOL.close_idle()
 
 
-def test_streaming_steps_merge_archive_and_dead_letter(paths: dict[str, str]) -> None:
+# per_bundle: the DirectRunner's batching (one batch per table per bundle, MERGEs serialized by a
+# process lock) instead of GroupIntoBatches
+@pytest.mark.parametrize("per_bundle", [False, True], ids=["group_into_batches", "per_bundle"])
+def test_streaming_steps_merge_archive_and_dead_letter(
+    paths: dict[str, str], per_bundle: bool
+) -> None:
     events = history_events()
     messages = [pubsub_message(e) for e in events]
     # Pub/Sub redelivers and reorders: a late duplicate of the first insert, the delete twice.
@@ -183,6 +188,7 @@ def test_streaming_steps_merge_archive_and_dead_letter(paths: dict[str, str]) ->
         {TABLE.table_id: TABLE},
         batch_size=3,
         max_latency_s=1,
+        per_bundle=per_bundle,
     )
     letters = (decoded.dead_letters, archive_rejects, merge_rejects) | beam.Flatten()
     _ = letters | "DeadLetters" >> StoreDeadLetters(paths["dead_letters"])
@@ -365,6 +371,9 @@ def test_pool_lends_each_object_to_one_borrower_at_a_time() -> None:
     assert pool.acquire("other", make) is made[-1] and len(made) == 3
     pool.release("k", b)
     assert pool.close_idle() == 1
+    # one lock per key, shared by every borrower of the process
+    assert pool.lock(("wh", "t1")) is pool.lock(("wh", "t1"))
+    assert pool.lock(("wh", "t1")) is not pool.lock(("wh", "t2"))
 
 
 def test_direct_runner_reads_pubsub_in_large_pulls() -> None:
