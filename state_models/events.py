@@ -35,9 +35,15 @@ class Op(StrEnum):
     TRUNCATE = "t"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChangeEvent:
-    """One row change, decoded once, whatever engine captured it."""
+    """One row change, decoded once, whatever engine captured it.
+
+    Treat it as a value: derive a changed copy with ``dataclasses.replace`` (or ``with_raw``), never
+    assign to a field. It is not declared ``frozen`` because every captured event is built once on
+    the capture's hot path, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per
+    field) costs about as much as decoding the row itself.
+    """
 
     table: str  # registered table id: source.schema.table
     op: Op
@@ -56,7 +62,7 @@ class ChangeEvent:
         if not is_seq(self.seq):
             raise ValueError(f"seq must be 16-hex-digit sections joined by '/': {self.seq!r}")
         if not self.event_id:
-            object.__setattr__(self, "event_id", make_event_id(self.table, self.key, self.seq))
+            self.event_id = make_event_id(self.table, self.key, self.seq)
 
     @property
     def source(self) -> str:
@@ -77,12 +83,42 @@ def make_event_id(table: str, key: Mapping[str, Any], seq: str) -> str:
     Keys are serialised as a JSON list of [column, value] pairs, so composite keys whose values
     would collide when concatenated (``("ab", "c")`` vs ``("a", "bc")``) never share an id.
     """
-    payload = json.dumps(
+    # Every captured event gets an id, so the usual keys (integers, text) skip ``json.dumps``;
+    # the text built here is byte for byte what ``_event_id_payload`` gives (ids are stored).
+    if len(key) == 1:
+        for k, v in key.items():
+            if type(k) is str and type(v) is int:
+                payload = f"[{_json_str(table)},[[{_json_str(k)},{v!r}]],{_json_str(seq)}]"
+                return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+    parts = []
+    for k in sorted(key):
+        v = key[k]
+        kind = type(v)
+        if type(k) is not str:
+            payload = _event_id_payload(table, key, seq)
+            break
+        if kind is int:
+            parts.append(f"[{_json_str(k)},{v!r}]")
+        elif kind is str:
+            parts.append(f"[{_json_str(k)},{_json_str(v)}]")
+        else:
+            payload = _event_id_payload(table, key, seq)
+            break
+    else:
+        payload = f"[{_json_str(table)},[{','.join(parts)}],{_json_str(seq)}]"
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+#: ``json.dumps`` of one string with ``ensure_ascii=False`` (the C encoder when available)
+_json_str = json.encoder.encode_basestring
+
+
+def _event_id_payload(table: str, key: Mapping[str, Any], seq: str) -> str:
+    return json.dumps(
         [table, [[k, json_value(key[k])] for k in sorted(key)], seq],
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
 def json_value(value: Any) -> Any:
