@@ -3,16 +3,22 @@
 Sinks that publish or archive the wire message (Pub/Sub, the changelog's original-message column)
 treat every engine alike: ``ChangeEvent.raw`` holds a Debezium JSON envelope with its schema block,
 so ``decode_debezium(event.raw)`` gives back the same event. The schema of a table version is
-rendered once and reused; per event only the payload is serialised.
+rendered once and reused; per event only the payload is serialised, with orjson (more than ten
+times faster than ``json.dumps`` here, and every captured event pays for it). Where orjson would
+write a value differently from JSON's reading of it (a NaN or infinite float, which it writes as
+``null``; an integer beyond 64 bits, which it refuses) the event is serialised by ``json`` instead.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
+
+import orjson
 
 from state_models.events import UNAVAILABLE_PLACEHOLDER
 
@@ -117,6 +123,8 @@ class TableEnvelope:
         }
         self._prefix = '{"schema":' + _dumps(schema) + ',"payload":'
         self._wires = [(c.name, c.type.wire) for c in columns if c.type.wire is not None]
+        # columns that may hold a NaN or an infinity, which orjson cannot write as json does
+        self._floats = [c.name for c in columns if _may_hold_float(c.type.schema)]
         self.key = tuple(key)
 
     def render(
@@ -124,36 +132,66 @@ class TableEnvelope:
         op: str,
         before: Mapping[str, Any] | None,
         after: Mapping[str, Any] | None,
-        source: dict[str, Any] | str,
+        source: Mapping[str, Any] | str,
         ts_us: int,
         unavailable: Sequence[str] = (),
     ) -> str:
-        """The envelope text. ``source`` may come already serialised (``json_text``): the rows of
-        one binlog event share all of it but the row number, so it is rendered once per event."""
-        images = _dumps({"before": self._wire(before, ()), "after": self._wire(after, unavailable)})
-        source_text = source if isinstance(source, str) else _dumps(source)
+        """The envelope of one event. ``source`` is the source block, or its JSON text (``json_text``,
+        or a template: pgoutput renders it once per table and transaction, binlog once per rows
+        event, since only the positions change between their events).
+        """
+        source_json = source if isinstance(source, str) else self._json(source)
+        # the payload's own keys are fixed: written around the images, not serialised as a dict
         return (
-            f'{self._prefix}{images[:-1]},"source":{source_text},"transaction":null,"op":"{op}",'
-            f'"ts_ms":{ts_us // 1000},"ts_us":{ts_us},"ts_ns":{ts_us * 1000}}}}}'
+            f'{self._prefix}{{"before":{self._image(before, ())},'
+            f'"after":{self._image(after, unavailable)},"source":{source_json},'
+            f'"transaction":null,"op":"{op}","ts_ms":{ts_us // 1000},"ts_us":{ts_us},'
+            f'"ts_ns":{ts_us * 1000}}}}}'
         )
 
-    def _wire(
-        self, image: Mapping[str, Any] | None, unavailable: Sequence[str]
-    ) -> dict[str, Any] | None:
+    def _image(self, image: Mapping[str, Any] | None, unavailable: Sequence[str]) -> str:
         if image is None:
-            return None
-        out = dict(image)
-        for name, wire in self._wires:
-            v = out.get(name)
-            if v is not None:
-                out[name] = wire(v)
-        for name in unavailable:
-            out[name] = UNAVAILABLE_PLACEHOLDER
-        return out
+            return "null"
+        if self._wires or unavailable:
+            out = dict(image)
+            for name, wire in self._wires:
+                v = out.get(name)
+                if v is not None:
+                    out[name] = wire(v)
+            for name in unavailable:
+                out[name] = UNAVAILABLE_PLACEHOLDER
+            image = out
+        if self._floats and not _finite(image, self._floats):
+            return _dumps(image)
+        return self._json(image)
+
+    @staticmethod
+    def _json(value: Mapping[str, Any]) -> str:
+        try:
+            return orjson.dumps(value, default=_default).decode()
+        except TypeError:  # an integer beyond 64 bits
+            return _dumps(value)
 
 
 def _field(c: EnvelopeColumn) -> dict[str, Any]:
     return {**c.type.schema, "optional": c.optional, "field": c.name}
+
+
+def _may_hold_float(schema: Mapping[str, Any]) -> bool:
+    if schema.get("type") == "array":
+        return _may_hold_float(schema.get("items") or {})
+    return schema.get("type") in ("float", "double")
+
+
+def _finite(image: Mapping[str, Any], names: Sequence[str]) -> bool:
+    for name in names:
+        v = image.get(name)
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return False
+        elif isinstance(v, list) and not all(math.isfinite(x) for x in v if isinstance(x, float)):
+            return False
+    return True
 
 
 def _default(value: Any) -> Any:

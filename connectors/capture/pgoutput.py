@@ -29,10 +29,11 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
@@ -85,6 +86,20 @@ class Relation:
     info: TableInfo | None  # None: not registered, changes are skipped
     key: tuple[str, ...] = ()
     envelope: TableEnvelope | None = None
+    readers: list[Callable[[bytes], Any]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.readers = [_reader(t) for t in self.types]
+
+
+def _reader(t: PgType) -> Callable[[bytes], Any]:
+    """The column's parser, applied to the value's bytes as they come in the message."""
+    if t.parse is str:
+        return bytes.decode  # UTF-8, the encoding of our sessions
+    if t.parse is int:
+        return int  # int() reads ASCII digits from bytes as well
+    parse = t.parse
+    return lambda raw: parse(raw.decode())
 
 
 Describe = Callable[[str, str, list[tuple[str, int, int]], list[str]], Relation]
@@ -123,6 +138,7 @@ class PgoutputDecoder:
         self.commit_ts = 0
         self.tx_messages = 0
         self._skip = 0
+        self._sources: dict[int, tuple[str, str]] = {}
 
     # -- position
 
@@ -150,6 +166,7 @@ class PgoutputDecoder:
             self.xid = str(xid)
             self.tx_messages = 0
             self._skip = self._resume_delivered if self.final_lsn == self._resume_final_lsn else 0
+            self._sources.clear()
         elif kind == 0x43:  # C
             _, _commit_lsn, end_lsn, _ts = _COMMIT(msg, 1)
             self.in_tx = False
@@ -202,22 +219,23 @@ class PgoutputDecoder:
             if flags & 1:
                 identity.append(name)
         self.relations[relid] = self.describe(schema, table, columns, identity)
+        self._sources.clear()
 
     def _tuple(self, rel: Relation, msg: bytes, pos: int) -> tuple[dict[str, Any], list[str], int]:
         ncols = _U16(msg, pos)[0]
         pos += 2
-        names, types = rel.names, rel.types
+        names, readers = rel.names, rel.readers
         row: dict[str, Any] = {}
         unchanged: list[str] = []
         for i in range(ncols):
             kind = msg[pos]
-            pos += 1
             if kind == 0x74:  # t: text value
-                length = _U32(msg, pos)[0]
-                pos += 4
-                row[names[i]] = types[i].parse(msg[pos : pos + length].decode())
-                pos += length
-            elif kind == 0x6E:  # n: null
+                end = pos + 5 + _U32(msg, pos + 1)[0]
+                row[names[i]] = readers[i](msg[pos + 5 : end])
+                pos = end
+                continue
+            pos += 1
+            if kind == 0x6E:  # n: null
                 row[names[i]] = None
             elif kind == 0x75:  # u: unchanged TOAST value, not sent
                 unchanged.append(names[i])
@@ -279,17 +297,19 @@ class PgoutputDecoder:
     ) -> None:
         assert rel.info is not None
         first = self.last_commit if self.last_commit is not None else lsn
-        seq = make_seq(first, lsn)
+        # make_seq's form, without its checks: both are unsigned 64-bit values from the stream
+        seq = f"{first:016x}/{lsn:016x}"
         if op is Op.TRUNCATE:
             key: dict[str, Any] = {}
         else:
             image = before if op is Op.DELETE else after
             assert image is not None
-            key = {k: image[k] for k in rel.key}
+            names = rel.key
+            key = {names[0]: image[names[0]]} if len(names) == 1 else {k: image[k] for k in names}
         raw = None
         if self.keep_raw and rel.envelope is not None:
             raw = rel.envelope.render(
-                op.value,
+                op,  # a StrEnum: renders as its code
                 before,
                 after,
                 self._source(rel, lsn, snapshot=None),
@@ -307,33 +327,49 @@ class PgoutputDecoder:
                 commit_ts=self.commit_ts,
                 tx_id=self.xid,
                 event_id=make_event_id(rel.info.id, key, seq),
-                unavailable=tuple(unchanged),
+                unavailable=tuple(unchanged) if unchanged else (),
                 raw=raw,
             )
         )
 
-    def _source(self, rel: Relation, lsn: int, snapshot: str | None) -> dict[str, Any]:
+    def _source(self, rel: Relation, lsn: int, snapshot: str | None) -> str:
+        """Debezium's ``source`` block as JSON. In a transaction only the LSNs change from one event
+        to the next, so the rest is rendered once per table and transaction (emptied by Begin and
+        Relation messages)."""
+        cache_key = id(rel) if snapshot is None else -id(rel)
+        template = self._sources.get(cache_key)
+        if template is None:
+            template = self._sources[cache_key] = self._source_template(rel, snapshot)
+        head, middle = template
+        if self.last_commit is not None and snapshot is None:
+            sequence = f'"[\\"{self.last_commit}\\",\\"{lsn}\\"]"'
+        else:
+            sequence = f'"[null,\\"{lsn}\\"]"'
+        return f'{head}{sequence}{middle}{lsn},"xmin":null}}'
+
+    def _source_template(self, rel: Relation, snapshot: str | None) -> tuple[str, str]:
+        """The source block's JSON before ``sequence`` and between it and ``lsn``."""
         ts = self.commit_ts
-        return {
-            "version": "cdc-history",
-            "connector": "postgresql",
-            "name": self.source_name,
-            "ts_ms": ts // 1000,
-            "snapshot": snapshot or "false",
-            "db": self.dbname,
-            "sequence": (
-                f'["{self.last_commit}","{lsn}"]'
-                if self.last_commit is not None and snapshot is None
-                else f'[null,"{lsn}"]'
-            ),
-            "ts_us": ts,
-            "ts_ns": ts * 1000,
-            "schema": rel.schema,
-            "table": rel.table,
-            "txId": self.xid_int,
-            "lsn": lsn,
-            "xmin": None,
-        }
+        head = orjson.dumps(
+            {
+                "version": "cdc-history",
+                "connector": "postgresql",
+                "name": self.source_name,
+                "ts_ms": ts // 1000,
+                "snapshot": snapshot or "false",
+                "db": self.dbname,
+            }
+        ).decode()
+        middle = orjson.dumps(
+            {
+                "ts_us": ts,
+                "ts_ns": ts * 1000,
+                "schema": rel.schema,
+                "table": rel.table,
+                "txId": self.xid_int,
+            }
+        ).decode()
+        return head[:-1] + ',"sequence":', "," + middle[1:-1] + ',"lsn":'
 
     def snapshot_event(
         self, rel: Relation, row: dict[str, Any], lsn: int, ts: int, xid: int
@@ -344,7 +380,9 @@ class PgoutputDecoder:
         key = {k: row[k] for k in rel.key}
         raw = None
         if self.keep_raw and rel.envelope is not None:
-            self.commit_ts, self.xid_int = ts, xid
+            if (self.commit_ts, self.xid_int) != (ts, xid):
+                self.commit_ts, self.xid_int = ts, xid
+                self._sources.clear()
             raw = rel.envelope.render("r", None, row, self._source(rel, lsn, snapshot="true"), ts)
         return ChangeEvent(
             table=rel.info.id,
@@ -471,6 +509,7 @@ class PgoutputCapture(Capture):
         keep_raw: bool = True,
         batch_size: int = 10_000,
         batch_delay: float = 0.1,
+        batch_max_age: float = 0.5,
         status_interval: float = 10.0,
         max_retry_seconds: float | None = None,
         retry_initial_seconds: float = 1.0,
@@ -481,7 +520,12 @@ class PgoutputCapture(Capture):
             raise CaptureError(f"source {source_name!r}: engine pgoutput reads PostgreSQL only")
         self.keep_raw = keep_raw
         self.batch_size = batch_size
+        # A batch goes to the sink when it is full, when the stream has been quiet for
+        # batch_delay, or when its oldest event has waited batch_max_age. Every batch costs a
+        # sink write and two fsyncs of the offset file, so a busy stream must not be cut into
+        # batches of whatever arrived within batch_delay.
         self.batch_delay = batch_delay
+        self.batch_max_age = max(batch_max_age, batch_delay)
         self.status_interval = status_interval
         self.offsets = OffsetStore(self.state_dir, source_name, self.engine)
         self.slot = default_slot(source_name, source)
@@ -712,6 +756,7 @@ class _Stream:
     def run(self, stop: threading.Event) -> None:
         conn, decoder, pending = self.conn, self.decoder, self.pending
         batch_size, delay = self.capture.batch_size, self.capture.batch_delay
+        max_age = self.capture.batch_max_age
         self._send_status()
         while True:
             if stop.is_set():
@@ -749,12 +794,14 @@ class _Stream:
                 raise self._lost(reason.strip() or "the server ended the replication stream")
             # nothing buffered: flush what is pending once it is old enough, then wait for data
             now = time.monotonic()
-            if pending and now - self.pending_since >= delay:
+            if pending and now - self.pending_since >= max_age:
                 self._ack()
             if now - self.last_status >= self.capture.status_interval:
                 self._send_status()
             wait = delay if pending else min(1.0, self.capture.status_interval)
-            select.select([conn.socket], [], [], wait)
+            readable, _, _ = select.select([conn.socket], [], [], wait)
+            if not readable and pending:
+                self._ack()  # the stream has been quiet for batch_delay
             try:
                 conn.consume_input()
             except psycopg.OperationalError as exc:
