@@ -412,3 +412,46 @@ def test_direct_runner_reads_pubsub_in_large_pulls() -> None:
         beams.publish_time,
         beams.ordering_key,
     )
+
+
+def test_direct_runner_remembers_dofn_specs_by_class() -> None:
+    from apache_beam.runners.direct import transform_evaluator
+    from apache_beam.transforms import userstate
+    from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
+    from apache_beam.utils.timestamp import Timestamp
+
+    from merge_jobs.direct_runner import install
+
+    class Stateful(beam.DoFn):
+        BUFFER = BagStateSpec("buffer", beam.coders.PickleCoder())
+        FLUSH = TimerSpec("flush", beam.TimeDomain.REAL_TIME)
+
+        def process(
+            self,
+            element: Any,
+            buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008 - how Beam declares state
+            flush: Any = beam.DoFn.TimerParam(FLUSH),  # noqa: B008
+        ) -> None:
+            flush.set(Timestamp.now())
+
+        @on_timer(FLUSH)
+        def on_flush(self) -> None:
+            pass
+
+    class Plain(beam.DoFn):
+        def process(self, element: Any) -> Iterator[Any]:
+            yield element
+
+    install()
+    get_specs = userstate.get_dofn_specs
+    assert transform_evaluator.get_dofn_specs is get_specs
+    assert get_specs(Stateful()) == ({Stateful.BUFFER}, {Stateful.FLUSH})
+    assert get_specs(Stateful()) == ({Stateful.BUFFER}, {Stateful.FLUSH})  # remembered
+    assert userstate.is_stateful_dofn(Stateful()) and not userstate.is_stateful_dofn(Plain())
+    # a method set on one instance is not a property of the class: derived afresh, not remembered
+    odd = Plain()
+    odd.start_bundle = Stateful().process  # type: ignore[method-assign]
+    assert get_specs(odd) == ({Stateful.BUFFER}, {Stateful.FLUSH})
+    assert get_specs(Plain()) == (set(), set())
+    install()
+    assert userstate.get_dofn_specs is get_specs  # installed once
