@@ -83,7 +83,7 @@ def report(**fields: Any) -> None:
 
 def capture_child(engine: str, dsn: str, table: str, seeded: int, rows: int, timeout: float) -> int:
     """Capture ``table`` until the sink has seen ``seeded`` snapshot rows and ``rows`` updates."""
-    from connectors.capture import make_capture
+    from connectors.capture import make_capture, prepare_engines
     from state_models.registry import Registry, Source, TableSpec, table_infos
 
     name = f"bench_{engine}"
@@ -122,12 +122,8 @@ def capture_child(engine: str, dsn: str, table: str, seeded: int, rows: int, tim
         return True
 
     started = time.monotonic()
-    if engine == "debezium":
-        # JPype wants the JVM started on the main thread; started on the capture's thread, the
-        # JVM's shutdown at interpreter exit waits forever.
-        from connectors.capture.jvm import start_jvm
-
-        start_jvm()
+    # the JVM (Debezium) must be started by the main thread, or the exit hangs
+    prepare_engines([source])
     runner = threading.Thread(target=body, name=f"capture-{engine}", daemon=True)
     runner.start()
     # Debezium says "streaming" as soon as its task starts, before the snapshot: wait for both.

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc.config import LoadedConfig
-from connectors.capture import Capture, CaptureStats, make_capture
+from connectors.capture import Capture, CaptureStats, make_capture, prepare_engines
 from connectors.changelog.writer import ChangelogWriter
 from connectors.deadletter import DeadLetterStore, default_folder
 from connectors.journal import ARCHIVED, MERGED, Journal, Segment
@@ -128,8 +128,14 @@ class Runtime:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def prepare(self) -> None:
+        """Start what the captures share per process (the JVM for Debezium). ``run`` does it too;
+        a caller that runs ``run`` on a worker thread calls this on the main thread first."""
+        prepare_engines(s for s in self.registry.sources.values())
+
     def run(self, stop: threading.Event) -> RunSummary:
         """Block until ``stop`` is set or a capture fails; returns what happened (``exit_code``)."""
+        self.prepare()
         self._warehouse = open_warehouse(self.cfg.warehouse_url)
         self._writer = ChangelogWriter(self.cfg.changelog_root)
         capture_stop = threading.Event()

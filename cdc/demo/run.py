@@ -88,6 +88,7 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         say(err, f"registered {len(cfg.registry.tables())} tables in {config}")
 
         runtime = Runtime(cfg, RuntimeOptions(max_latency_s=0.1, archive_interval_s=10.0))
+        runtime.prepare()  # on the main thread: a JVM started by the runner would hang the exit
         stop = threading.Event()
         result: dict[str, Any] = {}
         runner = threading.Thread(

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "MemorySink",
     "PositionLostError",
     "make_capture",
+    "prepare_engines",
 ]
 
 
@@ -65,3 +66,16 @@ def make_capture(
     raise ConfigError(
         f"sources.{source_name}: engine {engine!r} has no local capture (Datastream runs in Google Cloud)"
     )
+
+
+def prepare_engines(sources: Iterable[Source]) -> None:
+    """Start, on the calling thread, what the captures of these sources share per process.
+
+    Call it from the main thread before running captures on worker threads: the JVM that hosts
+    the Debezium engines must be started by the main thread, or the process hangs at exit
+    (see ``connectors.capture.jvm``). Idempotent; nothing to do for the native readers.
+    """
+    if any(s.engine == "debezium" and s.kind == "postgres" and s.tables for s in sources):
+        from connectors.capture.jvm import start_jvm
+
+        start_jvm()

