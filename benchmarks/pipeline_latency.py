@@ -4,6 +4,8 @@
         -> Pub/Sub stand-in (its own process) -> streaming merge job on Beam's DirectRunner
         -> changelog files (local folder) + state table in DuckDB (this process)
 
+0. Warm-up: ``--warmup`` s at ``--rate`` (not measured), so that the capture's JVM has compiled
+   Debezium's hot code before the measured phase.
 1. Steady: a writer process commits ``--rate`` changes/s (transactions of ``--tx-rows`` updates)
    for ``--seconds``. Each change's latency is the time it is first seen in the DuckDB state table
    (polled every ``--poll`` s) minus its source commit time (``_valid_from``, Debezium's commit
@@ -326,27 +328,28 @@ def orchestrate(args: argparse.Namespace) -> int:
         if capture.stdout.readline().strip() != "streaming":
             raise RuntimeError("the capture did not start streaming")
 
+        def at_rate(seconds: float) -> dict[str, Any]:
+            """Commit changes at --rate for ``seconds`` (a writer process); its counts."""
+            workload = child(
+                *("--role", "workload", "--dsn", dsn, "--rows", str(args.rows)),
+                *("--rate", str(args.rate), "--seconds", str(seconds)),
+                *("--tx-rows", str(args.tx_rows), "--burst", "0"),
+            )
+            return result_of(workload, timeout=seconds * 3 + 60)
+
+        # 0. warm-up: the capture's JVM compiles Debezium's hot code during its first tens of
+        # thousands of changes (the C2 compiler alone took ~9 s of CPU here), so a cold start would
+        # be measured as a backlog; the steady phase starts once the warm-up is visible.
+        warmup = None
+        if args.warmup > 0:
+            warm_from = int(time.time() * 1e6)
+            warmup = at_rate(args.warmup)
+            visible.wait_for(warm_from, warmup["changes"], timeout=args.drain)
+            warmup["drained_s"] = time.time() - warm_from / 1e6
+
         # 1. steady rate
         steady_from = int(time.time() * 1e6)
-        w = result_of(
-            child(
-                "--role",
-                "workload",
-                "--dsn",
-                dsn,
-                "--rows",
-                str(args.rows),
-                "--rate",
-                str(args.rate),
-                "--seconds",
-                str(args.seconds),
-                "--tx-rows",
-                str(args.tx_rows),
-                "--burst",
-                "0",
-            ),
-            timeout=args.seconds * 3 + 60,
-        )
+        w = at_rate(args.seconds)
         steady_until = int(time.time() * 1e6)
         drained = visible.wait_for(steady_from, w["changes"], timeout=args.drain)
         lat = visible.latencies(steady_from, steady_until)
@@ -399,6 +402,11 @@ def orchestrate(args: argparse.Namespace) -> int:
         f"settings: batch {args.batch_size} / {args.batch_max_latency} s, changelog window "
         f"{args.changelog_window} s, poll {args.poll} s"
     )
+    if warmup is not None:
+        print(
+            f"warm-up (not measured): {warmup['changes']} changes at {args.rate:.0f}/s, visible "
+            f"{warmup['drained_s']:.1f} s after it began"
+        )
     print(
         f"steady: {w['changes']} changes in {w['seconds']:.1f} s "
         f"({w['changes'] / w['seconds']:.0f}/s offered, target {args.rate:.0f}/s)"
@@ -429,6 +437,9 @@ def main() -> int:
     )
     p.add_argument("--rate", type=float, default=1000.0, help="changes/s in the steady phase")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the steady phase")
+    p.add_argument(
+        "--warmup", type=float, default=15.0, help="seconds at --rate before the steady phase"
+    )
     p.add_argument("--tx-rows", type=int, default=10, help="changes per source transaction")
     p.add_argument("--rows", type=int, default=5000, help="rows in the source table")
     p.add_argument("--burst", type=int, default=30000, help="changes in the ceiling phase")
