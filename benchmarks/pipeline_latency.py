@@ -12,8 +12,9 @@
    time). Targets: p50 under 2 s, p99 under 5 s.
 2. Ceiling: ``--burst`` changes committed as fast as PostgreSQL takes them; the sustained
    throughput is burst / (last change visible - first change committed).
-3. Reference, same machine, same run: Beam's own ``ReadFromPubSub`` on the DirectRunner into a
-   no-op step, reading ``--bare`` pre-published messages: the ceiling of the runner itself.
+3. Reference, same machine, same run: Beam's ``ReadFromPubSub`` on the DirectRunner into a
+   no-op step, reading ``--bare`` pre-published messages: the ceiling of the runner itself (with
+   the read the job installed in this process: pulls of up to 1,000, ``merge_jobs.direct_runner``).
 
     python benchmarks/pipeline_latency.py                      # 1k changes/s for 60 s
     python benchmarks/pipeline_latency.py --rate 500 --seconds 20 --burst 10000
@@ -426,7 +427,10 @@ def orchestrate(args: argparse.Namespace) -> int:
         f"{len(burst_seen)} visible; sustained {ceiling:.0f} changes/s end to end"
         + ("" if burst_done else f" (not drained within {args.drain:.0f} s)")
     )
-    print(f"reference: Beam DirectRunner ReadFromPubSub -> no-op: {bare:.0f} messages/s")
+    print(
+        f"reference: Beam DirectRunner ReadFromPubSub -> no-op: {bare:.0f} messages/s "
+        "(with the job's read: pulls of up to 1,000, merge_jobs/direct_runner.py)"
+    )
     print(f"(work folder {work})")
     return 0
 
