@@ -32,7 +32,8 @@ from connectors.capture.base import CaptureError
 
 JAVA_DIR = Path(__file__).resolve().parent / "java"
 OFFSET_STORE_CLASS = "cdc.offsets.DurableFileOffsetBackingStore"
-_SOURCE = JAVA_DIR / "DurableFileOffsetBackingStore.java"
+BATCH_BRIDGE_CLASS = "cdc.offsets.BatchBridge"
+_SOURCES = (JAVA_DIR / "DurableFileOffsetBackingStore.java", JAVA_DIR / "BatchBridge.java")
 _LOG_CONFIG = JAVA_DIR / "log4j2.properties"
 DEFAULT_HEAP = "512m"
 
@@ -56,10 +57,11 @@ def cache_dir() -> Path:
 
 
 def offset_store_classes() -> Path:
-    """A classpath folder holding the compiled offset store, compiled now if not cached yet."""
-    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
+    """A classpath folder holding our compiled Java classes (the offset store, the batch bridge),
+    compiled now if not cached yet."""
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in _SOURCES)).hexdigest()[:16]
     target = cache_dir() / "java" / f"offsets-{digest}"
-    if (target / "cdc" / "offsets" / "DurableFileOffsetBackingStore.class").exists():
+    if all((target / "cdc" / "offsets" / f"{s.stem}.class").exists() for s in _SOURCES):
         return target
     javac = shutil.which("javac")
     if javac is None:
@@ -70,14 +72,15 @@ def offset_store_classes() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix="build-", dir=target.parent))
     result = subprocess.run(
-        [javac, "-nowarn", "-cp", f"{debezium_libs()}/*", "-d", str(build), str(_SOURCE)],
+        [javac, "-nowarn", "-cp", f"{debezium_libs()}/*", "-d", str(build), *map(str, _SOURCES)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     if result.returncode != 0:
         shutil.rmtree(build, ignore_errors=True)
-        raise CaptureError(f"javac could not build {_SOURCE.name}: {result.stderr.strip()[-2000:]}")
+        names = ", ".join(s.name for s in _SOURCES)
+        raise CaptureError(f"javac could not build {names}: {result.stderr.strip()[-2000:]}")
     try:
         os.rename(build, target)
     except OSError:  # another process built it first
