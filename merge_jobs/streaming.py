@@ -10,8 +10,10 @@
         │          └─ events (their files are the changelog already: not copied)
         └─ dead letters (decode, changelog, merge) ─ StoreDeadLetters (store + dead-letter topic)
 
-Delivery is at least once end to end: Pub/Sub redelivers what was not acknowledged, and the
-runner acknowledges a message only after the bundle that read it committed. Duplicates are
+Delivery is at least once end to end on Dataflow: Pub/Sub redelivers what was not acknowledged,
+and Dataflow acknowledges a message only after the bundle that read it committed. (Beam's Python
+DirectRunner acknowledges what it pulled at once, so a local job killed mid-bundle can lose those
+messages; the README's DirectRunner caveats say so: local runs are for development.) Duplicates are
 harmless because the MERGE is idempotent per (key, ``_seq``) and the changelog is deduplicated by
 ``event_id`` on read, so the state tables end up exactly as if every change arrived once.
 
