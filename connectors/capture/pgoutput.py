@@ -672,36 +672,44 @@ class PgoutputCapture(Capture):
         stop: threading.Event,
     ) -> bool:
         self._update(phase="snapshot")
-        dsn = libpq_dsn(require_dsn(self.source, self.source_name))
-        ts = time.time_ns() // 1000
-        with psycopg.connect(dsn, options=SESSION_OPTIONS, connect_timeout=5) as conn:
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-            row = conn.execute("SELECT txid_current()").fetchone()
-            xid = int(row[0]) if row else 0
-            for info in self.tables:
-                schema, table = info.schema_table
-                columns = catalog.columns(schema, table)
-                rel = catalog.describe(schema, table, [(c[0], c[1], c[2]) for c in columns], [])
-                names, parsers = rel.names, [t.parse for t in rel.types]
-                query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
-                    sql.SQL(", ").join(sql.Identifier(c) for c in names),
-                    sql.Identifier(schema, table),
+        try:
+            dsn = libpq_dsn(require_dsn(self.source, self.source_name))
+            ts = time.time_ns() // 1000
+            with psycopg.connect(dsn, options=SESSION_OPTIONS, connect_timeout=5) as conn:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
                 )
-                batch: list[ChangeEvent] = []
-                with conn.cursor().copy(query) as copy:
-                    for values in copy.rows():
-                        image = {
-                            c: None if v is None else p(v)
-                            for c, p, v in zip(names, parsers, values, strict=True)
-                        }
-                        batch.append(decoder.snapshot_event(rel, image, lsn, ts, xid))
-                        if len(batch) >= self.batch_size:
-                            self._deliver(sink, batch, snapshot=True)
-                            batch = []
-                            if stop.is_set():
-                                return False
-                self._deliver(sink, batch, snapshot=True)
+                row = conn.execute("SELECT txid_current()").fetchone()
+                xid = int(row[0]) if row else 0
+                for info in self.tables:
+                    schema, table = info.schema_table
+                    columns = catalog.columns(schema, table)
+                    rel = catalog.describe(schema, table, [(c[0], c[1], c[2]) for c in columns], [])
+                    names, parsers = rel.names, [t.parse for t in rel.types]
+                    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
+                        sql.SQL(", ").join(sql.Identifier(c) for c in names),
+                        sql.Identifier(schema, table),
+                    )
+                    batch: list[ChangeEvent] = []
+                    with conn.cursor().copy(query) as copy:
+                        for values in copy.rows():
+                            image = {
+                                c: None if v is None else p(v)
+                                for c, p, v in zip(names, parsers, values, strict=True)
+                            }
+                            batch.append(decoder.snapshot_event(rel, image, lsn, ts, xid))
+                            if len(batch) >= self.batch_size:
+                                self._deliver(sink, batch, snapshot=True)
+                                batch = []
+                                if stop.is_set():
+                                    # leaving by an exception makes psycopg cancel the COPY and roll
+                                    # back; a plain return left it running ("another command is
+                                    # already in progress" at the connection's commit)
+                                    raise _SnapshotStopped
+                    self._deliver(sink, batch, snapshot=True)
+        except _SnapshotStopped:
+            return False
         return True
 
     def _deliver(self, sink: EventSink, events: list[ChangeEvent], *, snapshot: bool) -> None:
@@ -735,6 +743,10 @@ class PgoutputCapture(Capture):
         self._update(phase="streaming", last_error=None)
         stream = _Stream(self, repl, decoder, sink)
         stream.run(stop)
+
+
+class _SnapshotStopped(Exception):
+    """``stop`` was set during the snapshot: abandon it (the next start snapshots again)."""
 
 
 class _Stream:

@@ -294,3 +294,32 @@ def test_slot_lag_and_an_inactive_slot_show_in_status_and_preflight(
     assert any("inactive" in w for w in stopped.warnings())
     check = next(c for c in preflight("billing", capture.source) if c.name == "replication slot")
     assert check.status == "warn" and "inactive" in check.detail and "MiB behind" in check.detail
+
+
+class _StopAfter(MemorySink):
+    """Sets ``stop`` once it holds ``n`` events (from the capture's own thread, mid-snapshot)."""
+
+    def __init__(self, n: int, stop: threading.Event):
+        super().__init__()
+        self.n, self.stop = n, stop
+
+    def write(self, events: Any) -> None:
+        super().write(events)
+        if len(self.events) >= self.n:
+            self.stop.set()
+
+
+def test_stop_during_the_snapshot_returns_and_the_next_start_snapshots_again(
+    db: str, tmp_path: Path
+) -> None:
+    sql(db, "INSERT INTO public.subs (id, plan) SELECT g, 'bulk' FROM generate_series(3, 3000) g")
+    stop = threading.Event()
+    sink = _StopAfter(1000, stop)
+    capture = _capture(db, tmp_path, batch_size=500)
+    capture.run(sink, stop)  # stopped inside the COPY: returns, no "command in progress" error
+    assert capture.stats().phase == "stopped" and 1000 <= len(sink.events) < 3000
+    with running(_capture(db, tmp_path)) as r:
+        r.wait_events(3000)
+        r.wait_streaming()
+        r.stop()
+    assert {e.key["id"] for e in r.sink.events} == set(range(1, 3001))
