@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the tests and the demo need: PostgreSQL and MariaDB server binaries (throwaway
-# instances are started from them; the system services are not touched) and a Java 17 runtime for
+# instances are started from them; the system services are not touched) and a Java 17 JDK for
 # Debezium's embedded engine. Installs only what is missing, so it is quick on a ready machine.
 set -euo pipefail
 
@@ -8,7 +8,9 @@ need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
-java -version 2>&1 | grep -q 'version "1[7-9]\|version "2[0-9]' || need+=(openjdk-17-jre-headless)
+# a JDK, not only a runtime: our small Java helpers for Debezium are compiled with javac on first use
+{ java -version 2>&1 | grep -q 'version "1[7-9]\|version "2[0-9]' && command -v javac >/dev/null 2>&1; } \
+    || need+=(openjdk-17-jdk-headless)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v make >/dev/null 2>&1 || need+=(make)
 
