@@ -77,6 +77,7 @@ sources:
         cfg = load_config(config)
         runtime = Runtime(cfg, RuntimeOptions(max_latency_s=0.1, archive_interval_s=30))
         stop = threading.Event()
+        runtime.prepare()  # the JVM must start on the main thread, or the process hangs at exit
         runner = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
         runner.start()
         deadline = time.monotonic() + 180

@@ -7,8 +7,9 @@
                    merge loop (main thread) ◄──────┤  micro-batches: ≤ batch_size events, or
                    apply_events → warehouse        │  the oldest waited max_latency_s
                                                    │
-                   archiver (main thread)  ◄───────┘  every archive_interval_s: the changelog
-                   ChangelogWriter → Parquet files     (few large immutable files)
+                   archiver (own thread)   ◄───────┘  every archive_interval_s: the changelog
+                   ChangelogWriter → Parquet files     (few large immutable files; merges go on
+                                                        meanwhile, so freshness does not stall)
 
 Nothing is lost at any crash point: a batch is acknowledged to the capture only once its journal
 segment is on disk, and a segment is deleted only once it is both merged and archived. On start
@@ -123,6 +124,9 @@ class Runtime:
         self._started = time.monotonic()
         self._merged_window: list[tuple[float, int]] = []
         self._postponed_said = -1e9
+        self._archive_error: BaseException | None = None
+        # the merge lists and reads segments while the archiver may prune finished ones
+        self._journal_lock = threading.Lock()
         # commit-to-visible latency of recently merged events (seconds), for status and the demo
         self.latencies: deque[float] = deque(maxlen=200_000)
 
@@ -139,17 +143,21 @@ class Runtime:
         self._warehouse = open_warehouse(self.cfg.warehouse_url)
         self._writer = ChangelogWriter(self.cfg.changelog_root)
         capture_stop = threading.Event()
+        archive_stop = threading.Event()
+        archiver: threading.Thread | None = None
         try:
             recovered = self._merge_pending(drain=True)
             archived = self._archive_pending()
             if recovered or archived:
                 log.info("recovered journal: merged %d events, archived %d", recovered, archived)
             self._start_captures(capture_stop)
+            archiver = threading.Thread(
+                target=self._archive_loop, args=(archive_stop,), name="archiver", daemon=True
+            )
+            archiver.start()
             next_status = 0.0
             while not stop.is_set():
                 merged = self._merge_pending()
-                if self.clock() - self._last_archive >= self.options.archive_interval_s:
-                    self._archive_pending()
                 failed = self._failed_capture()
                 if failed is not None:
                     name, exc = failed
@@ -172,6 +180,9 @@ class Runtime:
                 t.join(timeout=120)
                 if t.is_alive():
                     log.error("capture of source %r did not stop within 120 s", name)
+            archive_stop.set()
+            if archiver is not None:
+                archiver.join(timeout=300)
             try:
                 self._merge_pending(drain=True)
                 self._archive_pending()
@@ -209,7 +220,20 @@ class Runtime:
     def _failed_capture(self) -> tuple[str, BaseException] | None:
         for name, exc in self._capture_errors.items():
             return name, exc
+        if self._archive_error is not None:
+            return "(changelog archiver)", self._archive_error
         return None
+
+    def _archive_loop(self, stop: threading.Event) -> None:
+        """Roll the journal into the changelog every ``archive_interval_s``, beside the merges."""
+        while not stop.wait(
+            max(0.0, self._last_archive + self.options.archive_interval_s - self.clock())
+        ):
+            try:
+                self._archive_pending()
+            except BaseException as exc:  # reported by the main loop, which stops the run
+                self._archive_error = exc
+                return
 
     # ------------------------------------------------------------------ merge
 
@@ -221,12 +245,13 @@ class Runtime:
         assert self._warehouse is not None
         total = 0
         while True:
-            pending = self.journal.pending(MERGED)
-            if not pending:
-                return total
-            if not drain and not self._due(pending):
-                return total
-            take, events = self._take(pending)
+            with self._journal_lock:
+                pending = self.journal.pending(MERGED)
+                if not pending:
+                    return total
+                if not drain and not self._due(pending):
+                    return total
+                take, events = self._take(pending)
             try:
                 report = apply_events(
                     self._warehouse,
@@ -303,7 +328,8 @@ class Runtime:
             self._writer.flush()
             Journal.mark(chunk, ARCHIVED)
             total += len(events)
-        self.journal.prune()
+        with self._journal_lock:
+            self.journal.prune()
         self.summary.events_archived += total
         return total
 

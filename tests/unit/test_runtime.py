@@ -184,3 +184,47 @@ def test_unapplicable_events_go_to_dead_letters_and_the_rest_applies(tmp_path):
     assert history(cfg) == [(1, "basic", "c", True)]
     (letter,) = rt.dead_letters.list()
     assert letter.table == "billing.public.unknown" and "not registered" in letter.reason
+
+
+def test_a_slow_changelog_write_does_not_hold_up_the_merges(tmp_path, monkeypatch):
+    # the archiver rolls the journal into Parquet beside the merge loop: a slow write (a big
+    # backlog, a slow bucket) must not stall freshness
+    from connectors.changelog.writer import ChangelogWriter
+
+    release = threading.Event()
+    writing = threading.Event()
+    original = ChangelogWriter.append
+
+    def slow_append(self, events):
+        writing.set()
+        release.wait(20)
+        return original(self, events)
+
+    cfg = load_config(registry(tmp_path))
+    batches = [[change(1, 1, "basic", Op.INSERT)]] + [
+        [change(n, 1, f"plan{n}")] for n in range(2, 40)
+    ]
+    rt = Runtime(
+        cfg,
+        RuntimeOptions(max_latency_s=0.02, archive_interval_s=0.2),
+        capture_factory=factory(batches),
+    )
+    rt._last_archive = -1e9  # type: ignore[attr-defined]  # archive at once
+    monkeypatch.setattr(ChangelogWriter, "append", slow_append)
+
+    merged_during_write: list[int] = []
+
+    def merged_while_writing(r: Runtime) -> bool:
+        done = writing.is_set() and not release.is_set() and r.summary.events_merged >= len(batches)
+        if done:
+            merged_during_write.append(r.summary.events_merged)
+            release.set()  # every change merged while the changelog write was still stuck
+        return done
+
+    try:
+        summary = run_until(rt, merged_while_writing)
+    finally:
+        release.set()
+    assert merged_during_write == [len(batches)] and summary.events_merged == len(batches)
+    assert summary.exit_code == 0 and summary.events_archived == len(batches)
+    assert Journal(cfg.state_dir / "journal").segments() == []
