@@ -158,11 +158,11 @@ class Runtime:
             next_status = 0.0
             while not stop.is_set():
                 merged = self._merge_pending()
-                failed = self._failed_capture()
+                failed = self._failed_part()
                 if failed is not None:
                     name, exc = failed
                     self.summary.exit_code = 1
-                    self.summary.error = f"capture of source {name!r} failed: {exc}"
+                    self.summary.error = f"{name} failed: {exc}"
                     log.error("%s", self.summary.error)
                     break
                 now = time.monotonic()
@@ -217,11 +217,12 @@ class Runtime:
         except BaseException as exc:  # reported by the main loop, which stops the run
             self._capture_errors[name] = exc
 
-    def _failed_capture(self) -> tuple[str, BaseException] | None:
+    def _failed_part(self) -> tuple[str, BaseException] | None:
+        """The first background part (a capture, the archiver) that stopped with an error."""
         for name, exc in self._capture_errors.items():
-            return name, exc
+            return f"capture of source {name!r}", exc
         if self._archive_error is not None:
-            return "(changelog archiver)", self._archive_error
+            return "the changelog archiver", self._archive_error
         return None
 
     def _archive_loop(self, stop: threading.Event) -> None:

@@ -65,19 +65,20 @@ class DuckDBWarehouse(SqlWarehouse):
         self._con: Any = connection if connection is not None else self._connect(lock_wait_s)
 
     def _connect(self, lock_wait_s: float = 0.0) -> Any:
-        deadline = time.monotonic() + lock_wait_s
+        started = time.monotonic()
         said = False
         while True:
             try:
                 con = duckdb.connect(self._path)
                 break
             except duckdb.IOException as exc:
-                if time.monotonic() >= deadline:
+                waited = time.monotonic() - started
+                if waited >= lock_wait_s:
                     # another process holds the file's lock: worth retrying later
                     raise TransientError(
                         f"cannot open DuckDB warehouse {self._path}: {exc}"
                     ) from exc
-                if not said and time.monotonic() > deadline - lock_wait_s + 1:
+                if not said and waited > 1:
                     log.warning(
                         "waiting for another process (cdc run?) to let go of %s", self._path
                     )
