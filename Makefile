@@ -5,18 +5,31 @@ PIP_FLAGS ?= -q
 export NO_GCE_CHECK := true
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: install bqemu system-deps test test-unit lint format typecheck demo check clean
+# Every Python package the tests, CI and the demo install, at exact versions with their hashes
+LOCK := requirements.lock
+EXTRAS := dev gcp debezium mysql
+
+.PHONY: install lock bqemu system-deps test test-unit lint format typecheck demo check clean
 
 system-deps:
 	bash scripts/install-system-deps.sh
 
-$(VENV)/.installed: pyproject.toml
+# The lock, then this project itself (editable, nothing else resolved: every dependency is locked)
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev,gcp,debezium,mysql]'
+	$(PY) -m pip install $(PIP_FLAGS) --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
 install: $(VENV)/.installed bqemu
+
+# Re-resolve the lock from pyproject.toml's ranges (newest allowed versions, every platform,
+# Python 3.11 and up); run the tests on it before committing it
+lock: $(VENV)/.installed
+	$(VENV)/bin/uv pip compile pyproject.toml $(addprefix --extra ,$(EXTRAS)) --universal \
+		--python-version 3.11 --generate-hashes --upgrade --custom-compile-command "make lock" \
+		-q -o $(LOCK)
 
 # bqemulator, the BigQuery stand-in of the tests, in its own cached virtualenv (tests/bqemu.py);
 # quick when it is already built
@@ -42,7 +55,8 @@ typecheck: install
 
 check: lint typecheck test
 
-demo: system-deps install
+# the demo needs no BigQuery emulator: only the locked environment
+demo: system-deps $(VENV)/.installed
 	$(VENV)/bin/cdc demo
 
 clean:

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,8 @@ def bare_reference(n: int) -> float:
     from apache_beam.options.pipeline_options import PipelineOptions
     from google.cloud import pubsub_v1
 
+    from merge_jobs import direct_runner
+
     topic = f"projects/{PROJECT}/topics/bare"
     sub = f"projects/{PROJECT}/subscriptions/bare"
     publisher = pubsub_v1.PublisherClient()
@@ -247,11 +250,13 @@ def bare_reference(n: int) -> float:
         def setup(self) -> None:
             self.f = open(marker, "a")  # noqa: SIM115 - one line per element, closed by the OS
 
-        def process(self, _: Any) -> None:
+        def process(self, _: Any) -> Iterable[Any]:
             self.f.write(".")
             self.f.flush()
+            return ()  # annotated Iterable, not None: Beam 2.78 refuses a `-> None` process
 
     pipeline = beam.Pipeline(options=PipelineOptions([], streaming=True, project=PROJECT))
+    direct_runner.install(pipeline)  # the job's large pulls, as the job has them
     _ = pipeline | ReadFromPubSub(subscription=sub, with_attributes=True) | beam.ParDo(Count())
     start = time.monotonic()
     result = pipeline.run()

@@ -86,8 +86,8 @@ def build_streaming(
             "nothing to read: pass --subscription (or add a pubsub: section to the registry and "
             "run `cdc pubsub setup`), --datastream-notifications or --datastream-files"
         )
-    # Only the DirectRunner consults it: bundles of up to 1,000 messages instead of 10.
-    direct_runner.install()
+    # On the DirectRunner only: bundles of up to 1,000 messages instead of 10.
+    direct_runner.install(pipeline)
     merge_inputs, letters = [], []
     changelog_files = None
     if subscriptions:

@@ -57,6 +57,10 @@ DEAD_LETTERS = "dead_letters"
 EVENTS = "events"
 
 T = TypeVar("T")
+#: What a DoFn's ``process`` returns when it outputs nothing now (it buffers for its bundle's end).
+#: Annotated ``Iterable``, not ``None``: Beam 2.78 resolves the postponed annotation ``None`` to
+#: ``NoneType`` and then refuses it as "Return value not iterable".
+NOTHING: tuple[()] = ()
 
 
 # --------------------------------------------------------------------------- factories
@@ -414,12 +418,13 @@ class _BatchPerBundleFn(beam.DoFn):
         element: tuple[str, ChangeEvent],
         window: Any = beam.DoFn.WindowParam,
         timestamp: Any = beam.DoFn.TimestampParam,
-    ) -> None:
+    ) -> Iterable[Any]:
         table, event = element
         events, latest = self._groups.setdefault((window, table), ([], timestamp))
         events.append(event)
         if timestamp > latest:
             self._groups[(window, table)] = (events, timestamp)
+        return NOTHING
 
     def finish_bundle(self) -> Iterator[Any]:
         from apache_beam.transforms.window import WindowedValue
@@ -505,8 +510,9 @@ class _StoreDeadLettersFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending: list[NewDeadLetter] = []
 
-    def process(self, letter: NewDeadLetter) -> None:
+    def process(self, letter: NewDeadLetter) -> Iterable[Any]:
         self._pending.append(letter)
+        return NOTHING
 
     def finish_bundle(self) -> None:
         if not self._pending:

@@ -291,3 +291,13 @@ def bigquery_dataset(bigquery_client: Callable[[], Any]) -> Iterator[str]:
 
 
 __all__ = ["ServerError"]
+
+
+@pytest.fixture(autouse=True)
+def _beam_as_shipped() -> Iterator[None]:
+    """A test that ran a streaming job on the DirectRunner leaves Beam as it found it."""
+    yield
+    import sys
+
+    if "merge_jobs.direct_runner" in sys.modules:
+        sys.modules["merge_jobs.direct_runner"].uninstall()

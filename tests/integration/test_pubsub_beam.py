@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ class AppendLines(apache_beam.DoFn):
     def __init__(self, path: str):
         self.path = path
 
-    def process(self, message: Any, timestamp: Any = apache_beam.DoFn.TimestampParam) -> None:
+    def process(
+        self, message: Any, timestamp: Any = apache_beam.DoFn.TimestampParam
+    ) -> Iterable[Any]:
         line = {
             "data": message.data.decode(),
             "attributes": dict(message.attributes),
@@ -41,6 +43,7 @@ class AppendLines(apache_beam.DoFn):
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
+        return ()  # annotated Iterable, not None: Beam 2.78 refuses a `-> None` process
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

@@ -376,6 +376,52 @@ def test_pool_lends_each_object_to_one_borrower_at_a_time() -> None:
     assert pool.lock(("wh", "t1")) is not pool.lock(("wh", "t2"))
 
 
+def _direct_pipeline() -> beam.Pipeline:
+    return beam.Pipeline(runner="DirectRunner")
+
+
+def test_direct_runner_hooks_fit_the_installed_beam() -> None:
+    import apache_beam
+
+    from merge_jobs.direct_runner import CHECKED_BEAM, missing_internals
+
+    assert apache_beam.__version__.startswith(tuple(f"{v}." for v in CHECKED_BEAM))
+    assert missing_internals() == []
+
+
+def test_direct_runner_hooks_only_for_the_direct_runner_and_removable(caplog: Any) -> None:
+    import apache_beam
+    from apache_beam.runners.direct import transform_evaluator
+    from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms import userstate
+
+    from merge_jobs import direct_runner
+
+    overrides = transform_evaluator.TransformEvaluatorRegistry._test_evaluators_overrides
+    beams_specs = userstate.get_dofn_specs
+    assert not direct_runner.install(beam.Pipeline(runner=FnApiRunner()))
+    assert _DirectReadFromPubSub not in overrides and userstate.get_dofn_specs is beams_specs
+
+    assert direct_runner.install(_direct_pipeline()) and direct_runner.installed()
+    assert _DirectReadFromPubSub in overrides and userstate.get_dofn_specs is not beams_specs
+    direct_runner.uninstall()
+    assert _DirectReadFromPubSub not in overrides and not direct_runner.installed()
+    assert userstate.get_dofn_specs is beams_specs
+    assert transform_evaluator.get_dofn_specs is beams_specs
+
+    # a Beam the hooks were not checked against: a warning, Beam's own read
+    real = apache_beam.__version__
+    try:
+        apache_beam.__version__ = "2.99.0"
+        with caplog.at_level("WARNING", logger="merge_jobs.direct_runner"):
+            assert not direct_runner.install(_direct_pipeline())
+    finally:
+        apache_beam.__version__ = real
+    assert "Beam 2.99.0 is not one they were checked against" in caplog.text
+    assert _DirectReadFromPubSub not in overrides and userstate.get_dofn_specs is beams_specs
+
+
 def test_direct_runner_reads_pubsub_in_large_pulls() -> None:
     from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
     from apache_beam.runners.direct.transform_evaluator import (
@@ -387,7 +433,7 @@ def test_direct_runner_reads_pubsub_in_large_pulls() -> None:
 
     from merge_jobs.direct_runner import install, received_elements
 
-    assert install()
+    assert install(_direct_pipeline())
     evaluator = TransformEvaluatorRegistry._test_evaluators_overrides[_DirectReadFromPubSub]
     assert issubclass(evaluator, _PubSubReadEvaluator)
 
@@ -442,7 +488,7 @@ def test_direct_runner_remembers_dofn_specs_by_class() -> None:
         def process(self, element: Any) -> Iterator[Any]:
             yield element
 
-    install()
+    install(_direct_pipeline())
     get_specs = userstate.get_dofn_specs
     assert transform_evaluator.get_dofn_specs is get_specs
     assert get_specs(Stateful()) == ({Stateful.BUFFER}, {Stateful.FLUSH})
@@ -453,5 +499,5 @@ def test_direct_runner_remembers_dofn_specs_by_class() -> None:
     odd.start_bundle = Stateful().process  # type: ignore[method-assign]
     assert get_specs(odd) == ({Stateful.BUFFER}, {Stateful.FLUSH})
     assert get_specs(Plain()) == (set(), set())
-    install()
+    install(_direct_pipeline())
     assert userstate.get_dofn_specs is get_specs  # installed once
