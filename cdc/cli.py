@@ -40,13 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cdc",
         description="Change data capture into an immutable changelog and SCD2 history tables.",
     )
+    # The global options go before the command (`cdc --config FILE tables`) or after it (`cdc
+    # tables --config FILE`): the subcommands' copies default to SUPPRESS, so they never overwrite
+    # a value given before the command.
+    config_help = "registry file (default: $CDC_CONFIG or ./cdc.yaml)"
+    parser.add_argument("--config", "-c", help=config_help)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", "-c", help="registry file (default: $CDC_CONFIG or ./cdc.yaml)")
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
         p.set_defaults(handler=handler)
         return p
 

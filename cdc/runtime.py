@@ -21,7 +21,9 @@ everything journaled, and returns.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -47,6 +49,9 @@ from state_models.scd2 import TableDef
 log = logging.getLogger("cdc.run")
 
 STATUS_FILE = "status.json"
+#: Held (flock) by the one `cdc run` of a state folder; holds its pid. The kernel lets go of it
+#: when the process ends, however it ends, so a crash never leaves a stale lock behind.
+RUN_LOCK_FILE = "run.lock"
 
 CaptureFactory = Callable[..., Capture]
 
@@ -83,6 +88,36 @@ class RunSummary:
     dead_letters: int = 0
     error: str | None = None
     tables: dict[str, TableProgress] = field(default_factory=dict)
+
+
+class StateFolderBusyError(CdcError):
+    """Another ``cdc run`` holds the state folder (two would fight over slots, journal and offsets)."""
+
+
+@contextlib.contextmanager
+def exclusive_state_folder(state_dir: Path) -> Any:
+    """Hold the state folder for this process, or raise ``StateFolderBusyError`` naming the pid."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / RUN_LOCK_FILE
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise StateFolderBusyError(
+                f"another `cdc run` (pid {holder}) is already running on the state folder "
+                f"{state_dir}; stop it first (kill {holder}), or give this registry its own "
+                "state folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Runtime:
@@ -138,7 +173,13 @@ class Runtime:
         prepare_engines(s for s in self.registry.sources.values())
 
     def run(self, stop: threading.Event) -> RunSummary:
-        """Block until ``stop`` is set or a capture fails; returns what happened (``exit_code``)."""
+        """Block until ``stop`` is set or a capture fails; returns what happened (``exit_code``).
+
+        Raises ``StateFolderBusyError`` at once when another ``cdc run`` holds the state folder."""
+        with exclusive_state_folder(self.state_dir):
+            return self._run(stop)
+
+    def _run(self, stop: threading.Event) -> RunSummary:
         self.prepare()
         self._warehouse = open_warehouse(self.cfg.warehouse_url)
         self._writer = ChangelogWriter(self.cfg.changelog_root)

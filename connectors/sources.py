@@ -14,7 +14,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
-from state_models.errors import ConfigError, SourceUnavailableError, UnknownTableError
+from state_models.errors import (
+    ConfigError,
+    SourceAccessError,
+    SourceUnavailableError,
+    UnknownTableError,
+)
 from state_models.registry import Registry, Source, unresolved_variables
 
 _PG_SCHEMES = ("postgresql", "postgres")
@@ -69,7 +74,51 @@ def mysql_params(dsn: str) -> dict[str, Any]:
 
 
 def redact(dsn: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    """The DSN as the user wrote it, with any password replaced by ``***``.
+
+    The password ends at the last ``@`` of the part before ``?`` (an unescaped ``@`` in a password
+    must not leak its tail); ``password=`` in the query or in a libpq ``key=value`` DSN is hidden too.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return _PASSWORD_PARAM.sub(_HIDDEN, dsn)
+    head, q, query = rest.partition("?")
+    userinfo, at, host = head.rpartition("@")
+    if at and ":" in userinfo:
+        head = f"{userinfo.partition(':')[0]}:***@{host}"
+    return f"{scheme}://{head}{q}{_PASSWORD_PARAM.sub(_HIDDEN, query)}"
+
+
+_PASSWORD_PARAM = re.compile(r"((?:^|[\s&])password\s*=\s*)('[^']*'|[^\s&]*)", re.IGNORECASE)
+_HIDDEN = r"\1***"
+
+#: What PostgreSQL says when it refuses who we are or what we may do (libpq puts no SQLSTATE on a
+#: failed connection, so the server's message is all there is): retrying cannot help.
+_PG_REFUSALS = (
+    "authentication failed",  # password, peer, ident, scram
+    "no pg_hba.conf entry",
+    "no password supplied",
+    "does not exist",  # role, database
+    "permission denied",
+    "must be superuser",
+    "must have replication",
+    "must have the replication attribute",
+    "not permitted to log in",
+)
+#: MySQL/MariaDB error codes of a refusal: access denied (to the server, a database, a privilege),
+#: unknown database, host not allowed, unsupported authentication method.
+MYSQL_REFUSALS = (1044, 1045, 1049, 1130, 1142, 1227, 1251, 1698)
+
+
+def refused(reason: str) -> bool:
+    """Whether a PostgreSQL connection error is a refusal (terminal), not a network failure."""
+    lowered = reason.lower()
+    return any(r in lowered for r in _PG_REFUSALS)
+
+
+def display_url(url: URL) -> str:
+    """A driver URL shown in the user's plain DSN form (no ``+psycopg``), password hidden."""
+    return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
 
 def create_engine(source: Source, source_name: str) -> sa.Engine:
@@ -82,9 +131,11 @@ def connect(engine: sa.Engine, source_name: str) -> sa.Connection:
         return engine.connect()
     except sa.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise SourceUnavailableError(
-            f"cannot connect to source {source_name!r} at {redact(str(engine.url))}: {reason}"
-        ) from exc
+        where = f"source {source_name!r} at {display_url(engine.url)}"
+        code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+        if refused(reason) or code in MYSQL_REFUSALS:
+            raise SourceAccessError(f"{where} refused the connection: {reason}") from exc
+        raise SourceUnavailableError(f"cannot connect to {where}: {reason}") from exc
 
 
 @dataclass(frozen=True)

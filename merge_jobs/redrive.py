@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from connectors.deadletter import DeadLetter, DeadLetterStore
 from connectors.warehouse import Warehouse
@@ -21,7 +21,23 @@ from state_models.errors import TerminalError
 from state_models.events import ChangeEvent
 from state_models.registry import Registry, table_infos
 from state_models.scd2 import TableDef
-from state_models.tables import resolver_for
+from state_models.tables import TableInfo, resolver_for
+
+
+def _with_state_keys(
+    infos: Sequence[TableInfo], tables: Mapping[str, TableDef], warehouse: Warehouse
+) -> list[TableInfo]:
+    """Tables registered without ``primary_key`` (the capture read it from the database) take the
+    key their state table was created with: a stored message (a Debezium value without its record
+    key) names no key of its own."""
+    out = []
+    for info in infos:
+        if info.primary_key is None:
+            state = warehouse.state_table(tables[info.id])
+            if state is not None and state.key:
+                info = replace(info, primary_key=tuple(state.key))
+        out.append(info)
+    return out
 
 
 @dataclass
@@ -40,8 +56,11 @@ def redrive(
 ) -> RedriveResult:
     """Decode and apply ``letters`` again; remove the ones that now apply."""
     result = RedriveResult()
-    resolvers = {name: resolver_for(table_infos(registry, name), name) for name in registry.sources}
     tables = {t.id: TableDef.from_registered(t) for t in registry.tables()}
+    resolvers = {
+        name: resolver_for(_with_state_keys(table_infos(registry, name), tables, warehouse), name)
+        for name in registry.sources
+    }
     decoded: dict[str, ChangeEvent] = {}  # letter id -> event
     for letter in letters:
         source = letter.source or (letter.table or "").split(".", 1)[0]

@@ -7,7 +7,9 @@
     ├── TerminalError             retrying cannot help; the input goes to the dead-letter store
     │   ├── DecodeError           a change event is malformed (keeps the raw message)
     │   ├── UnknownTableError     an event for a table that is not registered
-    │   └── SchemaChangeError     an incompatible column type change
+    │   ├── SchemaChangeError     an incompatible column type change
+    │   └── SourceAccessError     the source refused who we are or what we asked (wrong password,
+    │                             missing grant, unknown database): retrying cannot help
     └── TransientError            retry with backoff (a server that is restarting, a timeout)
         └── SourceUnavailableError  the source database cannot be reached right now
 
@@ -85,6 +87,11 @@ class UnknownTableError(TerminalError):
 
 class SchemaChangeError(TerminalError):
     """A column changed type in a way that is not a safe widening."""
+
+
+class SourceAccessError(TerminalError):
+    """The source database refused our credentials or privileges. A capture stops at once (nothing
+    is advanced); only a network failure (``SourceUnavailableError``) is retried."""
 
 
 class TransientError(CdcError):

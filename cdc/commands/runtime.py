@@ -161,7 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime = Runtime(cfg, options, registry=registry, on_status=on_status)
     stop = threading.Event()
     if args.duration:
-        threading.Timer(args.duration, stop.set).start()
+        # a daemon: a run that ends early (a capture failed) does not wait for the timer to fire
+        timer = threading.Timer(args.duration, stop.set)
+        timer.daemon = True
+        timer.start()
     log.info(
         "capturing %s into %s; state tables in %s",
         ", ".join(f"{n} ({s.engine})" for n, s in registry.sources.items()),

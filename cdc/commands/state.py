@@ -267,7 +267,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     try:
         state = warehouse.state_table(table)
         if state is not None:
-            _check_columns(state, key)
+            _check_key(state, key)
         rows = warehouse.history(table, key or None)
     finally:
         warehouse.close()
@@ -276,7 +276,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_as_of(args: argparse.Namespace) -> int:
     cfg, table = _table(args)
-    at = _timestamp(args.at) if args.at else None
+    at = _timestamp(args.at) if args.at is not None else None
     if args.seq is not None and not is_seq(args.seq):
         raise ConfigError(
             f"--seq {args.seq!r} is not a seq: expected 16-hex-digit sections joined by '/', "
@@ -308,8 +308,11 @@ def _key_filter(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _check_columns(state: StateTable, key: Mapping[str, str]) -> None:
-    for column in key:
+def _check_key(state: StateTable, key: Mapping[str, str]) -> None:
+    """Each ``--key`` names a column of the table and holds a value of that column's type."""
+    from state_models.types import ValueCoercionError, coerce_value
+
+    for column, value in key.items():
         if column not in state.business_names:
             close = difflib.get_close_matches(column, state.business_names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -317,6 +320,14 @@ def _check_columns(state: StateTable, key: Mapping[str, str]) -> None:
                 f"--key {column}: {state.table_id} has no column {column!r}{hint} "
                 f"(columns: {', '.join(state.business_names)})"
             )
+        wtype = state.column_type(column)
+        try:
+            coerce_value(value, wtype)
+        except ValueCoercionError:
+            raise ConfigError(
+                f"--key {column}={value}: column {column} of {state.table_id} holds {wtype} "
+                f"values, not {value!r}"
+            ) from None
 
 
 def _timestamp(text: str) -> dt.datetime:

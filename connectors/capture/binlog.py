@@ -74,8 +74,8 @@ from connectors.capture.mytypes import (
 )
 from connectors.capture.offsets import OffsetStore
 from connectors.capture.retry import Backoff
-from connectors.sources import mysql_params, require_dsn
-from state_models.errors import SourceUnavailableError
+from connectors.sources import MYSQL_REFUSALS, mysql_params, require_dsn
+from state_models.errors import SourceAccessError, SourceUnavailableError
 from state_models.events import ChangeEvent, Op, make_event_id
 from state_models.registry import Source
 from state_models.seq import binlog_file_number, binlog_seq
@@ -525,8 +525,8 @@ class BinlogCapture(Capture):
                 f"{where} cannot serve the stored binlog position: {reason}. "
                 + resnapshot_fix(self.source_name)
             )
-        if code in (1044, 1045, 1227):
-            return CaptureError(
+        if code in MYSQL_REFUSALS:
+            return SourceAccessError(
                 f"{where} refused {doing}: {reason} (the user needs SELECT, RELOAD, REPLICATION "
                 "SLAVE and REPLICATION CLIENT / BINLOG MONITOR; see `cdc preflight`)"
             )

@@ -44,9 +44,14 @@ from connectors.capture.envelope import EnvelopeColumn, TableEnvelope
 from connectors.capture.offsets import OffsetStore
 from connectors.capture.pgtypes import PgType, TypeCatalog, pg_type
 from connectors.capture.retry import Backoff
-from connectors.capture.slots import check_resumable, connect_source, read_slot
+from connectors.capture.slots import (
+    check_resumable,
+    connect_source,
+    connection_error,
+    read_slot,
+)
 from connectors.preflight import default_publication, default_slot
-from connectors.sources import libpq_dsn, redact, require_dsn
+from connectors.sources import libpq_dsn, require_dsn
 from state_models.errors import SourceUnavailableError
 from state_models.events import ChangeEvent, Op, make_event_id
 from state_models.registry import Source
@@ -618,15 +623,9 @@ class PgoutputCapture(Capture):
         )
         conn = pq.PGconn.connect(conninfo.encode())
         if conn.status != pq.ConnStatus.OK:
-            reason = (conn.error_message or b"").decode(errors="replace").strip()
+            reason = (conn.error_message or b"").decode(errors="replace")
             conn.finish()
-            if "authentication" in reason or "permission" in reason or "role" in reason:
-                raise CaptureError(
-                    f"source {self.source_name!r} at {redact(dsn)} refused replication: {reason}"
-                )
-            raise SourceUnavailableError(
-                f"source {self.source_name!r} at {redact(dsn)} is unreachable: {reason}"
-            )
+            raise connection_error(self.source_name, dsn, reason)
         return conn
 
     def _command(self, conn: PGconn, command: str) -> PGresult:

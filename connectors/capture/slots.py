@@ -15,8 +15,8 @@ import psycopg
 
 from connectors.capture.base import PositionLostError
 from connectors.preflight import default_slot
-from connectors.sources import libpq_dsn, redact, require_dsn
-from state_models.errors import SourceUnavailableError
+from connectors.sources import libpq_dsn, redact, refused, require_dsn
+from state_models.errors import CdcError, SourceAccessError, SourceUnavailableError
 from state_models.registry import Source
 from state_models.seq import int_to_pg_lsn, pg_lsn_to_int
 
@@ -79,10 +79,24 @@ def connect_source(source_name: str, source: Source, **kwargs: Any) -> psycopg.C
     try:
         return psycopg.connect(dsn, connect_timeout=5, autocommit=True, **kwargs)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceUnavailableError(
-            f"source {source_name!r} at {redact(dsn)} is unreachable: {reason}"
-        ) from exc
+        raise connection_error(source_name, dsn, str(exc)) from exc
+
+
+def connection_error(source_name: str, dsn: str, message: str) -> CdcError:
+    """A failed PostgreSQL connection as our error: a refusal (wrong password, no grant, unknown
+    role or database) is terminal, anything else is the network and is retried."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    reason = lines[0] if lines else "connection failed"
+    # libpq leads with `connection to server at "h", port p failed:`; the server's word follows
+    reason = reason.rpartition(" failed: ")[2] if "FATAL:" in reason else reason
+    if refused(reason):
+        return SourceAccessError(
+            f"source {source_name!r} at {redact(dsn)} refused the connection: {reason} "
+            "(check the user, password and grants in the DSN; `cdc preflight` lists what is needed)"
+        )
+    return SourceUnavailableError(
+        f"source {source_name!r} at {redact(dsn)} is unreachable: {reason}"
+    )
 
 
 def read_slot(conn: psycopg.Connection[Any], slot: str) -> SlotStatus:

@@ -228,3 +228,82 @@ def test_a_slow_changelog_write_does_not_hold_up_the_merges(tmp_path, monkeypatc
     assert merged_during_write == [len(batches)] and summary.events_merged == len(batches)
     assert summary.exit_code == 0 and summary.events_archived == len(batches)
     assert Journal(cfg.state_dir / "journal").segments() == []
+
+
+def test_a_second_cdc_run_on_the_same_state_folder_is_refused_naming_the_pid(
+    tmp_path, capsys, monkeypatch
+):
+    import subprocess
+    import sys
+
+    from cdc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = registry(tmp_path)
+    state = tmp_path / "state"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from cdc.runtime import "
+            "exclusive_state_folder\nwith exclusive_state_folder(Path(sys.argv[1])):\n"
+            "    print('held', flush=True); time.sleep(60)",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        code = main(["run", "--config", str(config), "--duration", "30"])
+        err = capsys.readouterr().err
+        assert code == 1 and time.monotonic() - started < 10
+        assert f"another `cdc run` (pid {holder.pid}) is already running" in err
+        assert str(state) in err
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the holder is gone (killed: the kernel let go of its lock) the folder is free again
+    rt = Runtime(
+        load_config(config), RuntimeOptions(), capture_factory=factory([[change(1, 1, "a")]])
+    )
+    summary = run_until(rt, lambda r: r.summary.events_merged >= 1)
+    assert summary.exit_code == 0 and summary.events_merged == 1
+
+
+def test_dead_letters_retry_uses_the_state_tables_key_when_the_registry_names_none(
+    tmp_path, capsys
+):
+    from cdc.cli import main
+    from connectors.deadletter import DeadLetterStore, NewDeadLetter, default_folder
+    from state_models.debezium import encode_debezium
+
+    config = registry(tmp_path)
+    config.write_text(config.read_text().replace("        primary_key: [id]\n", ""))
+    cfg = load_config(config)
+    assert cfg.registry.table(TABLE).primary_key is None  # the capture reads it from the database
+    # the runtime's capture knew the key (as pgoutput and Debezium do): the table is keyed by id
+    rt = Runtime(
+        cfg, RuntimeOptions(), capture_factory=factory([[change(1, 1, "basic", Op.INSERT)]])
+    )
+    assert run_until(rt, lambda r: r.summary.events_merged >= 1).exit_code == 0
+    # a stored message is a Debezium value without its record key
+    late = change(2, 1, "pro")
+    store = DeadLetterStore(default_folder(cfg.state_dir))
+    store.put_many(
+        [
+            NewDeadLetter(
+                reason="warehouse was read-only",
+                error_type="TestError",
+                raw=encode_debezium(late, "postgres"),
+                source="billing",
+                table=TABLE,
+            )
+        ]
+    )
+    code = main(["dead-letters", "retry", "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "") and "1 applied and removed, 0 still failing" in out
+    assert history(cfg) == [(1, "basic", "c", False), (1, "pro", "u", True)]
+    assert store.list() == []

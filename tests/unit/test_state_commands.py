@@ -236,6 +236,10 @@ def test_history_filters_by_key_and_as_of_by_seq(tmp_path, capsys):
         (["history", "subscriptions", "--key", "id"], "expected COLUMN=VALUE"),
         (["as-of", "subscriptions", "--at", "yesterday"], "not an ISO-8601 time"),
         (["as-of", "subscriptions", "--seq", "0/16B3748"], "is not a seq"),
+        (["as-of", "subscriptions", "--at", ""], "--at '' is not an ISO-8601 time"),
+        (["as-of", "subscriptions", "--seq", ""], "--seq '' is not a seq"),
+        (["history", "subscriptions", "--key", "id=abc"], "holds int64 values, not 'abc'"),
+        (["history", "subscriptions", "--key", "amount=1.2.3"], "values, not '1.2.3'"),
     ],
 )
 def test_bad_usage_exits_2_with_a_clear_message(tmp_path, capsys, monkeypatch, args, message):
@@ -245,3 +249,15 @@ def test_bad_usage_exits_2_with_a_clear_message(tmp_path, capsys, monkeypatch, a
     apply_file(capsys, config, write_events(tmp_path / "e.jsonl", a_history(seed=1)[:5]))
     code, _, err = cdc(capsys, args[0], "--config", str(config), *args[1:])
     assert code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_global_options_go_before_or_after_the_command(tmp_path, capsys):
+    config = project(tmp_path, "p")
+    apply_file(capsys, config, write_events(tmp_path / "e.jsonl", a_history(seed=2)[:5]))
+    before = cdc(capsys, "--config", str(config), "history", "subscriptions", "--format", "jsonl")
+    after = cdc(capsys, "history", "--config", str(config), "subscriptions", "--format", "jsonl")
+    assert before[0] == 0 and before == after and before[1].strip()
+    # a subcommand's own default never overwrites the global value
+    code, out, _ = cdc(capsys, "--config", str(config), "--debug", "tables")
+    assert code == 0 and "billing.public.subscriptions" in out
