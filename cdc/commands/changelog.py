@@ -16,8 +16,9 @@ import sys
 from typing import Any
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import LOCK_WAIT_S, load, print_table, subcommands
+from cdc.commands.common import LOCK_WAIT_S, load, subcommands
 from cdc.config import LoadedConfig
+from cdc.console import ProgressBar, print_table
 from state_models.changelog import ChangeRange
 from state_models.errors import ConfigError
 
@@ -334,52 +335,6 @@ def _file_row(s: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- replay, rebuild, verify
-
-
-class ProgressBar:
-    """``[#####.....] 52% 1,040,000/2,000,000 events  210,311 events/s`` on stderr.
-
-    Redrawn in place on a terminal; elsewhere (CI logs) one line every ``every`` seconds.
-    """
-
-    def __init__(self, total: int | None, label: str, every: float = 5.0):
-        import time
-
-        self.total = total or None
-        self.label = label
-        self.done = 0
-        self._clock = time.monotonic
-        self.started = self._clock()
-        self._last = self.started
-        self._tty = sys.stderr.isatty()
-        self._every = 0.2 if self._tty else every
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        now = self._clock()
-        if now - self._last >= self._every:
-            self._last = now
-            self._draw(final=False)
-
-    def rate(self) -> float:
-        elapsed = self._clock() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
-
-    def _draw(self, final: bool) -> None:
-        if self.total:
-            share = min(1.0, self.done / self.total)
-            filled = int(share * 30)
-            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} {self.done:,}/{self.total:,}"
-        else:
-            bar = f"{self.done:,}"
-        line = f"{self.label} {bar} events  {self.rate():,.0f} events/s"
-        if self._tty:
-            print("\r" + line, end="\n" if final else "", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def finish(self) -> None:
-        self._draw(final=True)
 
 
 def _open(cfg: LoadedConfig, ref: str) -> tuple[Any, Any, Any, Any]:

@@ -6,7 +6,8 @@ import argparse
 import os
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import load, print_table, subcommands
+from cdc.commands.common import load, subcommands
+from cdc.console import print_table
 from state_models.errors import ConfigError
 from state_models.pubsub import PubSubLayout
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, AddCommand
-from cdc.commands.common import load, print_table
+from cdc.commands.common import load
+from cdc.console import print_table
 from state_models.errors import ConfigError
 
 

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import LOCK_WAIT_S, load, print_table, subcommands
+from cdc.commands.common import LOCK_WAIT_S, load, subcommands
 from cdc.config import LoadedConfig
+from cdc.console import LiveLine, print_table
 from state_models.errors import ConfigError, TransientError
 
 
@@ -146,19 +147,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_latency_s=args.max_latency,
         archive_interval_s=args.archive_interval,
     )
-    tty = sys.stderr.isatty() and args.log_format == "text"
     log = logging.getLogger("cdc.run")
-    last_log = [0.0]
-
-    def on_status(rt: Runtime) -> None:
-        line = rt.status_line()
-        if tty:
-            print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
-        elif time.monotonic() - last_log[0] >= 10:
-            last_log[0] = time.monotonic()
-            log.info(line, extra={"status": rt.status()})
-
-    runtime = Runtime(cfg, options, registry=registry, on_status=on_status)
+    # redrawn in place on a terminal; a log line (with the whole status) every 10 s elsewhere
+    live = LiveLine(
+        lambda line, rt: log.info(line, extra={"status": rt.status()}),
+        interactive=sys.stderr.isatty() and args.log_format == "text",
+    )
+    runtime = Runtime(
+        cfg, options, registry=registry, on_status=lambda rt: live.update(rt.status_line(), rt)
+    )
     stop = threading.Event()
     if args.duration:
         # a daemon: a run that ends early (a capture failed) does not wait for the timer to fire
@@ -172,9 +169,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.warehouse_url,
     )
     with stop_on_signals(stop):
-        summary = runtime.run(stop)
-    if tty:
-        print(file=sys.stderr)
+        try:
+            summary = runtime.run(stop)
+        finally:
+            live.close()
     log.info(
         "stopped: %d events merged, %d archived, %d dead letters",
         summary.events_merged,

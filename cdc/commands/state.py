@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import LOCK_WAIT_S, load, print_table
+from cdc.commands.common import LOCK_WAIT_S, load
 from cdc.config import LoadedConfig
+from cdc.console import print_table
 from connectors.deadletter import NewDeadLetter
 from state_models.debezium import decode_debezium
 from state_models.errors import ConfigError, DecodeError, UnknownTableError

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cdc.config import load_config
+from cdc.console import ProgressBar
 from cdc.demo.workload import SubscriptionWorkload, WorkloadStats
 from cdc.register import register_table
 from cdc.runtime import Runtime, RuntimeOptions
@@ -101,13 +102,12 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
             billing_dsn, mysql_params(payments_dsn) if payments_dsn else None, seed=opts.seed
         )
         started = dt.datetime.now(dt.UTC)
+        bar = ProgressBar(opts.seconds, "workload", unit=None, file=err)
         try:
-            workload.run(
-                opts.seconds, opts.rate, on_progress=progress_bar(err, opts.seconds, runtime)
-            )
+            workload.run(opts.seconds, opts.rate, on_progress=progress_shown(bar, runtime))
         finally:
+            bar.finish()
             workload.close()
-        err.write("\n")
         caught_up = wait_caught_up(runtime, err)
         stop.set()
         runner.join(120)
@@ -178,27 +178,17 @@ def wait_streaming(
     )
 
 
-def progress_bar(err: TextIO, seconds: float, runtime: Runtime) -> Any:
-    last = [0.0]
-    tty = err.isatty()
-    every = 0.25 if tty else 5.0  # a log file gets a line every few seconds, not a redrawn bar
+def progress_shown(bar: ProgressBar, runtime: Runtime) -> Any:
+    """The workload's progress callback: elapsed time on the bar, what was done beside it."""
 
     def show(elapsed: float, stats: WorkloadStats) -> None:
-        now = time.monotonic()
-        if now - last[0] < every and elapsed < seconds:
-            return
-        last[0] = now
-        width = 30
-        done = int(width * min(1.0, elapsed / seconds))
         fresh = runtime.freshness()
         lag = f"p50 lag {fresh['p50']:.2f}s" if fresh else "lag -"
-        err.write(
-            ("\r\033[K" if tty else "")
-            + f"[{'#' * done}{'.' * (width - done)}] {elapsed:4.0f}/{seconds:.0f}s  "
-            f"{stats.transactions:,} business actions  {runtime.summary.events_merged:,} changes merged "
-            f"({runtime.events_per_second():,.0f}/s)  {lag}" + ("" if tty else "\n")
+        bar.set(
+            min(elapsed, bar.total or elapsed),
+            f"{stats.transactions:,} business actions  {runtime.summary.events_merged:,} changes "
+            f"merged ({runtime.events_per_second():,.0f}/s)  {lag}",
         )
-        err.flush()
 
     return show
 

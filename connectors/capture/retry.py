@@ -1,4 +1,13 @@
-"""Retrying an unreachable source with exponential backoff, saying so each time."""
+"""Retrying an unreachable source with exponential backoff, saying so each time.
+
+Why not tenacity: this backoff waits on the capture's stop event (Ctrl-C ends a wait at once),
+starts counting ``max_seconds`` afresh whenever a session connects (``reset``: a source that ran
+for an hour and then dropped gets its full patience again, where tenacity's ``stop_after_delay``
+counts from the first attempt of one call), and writes every wait into the capture's status.
+With tenacity each of those is a callback of ours around its loop, and the code does not get
+shorter. Only ``SourceUnavailableError`` (the network) is retried; a refusal
+(``SourceAccessError``: wrong password, missing grant) stops the capture at once.
+"""
 
 from __future__ import annotations
 
