@@ -218,6 +218,7 @@ def report(
     started: dt.datetime,
     caught_up: bool,
 ) -> None:
+    cdc, python = runnable("cdc"), runnable("python")  # hints runnable as printed
     w = open_warehouse(cfg.warehouse_url, lock_wait_s=30)
     try:
         subs = TableDef.from_registered(cfg.registry.table("billing.public.subscriptions"))
@@ -272,7 +273,7 @@ def report(
                 f"\nAs of {at.isoformat(timespec='microseconds')}: user {user} was on {answer}\n"
             )
             out.write(
-                f"  (cdc as-of --config {rel(cfg.path)} {subs.state_table} --at {at.isoformat()})\n"
+                f"  ({cdc} as-of --config {rel(cfg.path)} {subs.state_table} --at {at.isoformat()})\n"
             )
         fresh = runtime.freshness()
         if fresh:
@@ -288,12 +289,14 @@ def report(
             f"  changelog  {rel(Path(cfg.changelog_root))}   (immutable Parquet, one folder per table)\n"
         )
         out.write(f"  DuckDB     {rel(Path(cfg.warehouse_url.removeprefix('duckdb:///')))}\n")
-        out.write(f"  cdc history --config {rel(cfg.path)} {subs.state_table} --key id={sub_id}\n")
-        out.write(f"  cdc changelog ls --config {rel(cfg.path)}\n")
+        out.write(
+            f"  {cdc} history --config {rel(cfg.path)} {subs.state_table} --key id={sub_id}\n"
+        )
+        out.write(f"  {cdc} changelog ls --config {rel(cfg.path)}\n")
         db = rel(Path(cfg.warehouse_url.removeprefix("duckdb:///")))
         query = f"SELECT plan_id, status, count(*) FROM {subs.state_table}_current GROUP BY ALL ORDER BY ALL"
         out.write(
-            f"  python -c \"import duckdb; duckdb.connect('{db}', read_only=True).sql('{query}').show()\"\n"
+            f"  {python} -c \"import duckdb; duckdb.connect('{db}', read_only=True).sql('{query}').show()\"\n"
         )
     finally:
         w.close()
@@ -339,6 +342,24 @@ def fmt(value: Any) -> str:
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ", timespec="seconds")
     return str(value)
+
+
+def runnable(name: str) -> str:
+    """How to run this environment's ``name`` (``cdc``, ``python``) from the user's shell: the bare
+    name when it is what the shell finds, else its path (``.venv/bin/cdc`` after ``make demo``)."""
+    here = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == here.resolve():
+        return name
+    return rel_path(here)
+
+
+def rel_path(path: Path) -> str:
+    """``path`` relative to the working folder when it lies below it (symlinks kept)."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def rel(path: Path) -> str:

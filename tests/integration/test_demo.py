@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,19 @@ def test_the_demo_captures_both_sides_and_exits_0(tmp_path: Path) -> None:
         # every payment version came from the binlog: seq is file / position / row
         seqs = db.sql("SELECT DISTINCT length(_seq) FROM payments_payments").fetchall()
         assert seqs == [(50,)]
+
+    # the closing hints run as printed in a new shell, where the project's venv is not on PATH
+    hints = [
+        line.strip().strip("()")
+        for line in out.getvalue().splitlines()
+        if " --config " in line or "import duckdb" in line
+    ]
+    assert len(hints) == 4, out.getvalue()
+    shell_env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    shell_env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    for hint in hints:
+        ran = subprocess.run(
+            ["bash", "-c", hint], env=shell_env, capture_output=True, text=True, timeout=120
+        )
+        assert ran.returncode == 0, f"{hint}\n{ran.stderr}"
+        assert ran.stdout.strip(), hint

@@ -1,0 +1,73 @@
+"""Source DSNs as users see them (password hidden), and refusals told apart from network failures."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from cdc.cli import main
+from connectors.capture.slots import connection_error
+from connectors.sources import redact, refused
+from state_models.errors import SourceAccessError, SourceUnavailableError
+
+
+@pytest.mark.parametrize(
+    "dsn, shown",
+    [
+        ("postgresql://app:s3cret@db:5432/shop", "postgresql://app:***@db:5432/shop"),
+        ("postgresql://app@db/shop", "postgresql://app@db/shop"),
+        # an unescaped '@' in the password must not leak its tail
+        ("postgresql://app:p@ss@db/shop", "postgresql://app:***@db/shop"),
+        ("mysql://root:x@db/pay?password=y&ssl=1", "mysql://root:***@db/pay?password=***&ssl=1"),
+        ("host=db password=s3cret dbname=shop", "host=db password=*** dbname=shop"),
+        ("host=db password='a b' user=app", "host=db password=*** user=app"),
+    ],
+)
+def test_a_dsn_is_shown_without_its_password(dsn: str, shown: str) -> None:
+    assert redact(dsn) == shown
+
+
+@pytest.mark.parametrize(
+    "message, terminal",
+    [
+        ('FATAL:  password authentication failed for user "app"', True),
+        ('FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "app", database "x"', True),
+        ('FATAL:  role "app" does not exist', True),
+        ('FATAL:  database "shop" does not exist', True),
+        ("fe_sendauth: no password supplied", True),
+        ("FATAL:  must be superuser or replication role to start walsender", True),
+        ("Connection refused\n\tIs the server running on that host?", False),
+        ("timeout expired", False),
+        ("FATAL:  the database system is starting up", False),
+        ("FATAL:  sorry, too many clients already", False),
+    ],
+)
+def test_refusals_are_terminal_and_network_failures_transient(message: str, terminal: bool) -> None:
+    assert refused(message) is terminal
+    error = connection_error(
+        "shop",
+        "postgresql://app:s3cret@127.0.0.1:5432/shop",
+        f'connection failed: connection to server at "127.0.0.1", port 5432 failed: {message}',
+    )
+    assert isinstance(error, SourceAccessError if terminal else SourceUnavailableError)
+    assert "s3cret" not in str(error) and "app:***@127.0.0.1" in str(error)
+
+
+def test_register_names_the_dsn_as_written_with_the_password_hidden(tmp_path, capsys) -> None:
+    config = tmp_path / "cdc.yaml"
+    config.write_text(
+        textwrap.dedent("""\
+            sources:
+              shop:
+                kind: postgres
+                engine: pgoutput
+                dsn: postgresql://app:s3cret@127.0.0.1:1/shop
+                tables: []
+            """)
+    )
+    code = main(["register", "--config", str(config), "--source", "shop", "public.items"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "postgresql://app:***@127.0.0.1:1/shop" in err
+    assert "+psycopg" not in err and "s3cret" not in err
