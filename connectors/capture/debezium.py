@@ -30,7 +30,7 @@ from connectors.capture.offsets import offsets_dir
 from connectors.capture.retry import Backoff
 from connectors.capture.slots import check_resumable, connect_source, read_slot
 from connectors.preflight import default_publication, default_slot
-from connectors.sources import require_dsn, sqlalchemy_url
+from connectors.sources import refused, require_dsn, sqlalchemy_url
 from state_models.debezium import Tombstone, decode_debezium
 from state_models.errors import SourceUnavailableError
 from state_models.events import ChangeEvent
@@ -324,7 +324,12 @@ _UNREACHABLE = re.compile(
 
 
 def _looks_unreachable(outcome: _Outcome) -> bool:
-    return any(_UNREACHABLE.search(m) for m in [outcome.message, *_java_cause_chain(outcome.error)])
+    """A network failure (retried), not a refusal: "Unable to connect ... password authentication
+    failed" is the password, and no retry can fix it."""
+    messages = [outcome.message, *_java_cause_chain(outcome.error)]
+    if any(refused(m) for m in messages):
+        return False
+    return any(_UNREACHABLE.search(m) for m in messages)
 
 
 # --------------------------------------------------------------------------- the JPype bridge

@@ -71,3 +71,16 @@ def test_register_names_the_dsn_as_written_with_the_password_hidden(tmp_path, ca
     assert code == 1
     assert "postgresql://app:***@127.0.0.1:1/shop" in err
     assert "+psycopg" not in err and "s3cret" not in err
+
+
+def test_a_debezium_engine_refused_by_the_source_is_not_retried_as_unreachable() -> None:
+    from connectors.capture.debezium import _looks_unreachable, _Outcome
+
+    refused_run = _Outcome(
+        success=False,
+        message="Unable to connect to the database",
+        error=RuntimeError('FATAL: password authentication failed for user "app"'),
+    )
+    network = _Outcome(success=False, message="Connection refused", error=None)
+    assert not _looks_unreachable(refused_run)
+    assert _looks_unreachable(network)
