@@ -12,7 +12,7 @@ is the flow control). Transient errors (unavailable, deadline, resource exhauste
 with backoff until ``publish.timeout_seconds`` after ``write`` began; then ``write`` raises
 ``TransientError`` and the capture does not advance. A permanent error (missing topic, no
 permission, a refused message) raises at once. A batch written again after a failure may publish
-some events twice: consumers dedupe by ``event_id`` (at-least-once, ARCHITECTURE.md §3). Because
+some events twice: consumers dedupe by ``event_id`` (at-least-once, docs/architecture.md §3). Because
 ``write`` returns only when its batch is acknowledged, the changes of a row reach Pub/Sub in commit
 order across batches too.
 

@@ -252,7 +252,7 @@ class _WriteChangelogFn(beam.DoFn):
 
 
 class WriteChangelog(beam.PTransform):
-    """Keyed events -> immutable changelog files (ARCHITECTURE.md §6). Output: (files, dead letters).
+    """Keyed events -> immutable changelog files (docs/architecture.md §6). Output: (files, dead letters).
 
     Each table's events are cut into windows of processing time: a table's files are written when
     its oldest buffered event has waited ``window_s``, or when ``max_events`` are buffered. Windows

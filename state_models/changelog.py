@@ -1,4 +1,4 @@
-"""Where things live in the raw changelog (ARCHITECTURE.md §6). Pure: names in, names out.
+"""Where things live in the raw changelog (docs/architecture.md §6). Pure: names in, names out.
 
 ::
 

@@ -25,7 +25,7 @@ Where the format facts come from (re-check these when Datastream changes):
   instead of ``log_file``/``log_position`` (GoogleCloudPlatform/DataflowTemplates#3554; the template
   reads only the binlog-mode names, finds NULLs and cannot order records).
 
-How ``seq`` is built (ARCHITECTURE.md §4), always from the log position, never from a timestamp:
+How ``seq`` is built (docs/architecture.md §4), always from the log position, never from a timestamp:
 
 - MySQL: ``binlog file number / position / half``. ``source_timestamp`` is the time of the row
   event, not of the commit (DataflowTemplates#2867 moved its MySQL ordering to file, position,

@@ -1,4 +1,4 @@
-"""The canonical change event (ARCHITECTURE.md §3).
+"""The canonical change event (docs/architecture.md §3).
 
 Every capture path (Debezium, pgoutput, binlog, Datastream) produces this one shape. Row images are
 plain dicts of JSON-compatible values plus ``Decimal`` for exact numerics. Values the source did not
@@ -145,7 +145,7 @@ def image_to_json(image: Mapping[str, Any] | None) -> str | None:
     )
 
 
-#: The flat record of an event as the changelog (ARCHITECTURE.md §6), the local journal and other
+#: The flat record of an event as the changelog (docs/architecture.md §6), the local journal and other
 #: stores keep it: images and key as JSON text, times as integers. ``ingested_at`` is added by the
 #: writer.
 RECORD_FIELDS = (

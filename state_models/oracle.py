@@ -1,4 +1,4 @@
-"""The reference fold: ARCHITECTURE.md §5 written as plain Python, for tests to compare against.
+"""The reference fold: docs/architecture.md §5 written as plain Python, for tests to compare against.
 
 It takes every event ever delivered (in any order, with duplicates) and returns the state table
 that must result. Nothing here is clever on purpose: the warehouses' single MERGE statement must

@@ -1,4 +1,4 @@
-"""SQL plans for the state tables, as sqlglot expressions rendered per dialect (ARCHITECTURE.md §5).
+"""SQL plans for the state tables, as sqlglot expressions rendered per dialect (docs/architecture.md §5).
 
 The heart is :func:`plan_merge`: ONE statement per (table, batch) that leaves the table exactly as
 the reference fold (``state_models.oracle``) says, whatever the order, duplication or batching of

@@ -31,7 +31,7 @@ batch per subscriber), so N should stay well above the number of merge workers. 
 a key (a truncate; a table captured without key columns) are published without an ordering key:
 Pub/Sub spreads them freely instead of funnelling a whole table through one hot key (1 MB/s and
 one-at-a-time delivery per key). Ordering only saves the merge work; correctness never depends on
-it, because the merge orders versions by ``seq`` and is idempotent (ARCHITECTURE.md §5).
+it, because the merge orders versions by ``seq`` and is idempotent (docs/architecture.md §5).
 """
 
 from __future__ import annotations

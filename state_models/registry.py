@@ -1,4 +1,4 @@
-"""The registry: what a user writes in ``cdc.yaml`` (ARCHITECTURE.md §7), as validated models.
+"""The registry: what a user writes in ``cdc.yaml`` (docs/architecture.md §7), as validated models.
 
 Pure models only; reading the file, ``${VAR}`` interpolation and error rendering live in
 ``cdc.config``. Every model forbids unknown keys so that a typo is an error, never a silent default.

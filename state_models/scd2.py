@@ -1,4 +1,4 @@
-"""The SCD2 state table (ARCHITECTURE.md §5): its columns, how it evolves, and the rows a batch stages.
+"""The SCD2 state table (docs/architecture.md §5): its columns, how it evolves, and the rows a batch stages.
 
 A state table holds one row per version of a key: the business columns (key columns first), then
 the metadata columns of §5, then two columns the merge needs to stay order-free:

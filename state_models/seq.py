@@ -1,4 +1,4 @@
-"""``seq``: the canonical source position (ARCHITECTURE.md §4).
+"""``seq``: the canonical source position (docs/architecture.md §4).
 
 A seq is a lower-case hex string of 16-digit sections joined by ``/`` — the format BigQuery CDC uses
 for ``_CHANGE_SEQUENCE_NUMBER``. Because every section has the same width, plain string order is

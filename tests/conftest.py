@@ -1,4 +1,4 @@
-"""Shared fixtures: real throwaway source databases (ARCHITECTURE.md §8).
+"""Shared fixtures: real throwaway source databases (docs/architecture.md §8).
 
 Where a source comes from, in order:
 1. a DSN in the environment (``CDC_TEST_PG_DSN``, ``CDC_TEST_MYSQL_DSN``): an existing server;

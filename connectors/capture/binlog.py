@@ -10,7 +10,7 @@ stream resumes exactly where the snapshot's view ends —
   ``UNLOCK TABLES`` (the lock is held only while the position is read; needs RELOAD).
 
 Snapshot rows are ``op='r'`` with seq (snapshot file, snapshot position, 0); streamed rows have seq
-(binlog file number, start position of the rows event, row index in it) (ARCHITECTURE.md §4), so
+(binlog file number, start position of the rows event, row index in it) (docs/architecture.md §4), so
 every streamed change sorts after the snapshot. Every event carries the Debezium MySQL envelope
 (``source``: file, pos, row, gtid, server_id, ts_ms, db, table) in ``ChangeEvent.raw``;
 ``decode_debezium`` turns it back into the same event. An update that changes the primary key is a

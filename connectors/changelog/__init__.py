@@ -1,4 +1,4 @@
-"""The raw changelog (ARCHITECTURE.md §6): immutable zstd Parquet files in a local folder or GCS."""
+"""The raw changelog (docs/architecture.md §6): immutable zstd Parquet files in a local folder or GCS."""
 
 from connectors.changelog.writer import ChangelogWriter, PublishedFile, write_events
 

@@ -1,4 +1,4 @@
-"""Change events as Arrow rows of the changelog, and back (ARCHITECTURE.md §6 columns).
+"""Change events as Arrow rows of the changelog, and back (docs/architecture.md §6 columns).
 
 Row images, keys and source types are stored as JSON text with the values of
 ``state_models.events.json_value`` (exact decimals and times as strings), so reading a file back
