@@ -9,6 +9,7 @@ a value that does not fit are rejected one by one, the rest of the batch goes on
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -40,12 +41,21 @@ _ARROW: dict[Kind, pa.DataType] = {
     Kind.JSON: pa.string(),
     Kind.NAME_LIST: pa.string(),
 }
-#: Kinds Arrow converts directly from the decoded Python values.
-_DIRECT = frozenset(
-    {Kind.BOOL, Kind.INT64, Kind.FLOAT64, Kind.STRING, Kind.DECIMAL, Kind.NAME_LIST}
-)
+#: Kinds Arrow converts directly from the decoded Python values, and the value types it converts
+#: exactly as ``coerce_value`` does. Arrow also takes others without a word, differently: a float
+#: or Decimal into int64 is truncated (2.7 -> 2), a bool into float64 becomes 1.0, bytes into a
+#: string are decoded. A column holding any other type takes the per-value path.
+_DIRECT: dict[Kind, frozenset[type]] = {
+    Kind.BOOL: frozenset({bool}),
+    Kind.INT64: frozenset({int}),
+    Kind.FLOAT64: frozenset({float, int}),
+    Kind.STRING: frozenset({str}),
+    Kind.DECIMAL: frozenset({Decimal, int}),
+    Kind.NAME_LIST: frozenset({str}),
+}
 #: Kinds decoded as ISO-8601 text, which Arrow parses in bulk.
 _FROM_TEXT = frozenset({Kind.DATE, Kind.DATETIME, Kind.TIMESTAMP})
+_NONE = type(None)
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
 
 
@@ -58,10 +68,11 @@ def arrow_type(wtype: WarehouseType) -> pa.DataType:
 def arrow_column(values: Sequence[Any], wtype: WarehouseType) -> tuple[pa.Array, dict[int, str]]:
     """Values -> an Arrow array of the column type, and {row: why} for values that do not fit."""
     target = arrow_type(wtype)
+    present = set(map(type, values)) - {_NONE}
     try:
-        if wtype.kind in _DIRECT:
+        if wtype.kind in _DIRECT and present <= _DIRECT[wtype.kind]:
             return pa.array(values, type=target), {}
-        if wtype.kind in _FROM_TEXT:
+        if wtype.kind in _FROM_TEXT and present <= {str}:
             return pa.array(values, type=pa.string()).cast(target), {}
     except _ARROW_ERRORS:
         pass  # somewhere a value Arrow does not take as it is: decide value by value
