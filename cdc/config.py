@@ -223,8 +223,19 @@ def _problem_from_error(err: Any, doc: Any) -> ConfigProblem:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if kind in ("list_type", "dict_type", "string_type", "int_type", "int_parsing", "bool_type"):
-        msg = f"{msg} (got {err.get('input')!r})"
+        msg = f"{msg} (got {_shown(loc, err.get('input'))})"
     return ConfigProblem(path, msg, line)
+
+
+#: Fields whose values may hold a secret: a problem with one never echoes the value.
+_SECRET_FIELDS = ("dsn", "password", "secret", "token", "key")
+
+
+def _shown(loc: tuple[Any, ...], value: Any) -> str:
+    """A value as a problem may show it: a secret field's value only by its type."""
+    if any(isinstance(p, str) and any(s in p.lower() for s in _SECRET_FIELDS) for p in loc):
+        return f"a {type(value).__name__}, not shown: it may hold a secret"
+    return repr(value)
 
 
 def _field_type_at(loc: tuple[Any, ...]) -> Any:

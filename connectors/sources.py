@@ -76,20 +76,23 @@ def mysql_params(dsn: str) -> dict[str, Any]:
 def redact(dsn: str) -> str:
     """The DSN as the user wrote it, with any password replaced by ``***``.
 
-    The password ends at the last ``@`` of the part before ``?`` (an unescaped ``@`` in a password
-    must not leak its tail); ``password=`` in the query or in a libpq ``key=value`` DSN is hidden too.
+    ``password=`` anywhere (a URL's query, a libpq ``key=value`` DSN) is hidden first; then a URL's
+    password, which ends at the LAST ``@`` before the query, so an unescaped ``@`` in it leaks
+    nothing. A malformed URL (no ``://``) is read the same way: whatever stands between the first
+    ``:`` and the last ``@`` is hidden.
     """
+    dsn = _PASSWORD_PARAM.sub(_HIDDEN, dsn)
     scheme, sep, rest = dsn.partition("://")
     if not sep:
-        return _PASSWORD_PARAM.sub(_HIDDEN, dsn)
+        scheme, rest = "", dsn
     head, q, query = rest.partition("?")
     userinfo, at, host = head.rpartition("@")
     if at and ":" in userinfo:
         head = f"{userinfo.partition(':')[0]}:***@{host}"
-    return f"{scheme}://{head}{q}{_PASSWORD_PARAM.sub(_HIDDEN, query)}"
+    return f"{scheme}{sep}{head}{q}{query}"
 
 
-_PASSWORD_PARAM = re.compile(r"((?:^|[\s&])password\s*=\s*)('[^']*'|[^\s&]*)", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"((?:^|[\s&?])password\s*=\s*)('[^']*'|[^\s&]*)", re.IGNORECASE)
 _HIDDEN = r"\1***"
 
 #: What PostgreSQL says when it refuses who we are or what we may do (libpq puts no SQLSTATE on a

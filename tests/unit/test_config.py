@@ -182,3 +182,21 @@ def test_table_lookup_suggests(tmp_path):
     assert cfg.registry.table("billing_invoices").id == "billing.public.invoices"
     with pytest.raises(ConfigError, match=r"did you mean 'billing\.public\.subscriptions'"):
         cfg.registry.table("billing.public.subscription")
+
+
+def test_a_dsn_written_as_a_mapping_is_refused_without_echoing_it(tmp_path, capsys):
+    p = write(
+        tmp_path,
+        """
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: {host: db, user: app, password: S3cret-pw}
+    tables: []
+""",
+    )
+    assert main(["validate", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "sources.billing.dsn" in err and "a dict, not shown" in err
+    assert "S3cret-pw" not in err

@@ -22,6 +22,13 @@ from state_models.errors import SourceAccessError, SourceUnavailableError
         ("mysql://root:x@db/pay?password=y&ssl=1", "mysql://root:***@db/pay?password=***&ssl=1"),
         ("host=db password=s3cret dbname=shop", "host=db password=*** dbname=shop"),
         ("host=db password='a b' user=app", "host=db password=*** user=app"),
+        ("host=db password=a:b@c dbname=x", "host=db password=*** dbname=x"),
+        ("postgresql://:s3cret@db/shop", "postgresql://:***@db/shop"),  # no user
+        ("postgres:/app:s3cret@db/shop", "postgres:***@db/shop"),  # malformed: '://' mistyped
+        (
+            "postgresql://app:s3cret@db/shop?password=s3cret",
+            "postgresql://app:***@db/shop?password=***",
+        ),
     ],
 )
 def test_a_dsn_is_shown_without_its_password(dsn: str, shown: str) -> None:
