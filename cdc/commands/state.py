@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
 from cdc.commands.common import LOCK_WAIT_S, load
 from cdc.config import LoadedConfig
-from cdc.console import print_table
+from cdc.console import is_terminal, print_table
 from connectors.deadletter import NewDeadLetter
 from state_models.debezium import decode_debezium
 from state_models.errors import ConfigError, DecodeError, UnknownTableError
@@ -374,7 +374,16 @@ def _write_rows(
         for r in rendered:
             writer.writerow([_cell(r.get(c)) for c in columns])
     elif rendered:
-        print_table([{c: _cell(r.get(c), 40) for c in columns} for r in rendered], columns)
+        # on a terminal, long business values are cut to keep rows readable; a metadata value
+        # (a seq to copy into `cdc as-of --seq`) never is, and nothing is cut in a pipe
+        business = set(state.business_names) if is_terminal(sys.stdout) else set()
+        print_table(
+            [
+                {c: _cell(r.get(c), 40 if c in business else None) for c in columns}
+                for r in rendered
+            ],
+            columns,
+        )
     else:
         print(f"{table.table_id}: no rows", file=sys.stderr)
     return EXIT_OK

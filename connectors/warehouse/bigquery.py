@@ -52,7 +52,7 @@ _SCHEMA_TYPES = {
 }
 
 
-def _client(project: str, location: str | None) -> Any:
+def make_client(project: str, location: str | None) -> Any:
     """The official client: Application Default Credentials, or the emulator named by
     ``BIGQUERY_EMULATOR_HOST`` (which the client honours) with anonymous credentials."""
     from google.cloud import bigquery
@@ -95,7 +95,7 @@ class BigQueryWarehouse(SqlWarehouse):
         self.project, self.dataset, options = parse_bigquery_url(url)
         self.location = location or options.get("location")
         self._bq = bigquery
-        self.client = client or _client(self.project, self.location)
+        self.client = client or make_client(self.project, self.location)
         endpoint = str(getattr(self.client._connection, "API_BASE_URL", ""))
         #: real BigQuery reports inserted/updated/deleted rows of a MERGE; bqemulator does not
         self.dml_stats = "googleapis.com" in endpoint

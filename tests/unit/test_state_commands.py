@@ -261,3 +261,15 @@ def test_the_global_options_go_before_or_after_the_command(tmp_path, capsys):
     # a subcommand's own default never overwrites the global value
     code, out, _ = cdc(capsys, "--config", str(config), "--debug", "tables")
     assert code == 0 and "billing.public.subscriptions" in out
+
+
+def test_the_table_format_in_a_pipe_cuts_nothing(tmp_path, capsys):
+    config = project(tmp_path, "p")
+    long_note = "n" * 120
+    events = a_history(seed=3)[:3]
+    events[0].after["note"] = long_note
+    apply_file(capsys, config, write_events(tmp_path / "e.jsonl", events))
+    code, out, _ = cdc(capsys, "history", "--config", str(config), "subscriptions")
+    assert code == 0 and long_note in out and "…" not in out
+    seqs = [r["_seq"] for r in history_jsonl(capsys, config, "subscriptions")]
+    assert all(s in out for s in seqs)
