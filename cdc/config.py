@@ -25,6 +25,8 @@ from state_models.errors import ConfigError, ConfigProblem
 from state_models.registry import ENV_VAR_RE, Registry
 
 DEFAULT_CONFIG = "cdc.yaml"
+#: How many values one byte of a registry may expand to (through YAML aliases) before it is refused.
+EXPANSION_PER_BYTE = 20
 
 
 @dataclass
@@ -93,8 +95,21 @@ def load_config(
             f"config file {file} not found (pass --config FILE, set CDC_CONFIG, or copy examples/cdc.yaml)",
             file=file,
         )
+    raw = p.read_bytes()
     try:
-        doc = YAML(typ="rt").load(p.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = ConfigProblem(
+            "",
+            f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (save the file as UTF-8)",
+            raw[: exc.start].count(b"\n") + 1,
+        )
+        raise ConfigError(f"{file} is not UTF-8 text", [problem], file=file) from None
+    try:
+        doc = YAML(typ="rt").load(text)
+    except RecursionError:
+        problem = ConfigProblem("", "nested too deeply to be a registry", None)
+        raise ConfigError(f"{file} is not a registry", [problem], file=file) from None
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -115,7 +130,22 @@ def load_config(
             file=file,
         )
     warnings: list[ConfigProblem] = []
-    data = _interpolate(doc, (), env if env is not None else dict(os.environ), doc, warnings)
+    # every value of a registry is written out in the file, a few bytes each; YAML aliases may
+    # repeat some, but a document that expands far beyond its size is an alias bomb (a few hundred
+    # bytes that expand to billions of values): refused before it is expanded
+    budget = [EXPANSION_PER_BYTE * len(text) + 10_000]
+    try:
+        data = _interpolate(
+            doc, (), env if env is not None else dict(os.environ), doc, warnings, budget
+        )
+    except (_TooLarge, RecursionError):
+        problem = ConfigProblem(
+            "",
+            f"expands to more than {EXPANSION_PER_BYTE} values per byte of the file: YAML aliases "
+            "(*name) nested in each other? Write the values out",
+            None,
+        )
+        raise ConfigError(f"{file} is not a registry", [problem], file=file) from None
     try:
         registry = Registry.model_validate(data)
     except ValidationError as exc:
@@ -131,13 +161,25 @@ def load_config(
 # --------------------------------------------------------------------------- interpolation
 
 
+class _TooLarge(Exception):
+    """The document expands to more values than its size can explain (YAML aliases nested)."""
+
+
 def _interpolate(
-    node: Any, loc: tuple[Any, ...], env: dict[str, str], doc: Any, warnings: list[ConfigProblem]
+    node: Any,
+    loc: tuple[Any, ...],
+    env: dict[str, str],
+    doc: Any,
+    warnings: list[ConfigProblem],
+    budget: list[int],
 ) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge
     if isinstance(node, dict):
-        return {k: _interpolate(v, (*loc, k), env, doc, warnings) for k, v in node.items()}
+        return {k: _interpolate(v, (*loc, k), env, doc, warnings, budget) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, (*loc, i), env, doc, warnings) for i, v in enumerate(node)]
+        return [_interpolate(v, (*loc, i), env, doc, warnings, budget) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
 
         def sub(m: re.Match[str]) -> str:

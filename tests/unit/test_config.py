@@ -200,3 +200,39 @@ sources:
     err = capsys.readouterr().err
     assert "sources.billing.dsn" in err and "a dict, not shown" in err
     assert "S3cret-pw" not in err
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    import time
+
+    rows = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        rows.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    p = write(tmp_path, "\n".join(rows) + "\n")  # ~700 bytes, 9**9 values once expanded
+    started = time.monotonic()
+    assert main(["validate", "--config", str(p)]) == 2
+    assert time.monotonic() - started < 5
+    assert "YAML aliases" in capsys.readouterr().err
+
+
+def test_aliases_that_repeat_a_few_values_are_fine(tmp_path):
+    p = write(
+        tmp_path,
+        """
+defaults: &pg {kind: postgres, engine: pgoutput, dsn: "postgresql://u@h/db"}
+sources:
+  billing: {<<: *pg, tables: []}
+  payments: {<<: *pg, tables: []}
+""",
+    )
+    problems = "\n".join(problems_of(p))
+    assert "defaults" in problems and "unknown field" in problems  # not a size refusal
+    assert "YAML aliases" not in problems
+
+
+def test_a_registry_that_is_not_utf8_names_the_byte_and_line(tmp_path, capsys):
+    p = tmp_path / "cdc.yaml"
+    p.write_bytes(b"sources:\n  billing:\n    kind: postgr\xe9s\n")
+    assert main(["validate", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "cdc.yaml:3: error: not UTF-8: byte 0xe9" in err and "Traceback" not in err
