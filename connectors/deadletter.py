@@ -257,7 +257,9 @@ class DeadLetterStore:
                 yield path, letter
 
     def _read(self, path: str) -> Iterator[DeadLetter]:
-        for number, line in enumerate(self._files_at.read(path).splitlines(), 1):
+        # one letter per "\n": str.splitlines() would also split inside a letter at U+2028,
+        # U+2029 or U+0085, which json.dumps(ensure_ascii=False) writes as they are
+        for number, line in enumerate(self._files_at.read(path).split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -378,8 +380,20 @@ def _stored(letter_id: str, at: str, letter: NewDeadLetter) -> DeadLetter:
 
 
 def _raw_for_storage(raw: str | bytes | None) -> tuple[str | None, str]:
-    if raw is None or isinstance(raw, str):
-        return raw, "text"
+    """The original message as stored: UTF-8 text when it is that, else base64 of its exact bytes
+    (bytes that are not UTF-8; text holding lone surrogates, kept as the bytes they stood for)."""
+    if raw is None:
+        return None, "text"
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+            return raw, "text"
+        except UnicodeEncodeError:
+            try:
+                data = raw.encode("utf-8", "surrogateescape")  # bytes decoded with surrogateescape
+            except UnicodeEncodeError:
+                data = raw.encode("utf-8", "surrogatepass")
+            return base64.b64encode(data).decode("ascii"), "base64"
     try:
         return bytes(raw).decode("utf-8"), "text"
     except UnicodeDecodeError:

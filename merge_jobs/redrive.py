@@ -67,8 +67,13 @@ def redrive(
         if source not in resolvers:
             result.still_failing[letter.id] = f"source {source!r} is not in the registry"
             continue
+        raw = letter.raw_bytes() or b""
         try:
-            event = decode_debezium(letter.raw_text(), resolvers[source])
+            # strictly: a message that is not UTF-8 must not apply with its bytes replaced
+            event = decode_debezium(raw.decode("utf-8"), resolvers[source])
+        except UnicodeDecodeError as exc:
+            result.still_failing[letter.id] = f"not UTF-8 text: byte 0x{raw[exc.start]:02x}"
+            continue
         except TerminalError as exc:
             result.still_failing[letter.id] = exc.reason
             continue

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
 from cdc.commands.common import LOCK_WAIT_S, load
@@ -155,15 +155,22 @@ class _Decoded:
 
 
 def _decode_lines(
-    lines: Sequence[tuple[dict[str, Any], str]], resolve: TableResolver, source: str
+    lines: Sequence[tuple[dict[str, Any], bytes]], resolve: TableResolver, source: str
 ) -> _Decoded:
     out = _Decoded()
-    for where, line in lines:
+    for where, raw in lines:
         try:
+            line = raw.decode("utf-8")
             decoded = decode_debezium(line, resolve)
+        except UnicodeDecodeError as exc:
+            problem = DecodeError(
+                f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}", raw=raw
+            )
+            out.failures.append(NewDeadLetter.from_error(problem, source=source, context=where))
+            continue
         except (DecodeError, UnknownTableError) as exc:
             out.failures.append(
-                NewDeadLetter.from_error(exc, raw=line, source=source, context=where)
+                NewDeadLetter.from_error(exc, raw=raw, source=source, context=where)
             )
             continue
         if isinstance(decoded, ChangeEvent):
@@ -194,16 +201,16 @@ def _readable(name: str) -> Path | None:
     return path
 
 
-def _lines(paths: Sequence[Path | None]) -> Iterator[tuple[dict[str, Any], str]]:
+def _lines(paths: Sequence[Path | None]) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """Each non-blank line of each file as its exact bytes (a dead letter keeps them as they were;
+    decoding is the decoder's business), with its file and line number."""
     for path in paths:
-        stream: TextIO = (
-            sys.stdin if path is None else path.open(encoding="utf-8", errors="replace")
-        )
+        stream: BinaryIO = sys.stdin.buffer if path is None else path.open("rb")
         name = "-" if path is None else str(path)
         try:
             for number, line in enumerate(stream, 1):
                 if line.strip():
-                    yield {"file": name, "line": number}, line.rstrip("\r\n")
+                    yield {"file": name, "line": number}, line.rstrip(b"\r\n")
         finally:
             if path is not None:
                 stream.close()

@@ -273,3 +273,43 @@ def test_the_table_format_in_a_pipe_cuts_nothing(tmp_path, capsys):
     assert code == 0 and long_note in out and "…" not in out
     seqs = [r["_seq"] for r in history_jsonl(capsys, config, "subscriptions")]
     assert all(s in out for s in seqs)
+
+
+def test_odd_bytes_and_line_separators_are_kept_exactly_and_never_break_the_dead_letter_commands(
+    tmp_path, capsys
+):
+    import base64
+
+    config = project(tmp_path, "p")
+    events = a_history(seed=4)[:3]
+    good = [encode_debezium(e, "postgres").encode() for e in events]
+    not_utf8 = good[0][:-1] + b', "note": "caf\xe9"}'  # Latin-1 bytes in a UTF-8 stream
+    separators = '{"payload": {"op": "c", "after": {"note": "a\u2028b\u2029c\u0085d"}}}'.encode()
+    file = tmp_path / "in.jsonl"
+    file.write_bytes(b"\n".join([good[0], not_utf8, separators, *good[1:]]) + b"\n")
+
+    code, _, err = apply_file(capsys, config, file)
+    assert code == 1 and "2 event(s) could not be applied" in err
+    code, out, err = cdc(capsys, "dead-letters", "ls", "--config", str(config), "--format", "json")
+    assert code == 0, err
+    letters = {d["context"]["line"]: d for d in json.loads(out)}
+    assert set(letters) == {2, 3}
+    assert "not UTF-8 text: byte 0xe9" in letters[2]["reason"]
+    for line, original in ((2, not_utf8), (3, separators)):
+        code, out, err = cdc(
+            capsys, "dead-letters", "show", "--config", str(config), letters[line]["id"]
+        )
+        assert code == 0, err
+        shown = json.loads(out)
+        stored = (
+            base64.b64decode(shown["raw"])
+            if shown["raw_encoding"] == "base64"
+            else shown["raw"].encode()
+        )
+        assert stored == original  # the exact bytes, nothing replaced
+    # the good lines applied, and retry / status keep working
+    assert len(history_jsonl(capsys, config, "subscriptions")) == 3
+    code, out, _ = cdc(capsys, "dead-letters", "retry", "--config", str(config))
+    assert code == 1 and "2 still failing" in out
+    code, _, err = cdc(capsys, "status", "--config", str(config))
+    assert code == 0, err
