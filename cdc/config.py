@@ -22,7 +22,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from state_models.errors import ConfigError, ConfigProblem
-from state_models.registry import ENV_VAR_RE, Registry
+from state_models.registry import ENV_VAR_RE, Registry, column_problems
 
 DEFAULT_CONFIG = "cdc.yaml"
 #: How many values one byte of a registry may expand to (through YAML aliases) before it is refused.
@@ -150,11 +150,17 @@ def load_config(
         registry = Registry.model_validate(data)
     except ValidationError as exc:
         problems = [_problem_from_error(err, doc) for err in exc.errors()]
+    else:
+        problems = [
+            ConfigProblem(format_loc(loc), message, _line_of(doc, loc))
+            for loc, message in column_problems(registry)
+        ]
+    if problems:
         raise ConfigError(
             f"{file} has {len(problems)} problem{'s' if len(problems) != 1 else ''}",
             problems,
             file=file,
-        ) from None
+        )
     return LoadedConfig(registry=registry, path=p, warnings=warnings)
 
 

@@ -10,6 +10,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from connectors.sources import IntrospectedTable, create_engine, introspect_table
 from state_models.errors import ConfigError
 from state_models.registry import Registry
+from state_models.scd2 import column_name_problem
 
 
 def plan_entry(table: IntrospectedTable, key: list[str] | None) -> CommentedMap:
@@ -28,6 +29,17 @@ def plan_entry(table: IntrospectedTable, key: list[str] | None) -> CommentedMap:
             f"{table.name} has no primary key. History is kept per key, so every row needs one that "
             "identifies it. Add one (ALTER TABLE ... ADD PRIMARY KEY) or pass --key COLUMN [COLUMN ...] "
             "naming columns that identify a row."
+        )
+    unholdable = [
+        why
+        for name in table.columns
+        if (why := column_name_problem(name, table.columns)) is not None
+    ]
+    if unholdable:
+        raise ConfigError(
+            f"{table.name} cannot be registered: {'; '.join(unholdable)}. Rename the column in the "
+            "source (ALTER TABLE ... RENAME COLUMN) so that every name is distinct without case "
+            "and is not one of the state table's metadata columns"
         )
     entry = CommentedMap()
     entry["name"] = table.name

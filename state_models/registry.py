@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from state_models.pubsub import PubSubLayout, PubSubSettings
+from state_models.scd2 import column_name_problem
 from state_models.tables import TableInfo
+from state_models.types import UnknownTypeError, map_source_type
 
 SourceKind = Literal["postgres", "mysql"]
 Engine = Literal["debezium", "pgoutput", "binlog", "datastream"]
@@ -338,6 +340,25 @@ class Registry(_Model):
         raise ConfigError(
             f"no registered table {ref!r}{hint} (registered: {', '.join(known) or 'none'})"
         )
+
+
+def column_problems(registry: Registry) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong with the declared columns of every table, each with its place in the file
+    (``("sources", "billing", "tables", 0, "columns", "NAME")``): names no state table can hold
+    (empty, ours, twins in case), and type names the source does not have (with "did you mean")."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for source_name, source in registry.sources.items():
+        for index, table in enumerate(source.tables):
+            for name, type_name in (table.columns or {}).items():
+                where = ("sources", source_name, "tables", index, "columns", name)
+                why = column_name_problem(name, table.columns or {})
+                if why is not None:
+                    out.append((where, why))
+                try:
+                    map_source_type(type_name, source.kind)
+                except UnknownTypeError as exc:
+                    out.append((where, str(exc)))
+    return out
 
 
 @dataclass(frozen=True)

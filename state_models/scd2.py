@@ -331,6 +331,45 @@ def _key_problem(event: ChangeEvent, key: tuple[str, ...]) -> TerminalError | No
     return None
 
 
+def column_name_problem(name: str, others: Iterable[str]) -> str | None:
+    """Why a state table cannot hold a column of this name beside ``others``, or None.
+
+    Warehouses compare column names without case (BigQuery, DuckDB), so ``name`` and ``NAME`` (two
+    columns in PostgreSQL) would be one; the metadata names and ``__`` are ours; a name must have
+    a character that is not blank.
+    """
+    if not name.strip():
+        return f"column name {name!r} is empty"
+    if name in RESERVED_NAMES or name.startswith("__"):
+        return (
+            f"column {name!r} clashes with the state table's metadata columns "
+            f"({', '.join(sorted(RESERVED_NAMES))}, and names starting with '__')"
+        )
+    twins = sorted(o for o in others if o != name and o.lower() == name.lower())
+    if twins:
+        return (
+            f"columns {name!r} and {twins[0]!r} differ only in case; a warehouse holds them as one"
+        )
+    return None
+
+
+def _name_problem(
+    event: ChangeEvent, new: Sequence[str], types: Mapping[str, WarehouseType]
+) -> TerminalError | None:
+    """A column this event would add that no state table can hold (the event alone is rejected)."""
+    if not new:
+        return None
+    known = [*types, *new]
+    for name in new:
+        why = column_name_problem(name, known)
+        if why is not None:
+            return SchemaChangeError(
+                f"{event.table}: {why}; rename it in the source, or leave it out of the "
+                "publication/binlog filter (`cdc preflight` checks registered tables for this)"
+            )
+    return None
+
+
 def _type_problem(
     event: ChangeEvent,
     declared: Mapping[str, WarehouseType],
@@ -341,6 +380,9 @@ def _type_problem(
 ) -> TerminalError | None:
     image = {**(event.before or {}), **(event.after or {})}
     names = list(image) + [n for n in event.unavailable if n not in image]
+    problem = _name_problem(event, [n for n in names if n not in types], types)
+    if problem is not None:
+        return problem
     for name in names:
         if name in declared:
             continue  # the registry decides

@@ -224,9 +224,13 @@ def map_source_type(type_name: str, source_kind: str = "postgres") -> WarehouseT
         parsed = exp.DataType.build(text, dialect=dialect)
     except (ParseError, ValueError) as exc:
         if _USER_TYPE_RE.match(text):
+            _refuse_a_typo(text, source_kind)
             return STRING  # an enum, domain or other user-defined type: its text is exact
+        base = text.split("(", 1)[0].strip().lower()
+        close = _close_builtin(base, source_kind)
+        hint = f" (did you mean {close!r}?)" if close and close != base else ""
         raise UnknownTypeError(
-            f"cannot parse source type {type_name!r} as a {source_kind} type: {exc}"
+            f"cannot parse source type {type_name!r} as a {source_kind} type{hint}: {exc}"
         ) from None
     t = parsed.this
     if t in _DECIMAL_TYPES:
@@ -235,6 +239,127 @@ def map_source_type(type_name: str, source_kind: str = "postgres") -> WarehouseT
     if override is not None:
         return override
     return _BY_SQLGLOT_TYPE.get(t, STRING)
+
+
+#: The built-in type names of each source, to tell a misspelt one (``bigitn``) from the name of a
+#: user-defined type (an enum, a domain), which is stored as its text.
+BUILTIN_TYPE_NAMES = {
+    "postgres": [
+        "smallint",
+        "integer",
+        "int",
+        "bigint",
+        "int2",
+        "int4",
+        "int8",
+        "smallserial",
+        "serial",
+        "bigserial",
+        "real",
+        "float4",
+        "float8",
+        "numeric",
+        "decimal",
+        "money",
+        "text",
+        "varchar",
+        "char",
+        "character",
+        "bpchar",
+        "name",
+        "citext",
+        "bytea",
+        "boolean",
+        "bool",
+        "date",
+        "time",
+        "timetz",
+        "timestamp",
+        "timestamptz",
+        "interval",
+        "uuid",
+        "json",
+        "jsonb",
+        "xml",
+        "inet",
+        "cidr",
+        "macaddr",
+        "macaddr8",
+        "bit",
+        "varbit",
+        "tsvector",
+        "tsquery",
+        "point",
+        "line",
+        "box",
+        "path",
+        "polygon",
+        "circle",
+        "oid",
+    ],
+    "mysql": [
+        "tinyint",
+        "smallint",
+        "mediumint",
+        "int",
+        "integer",
+        "bigint",
+        "decimal",
+        "numeric",
+        "dec",
+        "fixed",
+        "float",
+        "double",
+        "real",
+        "bit",
+        "bool",
+        "boolean",
+        "char",
+        "varchar",
+        "binary",
+        "varbinary",
+        "tinytext",
+        "text",
+        "mediumtext",
+        "longtext",
+        "tinyblob",
+        "blob",
+        "mediumblob",
+        "longblob",
+        "enum",
+        "set",
+        "date",
+        "time",
+        "datetime",
+        "timestamp",
+        "year",
+        "json",
+        "geometry",
+        "point",
+        "linestring",
+        "polygon",
+    ],
+}
+
+
+def _close_builtin(name: str, source_kind: str) -> str | None:
+    import difflib
+
+    names = BUILTIN_TYPE_NAMES.get(source_kind, BUILTIN_TYPE_NAMES["postgres"])
+    close = difflib.get_close_matches(name.strip().lower(), names, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _refuse_a_typo(text: str, source_kind: str) -> None:
+    """An unquoted name one letter or two from a built-in type is a typo, not a user type."""
+    if text.startswith('"'):
+        return  # quoted: the user says it is a type of their own
+    close = _close_builtin(text, source_kind)
+    if close is not None and close != text.lower():
+        raise UnknownTypeError(
+            f"{text!r} is not a {source_kind} type; did you mean {close!r}? (a type of your own, "
+            f"an enum or a domain, is stored as text: quote its name, '\"{text}\"', to say so)"
+        )
 
 
 def _decimal_of(parsed: exp.DataType) -> WarehouseType:

@@ -148,6 +148,24 @@ def test_register_unknown_table_and_source_say_what_exists(postgres, pg_database
     assert "did you mean 'billing'?" in capsys.readouterr().err
 
 
+def test_register_refuses_columns_a_warehouse_cannot_hold_apart(
+    postgres, pg_database, tmp_path, capsys
+):
+    postgres.execute(
+        'CREATE TABLE public.people (id bigint PRIMARY KEY, name text, "NAME" text, _seq text)',
+        database=pg_database.rsplit("/", 1)[1],
+    )
+    cfg_path = pg_registry(tmp_path, pg_database)
+    before = cfg_path.read_text()
+    code = main(["register", "--config", str(cfg_path), "--source", "billing", "public.people"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "columns 'name' and 'NAME' differ only in case" in err
+    assert "column '_seq' clashes" in err and "RENAME COLUMN" in err
+    assert cfg_path.read_text() == before  # nothing written
+    assert main(["validate", "--config", str(cfg_path)]) == 0
+
+
 def test_register_mysql_table(mariadb, mysql_database, tmp_path):
     mariadb.execute(
         "CREATE TABLE payments (id BIGINT PRIMARY KEY, amount DECIMAL(12,2) NOT NULL, card_last4 CHAR(4), "

@@ -236,3 +236,51 @@ def test_a_registry_that_is_not_utf8_names_the_byte_and_line(tmp_path, capsys):
     assert main(["validate", "--config", str(p)]) == 2
     err = capsys.readouterr().err
     assert "cdc.yaml:3: error: not UTF-8: byte 0xe9" in err and "Traceback" not in err
+
+
+def test_declared_columns_are_checked_each_at_its_place(tmp_path, capsys):
+    p = write(
+        tmp_path,
+        """
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://u@h/db
+    tables:
+      - name: public.subscriptions
+        primary_key: [id]
+        columns:
+          id: bigitn
+          amount: numerc(12,2)
+          status: subscription_status
+          mood: '"intx"'
+          _seq: text
+          name: text
+          NAME: text
+  pay:
+    kind: mysql
+    engine: binlog
+    dsn: mysql://u@h/db
+    tables:
+      - name: shop.payments
+        primary_key: [id]
+        columns: {id: bigint, note: mediumtxt, at: datetime(6)}
+""",
+    )
+    found = problems_of(p)
+    text = "\n".join(found)
+    assert len(found) == 6, text
+    assert (
+        ":11: error: sources.billing.tables[0].columns.id: 'bigitn' is not a postgres type; "
+        in text
+    )
+    assert "did you mean 'bigint'?" in text and "(did you mean 'numeric'?)" in text
+    assert "columns._seq: column '_seq' clashes" in text
+    assert "columns 'name' and 'NAME' differ only in case" in text
+    assert (
+        "sources.pay.tables[0].columns.note: 'mediumtxt' is not a mysql type; did you mean 'mediumtext'?"
+        in text
+    )
+    # a type of the user's own (an enum, a domain) and a quoted name are fine
+    assert "status" not in text and "mood" not in text

@@ -313,3 +313,31 @@ def test_odd_bytes_and_line_separators_are_kept_exactly_and_never_break_the_dead
     assert code == 1 and "2 still failing" in out
     code, _, err = cdc(capsys, "status", "--config", str(config))
     assert code == 0, err
+
+
+def test_an_event_with_a_column_no_state_table_can_hold_is_rejected_alone(tmp_path, capsys):
+    config = project(tmp_path, "p")
+    events = [e for e in a_history(seed=6) if e.after is not None][:4]
+    lines = [json.loads(encode_debezium(e, "postgres")) for e in events]
+    ours = json.loads(json.dumps(lines[1]))
+    ours["after"]["_seq"] = "forged"  # named like one of our metadata columns
+    twin = json.loads(json.dumps(lines[2]))
+    twin["after"]["NOTE"] = "shouting"  # `note` is a column already
+    empty = json.loads(json.dumps(lines[2]))
+    empty["after"][""] = "nameless"
+    file = tmp_path / "in.jsonl"
+    file.write_text(
+        "\n".join(json.dumps(x) for x in [lines[0], ours, twin, empty, lines[3]]) + "\n"
+    )
+
+    code, out, err = apply_file(capsys, config, file)
+    assert code == 1 and "3 event(s) could not be applied" in err
+    code, out, _ = cdc(capsys, "dead-letters", "ls", "--config", str(config), "--format", "json")
+    reasons = sorted(d["reason"] for d in json.loads(out))
+    assert len(reasons) == 3
+    assert any("column '_seq' clashes" in r for r in reasons)
+    assert any("'NOTE' and 'note' differ only in case" in r for r in reasons)
+    assert any("column name '' is empty" in r for r in reasons)
+    # the good events beside them applied
+    seqs = {r["_seq"] for r in history_jsonl(capsys, config, "subscriptions")}
+    assert seqs == {events[0].seq, events[3].seq}
