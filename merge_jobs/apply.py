@@ -7,8 +7,11 @@ Because the MERGE is idempotent and order-free, callers may hand in duplicates, 
 any batching; a caller that crashed simply hands the same events in again.
 
 Errors: a ``TransientError`` (the warehouse is busy or unreachable) propagates, so the caller can
-retry without acknowledging anything; a ``TerminalError`` for a whole batch (the registry declares
-a type the table cannot widen to) dead-letters that batch's events and carries on.
+retry without acknowledging anything, and so does a ``WarehouseError`` (read-only, disk full: not
+the data's fault, nothing is dead-lettered); a ``ValueRejectedError`` (the warehouse refused a
+value) is narrowed down by applying halves of the batch until the one event holding it is
+dead-lettered alone; any other ``TerminalError`` for a whole batch (the registry declares a type
+the table cannot widen to) dead-letters that batch's events and carries on.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from connectors.deadletter import DeadLetter, DeadLetterSink, NewDeadLetter
 from connectors.warehouse import Warehouse
 from state_models.debezium import encode_debezium
-from state_models.errors import TerminalError, UnknownTableError
+from state_models.errors import TerminalError, UnknownTableError, ValueRejectedError
 from state_models.events import ChangeEvent
 from state_models.scd2 import TableDef
 
@@ -127,6 +130,18 @@ def _apply_batch(
     counts.batches += 1
     try:
         result = warehouse.apply(table, batch, ingested_at)
+    except ValueRejectedError as exc:
+        if len(batch) > 1:
+            # one event's value: find it by halves, so that only it is dead-lettered
+            counts.events -= len(batch)
+            counts.batches -= 1
+            half = len(batch) // 2
+            for part in (batch[:half], batch[half:]):
+                _apply_batch(
+                    warehouse, table, part, ingested_at, dead_letters, counts, report, context_of
+                )
+            return
+        letters = [_letter(exc, e, table, context_of) for e in batch]
     except TerminalError as exc:
         letters = [_letter(exc, e, table, context_of) for e in batch]
     else:

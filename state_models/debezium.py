@@ -69,7 +69,16 @@ def decode_debezium(
         return _decode(message if parsed is None else parsed, raw, resolve, record_key, keep_raw)
     except (DecodeError, UnknownTableError):
         raise
-    except (KeyError, TypeError, ValueError, ArithmeticError, binascii.Error) as exc:
+    except (
+        LookupError,
+        TypeError,
+        ValueError,
+        ArithmeticError,
+        AttributeError,
+        RecursionError,
+        binascii.Error,
+    ) as exc:
+        # whatever this message does to the decoder, it is this message's problem alone
         raise DecodeError(
             f"malformed Debezium event: {type(exc).__name__}: {exc}", raw=raw
         ) from exc
@@ -171,9 +180,33 @@ def _parse(message: Any, raw: str | None) -> Any:
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DecodeError(f"not valid JSON: {exc}", raw=raw) from None
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply to be a change event", raw=raw) from None
+    if "\\ud" in text or "\\uD" in text:  # a surrogate escape: is it half of a pair?
+        _refuse_lone_surrogates(doc, raw)
+    return doc
+
+
+def _refuse_lone_surrogates(node: Any, raw: str | None) -> None:
+    """JSON allows ``"\\udc00"`` alone, but it is not text: no warehouse can store it."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DecodeError(
+                    f"a value holds a lone UTF-16 surrogate ({item!a}): not text", raw=raw
+                ) from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 # --------------------------------------------------------------------------- positions and times
@@ -339,7 +372,9 @@ def _convert_image(
             unavailable.append(col)
             continue
         try:
-            out[col] = convert_value(value, (fields or {}).get(col), declared.get(col))
+            out[col] = convert_value(
+                value, (fields or {}).get(col), declared.get(col), info.base64_decimals
+            )
         except (ValueError, TypeError, ArithmeticError, binascii.Error) as exc:
             raise DecodeError(
                 f"column {col!r} in '{which}': cannot decode {value!r}: {exc}", raw=raw
@@ -355,8 +390,18 @@ def _is_placeholder(value: Any) -> bool:
     return False
 
 
-def convert_value(value: Any, field: Mapping[str, Any] | None, declared: str | None) -> Any:
-    """One column value from its Debezium JSON form into our canonical form."""
+def convert_value(
+    value: Any,
+    field: Mapping[str, Any] | None,
+    declared: str | None,
+    base64_decimals: bool = False,
+) -> Any:
+    """One column value from its Debezium JSON form into our canonical form.
+
+    ``base64_decimals``: without a value schema, a decimal column's text is base64 of the unscaled
+    number (the source's Debezium runs ``decimal.handling.mode=precise`` with schemas off) rather
+    than the number written out.
+    """
     if value is None:
         return None
     if field and field.get("type") == "array" and isinstance(value, list):
@@ -366,7 +411,7 @@ def convert_value(value: Any, field: Mapping[str, Any] | None, declared: str | N
     if field and (field.get("name") in _LOGICAL_TYPES or not declared):
         return _convert_by_schema(value, field)
     if declared:
-        return _convert_by_declared_type(value, declared)
+        return _convert_by_declared_type(value, declared, base64_decimals)
     if isinstance(value, dict) and set(value) == {"scale", "value"}:
         return _variable_scale_decimal(value)
     return value
@@ -394,9 +439,9 @@ def _convert_by_schema(value: Any, field: Mapping[str, Any]) -> Any:
     name = field.get("name")
     params = field.get("parameters") or {}
     if name == "org.apache.kafka.connect.data.Decimal":
-        if isinstance(value, str) and _looks_decimal_text(value):
-            return Decimal(value)
-        return _bytes_to_decimal(value, int(params.get("scale", 0)))
+        if field.get("type") == "bytes":  # the schema says: base64 of the unscaled number
+            return _bytes_to_decimal(value, int(params.get("scale", 0)))
+        return _decimal_text(value)
     if name == "io.debezium.data.VariableScaleDecimal":
         return _variable_scale_decimal(value)
     if name in ("io.debezium.time.Date", "org.apache.kafka.connect.data.Date"):
@@ -418,16 +463,14 @@ def _convert_by_schema(value: Any, field: Mapping[str, Any]) -> Any:
     return value
 
 
-def _convert_by_declared_type(value: Any, declared: str) -> Any:
+def _convert_by_declared_type(value: Any, declared: str, base64_decimals: bool = False) -> Any:
     t = declared.strip().lower()
     if t.startswith(("numeric", "decimal", "dec", "money")):
         if isinstance(value, dict):
             return _variable_scale_decimal(value)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return Decimal(str(value))
-        if isinstance(value, str):
-            if _looks_decimal_text(value):
-                return Decimal(value)
+        if isinstance(value, str) and base64_decimals:
             m = _DECIMAL_TYPE_RE.match(t)
             if m is None:
                 raise ValueError(
@@ -435,6 +478,8 @@ def _convert_by_declared_type(value: Any, declared: str) -> Any:
                     "or set decimal.handling.mode=string"
                 )
             return _bytes_to_decimal(value, int(m.group(2) or 0))
+        if isinstance(value, str):
+            return _decimal_text(value)
         return value
     if isinstance(value, str) and t.startswith(("double", "float", "real")):
         return float(value)  # Debezium sends NaN and infinities of a double as text
@@ -457,12 +502,31 @@ def _convert_by_declared_type(value: Any, declared: str) -> Any:
     return value
 
 
-def _looks_decimal_text(value: str) -> bool:
-    try:
-        Decimal(value)
-    except ArithmeticError:
-        return False
-    return any(ch.isdigit() for ch in value) and not value.endswith("=")
+#: A decimal number written out (Debezium's ``decimal.handling.mode=string``), or one of the words
+#: PostgreSQL has for a numeric that is not a number (the coercion refuses those with its reason).
+_DECIMAL_TEXT_RE = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+_NOT_A_NUMBER = {
+    "nan": "NaN",
+    "infinity": "Infinity",
+    "+infinity": "Infinity",
+    "-infinity": "-Infinity",
+}
+
+
+def _decimal_text(value: Any) -> Decimal:
+    """A decimal column's text: the number written out, exactly; never guessed as base64."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a decimal number as text, got {type(value).__name__}")
+    if _DECIMAL_TEXT_RE.match(value):
+        return Decimal(value.strip())
+    word = _NOT_A_NUMBER.get(value.strip().lower())
+    if word is not None:
+        return Decimal(word)
+    raise ValueError(
+        f"{value!r} is not a decimal number (when the source's Debezium sends decimals as "
+        "base64 without value schemas, say so on the source: "
+        "`debezium: {decimal.handling.mode: precise}`)"
+    )
 
 
 def _bytes_to_decimal(value: Any, scale: int) -> Decimal:

@@ -4,10 +4,14 @@
 
     CdcError                      root: catch this to catch everything we raise
     ├── ConfigError               the registry or a command line is wrong (CLI exit 2)
+    ├── WarehouseError            the warehouse cannot be written at all (read-only, disk full,
+    │                             permissions): the run stops with its reason, nothing is lost
     ├── TerminalError             retrying cannot help; the input goes to the dead-letter store
     │   ├── DecodeError           a change event is malformed (keeps the raw message)
     │   ├── UnknownTableError     an event for a table that is not registered
     │   ├── SchemaChangeError     an incompatible column type change
+    │   ├── ValueRejectedError    the warehouse refused a value of a batch (the merge finds the
+    │   │                         event by halving the batch; that event alone is dead-lettered)
     │   └── SourceAccessError     the source refused who we are or what we asked (wrong password,
     │                             missing grant, unknown database): retrying cannot help
     └── TransientError            retry with backoff (a server that is restarting, a timeout)
@@ -87,6 +91,16 @@ class UnknownTableError(TerminalError):
 
 class SchemaChangeError(TerminalError):
     """A column changed type in a way that is not a safe widening."""
+
+
+class ValueRejectedError(TerminalError):
+    """The warehouse refused a batch because of a value in it (out of its range, not convertible).
+    Which event holds it is found by applying halves of the batch; that one is dead-lettered."""
+
+
+class WarehouseError(CdcError):
+    """The warehouse cannot be written at all (read-only file system, disk full, no permission).
+    Not the data's fault: nothing is dead-lettered, the command stops with the warehouse's reason."""
 
 
 class SourceAccessError(TerminalError):

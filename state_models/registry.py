@@ -401,6 +401,7 @@ def table_infos(registry: Registry, source_name: str) -> list[TableInfo]:
             id=table_id(source_name, t),
             primary_key=tuple(t.primary_key) if t.primary_key else None,
             columns=dict(t.columns) if t.columns else None,
+            base64_decimals=(source.debezium or {}).get("decimal.handling.mode") == "precise",
         )
         for t in source.tables
     ]

@@ -70,6 +70,10 @@ METADATA_COLUMNS: tuple[tuple[str, WarehouseType], ...] = (
     (UNAVAILABLE, NAME_LIST),
 )
 METADATA_NAMES = frozenset(name for name, _ in METADATA_COLUMNS)
+#: The times a version may start at (µs since the epoch): years 1 to 9999, what BigQuery and Python
+#: hold (DuckDB holds more, which then cannot be read back).
+MIN_TIMESTAMP_US = -62_135_596_800_000_000
+MAX_TIMESTAMP_US = 253_402_300_799_999_999
 #: Staging-only column: the event's position in its batch (the first delivery of a change wins).
 ORD = "_ord"
 #: BigQuery-only column: a hash bucket of the key, the table's partitioning column.
@@ -255,6 +259,19 @@ def plan_evolution(
     # column of a shape has a type, later events of that shape can change nothing.
     known_shapes: set[tuple[Any, ...]] = set()
     for event in events:
+        if not isinstance(event.commit_ts, int) or not (
+            MIN_TIMESTAMP_US <= event.commit_ts <= MAX_TIMESTAMP_US
+        ):
+            rejected.append(
+                Rejected(
+                    event,
+                    SchemaChangeError(
+                        f"{event.table}: commit time {event.commit_ts!r} µs is not a time in "
+                        "years 1 to 9999 (the version's _valid_from could not be stored or read)"
+                    ),
+                )
+            )
+            continue
         if event.op is Op.TRUNCATE:
             accepted.append(event)
             continue

@@ -13,6 +13,9 @@ class TableInfo:
     id: str  # source.schema.table
     primary_key: tuple[str, ...] | None = None
     columns: Mapping[str, str] | None = None  # declared source type names
+    #: Schemaless messages carry decimals as base64 of the unscaled number (the source's Debezium
+    #: is told ``decimal.handling.mode: precise``); otherwise a decimal's text is the number itself.
+    base64_decimals: bool = False
 
     @property
     def source(self) -> str:

@@ -33,18 +33,24 @@ wire message treat every engine alike.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from state_models.errors import TerminalError
 from state_models.events import ChangeEvent
 from state_models.registry import Source
 from state_models.tables import TableInfo
+
+if TYPE_CHECKING:
+    from connectors.deadletter import NewDeadLetter
+
+log = logging.getLogger("cdc.capture")
 
 
 @runtime_checkable
@@ -85,6 +91,7 @@ class CaptureStats:
     last_batch_at: float | None = None  # time.time() of the last acknowledged batch
     retries: int = 0
     last_error: str | None = None
+    set_aside: int = 0  # changes the capture could not read, in the dead-letter store
 
     def lag_seconds(self, now: float | None = None) -> float | None:
         """Seconds between now and the commit time of the last acknowledged change."""
@@ -111,6 +118,28 @@ class Capture(ABC):
         self.state_dir = Path(state_dir)
         self._stats = CaptureStats(source=source_name, engine=self.engine)
         self._stats_lock = threading.Lock()
+
+    def set_aside(self, letters: list[NewDeadLetter]) -> None:
+        """Store the changes this capture could not read (a value it cannot parse or render) in
+        the dead-letter store, durably, before the position moves past them; empties ``letters``.
+        The capture goes on: one unreadable change affects only itself."""
+        if not letters:
+            return
+        # here, not at the top: the dead-letter store writes files with the offsets' helper
+        from connectors.deadletter import DeadLetterStore, default_folder
+
+        stored = DeadLetterStore(default_folder(self.state_dir)).put_many(letters)
+        for letter in stored:
+            log.warning(
+                "source %r: set aside an unreadable change of %s (dead letter %s): %s",
+                self.source_name,
+                letter.table,
+                letter.id,
+                letter.reason,
+            )
+        letters.clear()
+        with self._stats_lock:
+            self._stats = replace(self._stats, set_aside=self._stats.set_aside + len(stored))
 
     def run(self, sink: EventSink, stop: threading.Event) -> None:
         """Capture until ``stop`` is set (flush, save the position, return) or a fatal error."""

@@ -50,6 +50,7 @@ from connectors.capture.slots import (
     connection_error,
     read_slot,
 )
+from connectors.deadletter import NewDeadLetter
 from connectors.preflight import default_publication, default_slot
 from connectors.sources import libpq_dsn, require_dsn
 from state_models.errors import SourceUnavailableError
@@ -77,6 +78,11 @@ _STATUS = struct.Struct(">QQQqB").pack
 
 
 # --------------------------------------------------------------------------- relations
+
+
+#: What reading one change's values can raise when a value is outside what this reader handles;
+#: anything else is a bug of ours or the stream's, and stops the capture.
+_UNREADABLE = (ValueError, TypeError, ArithmeticError, LookupError, UnicodeDecodeError)
 
 
 @dataclass
@@ -130,6 +136,8 @@ class PgoutputDecoder:
         self.describe = describe
         self.keep_raw = keep_raw
         self.relations: dict[int, Relation] = {}
+        #: changes that could not be read, waiting to be stored before the position moves on
+        self.unreadable: list[NewDeadLetter] = []
         pos = position or {}
         self.flushed: int = int(pos.get("flushed") or 0)
         self.last_commit: int | None = pos.get("last_commit")
@@ -188,15 +196,36 @@ class PgoutputDecoder:
             if self._skip:
                 self._skip -= 1
                 return
-            if kind == 0x49:
-                self._insert(lsn, msg, out)
-            elif kind == 0x55:
-                self._update(lsn, msg, out)
-            elif kind == 0x44:
-                self._delete(lsn, msg, out)
-            else:
-                self._truncate(lsn, msg, out)
+            emitted = len(out)
+            try:
+                if kind == 0x49:
+                    self._insert(lsn, msg, out)
+                elif kind == 0x55:
+                    self._update(lsn, msg, out)
+                elif kind == 0x44:
+                    self._delete(lsn, msg, out)
+                else:
+                    self._truncate(lsn, msg, out)
+            except _UNREADABLE as exc:
+                # a value this reader cannot parse or render (a BC timestamp, NaN in a numeric):
+                # that change is set aside with its exact bytes, the stream goes on
+                del out[emitted:]
+                self._set_aside(lsn, msg, exc)
         # 'Y' (type), 'O' (origin), 'M' (message): nothing to capture
+
+    def _set_aside(self, lsn: int, msg: bytes, exc: Exception) -> None:
+        rel = self.relations.get(_U32(msg, 1)[0]) if len(msg) >= 5 else None
+        table = rel.info.id if rel is not None and rel.info is not None else None
+        self.unreadable.append(
+            NewDeadLetter(
+                reason=f"the pgoutput reader cannot read this change: {type(exc).__name__}: {exc}",
+                error_type="UnreadableChange",
+                raw=bytes(msg),  # the pgoutput message exactly as the server sent it
+                source=self.source_name,
+                table=table,
+                context={"lsn": _lsn_text(lsn), "xid": self.xid, "message": chr(msg[0])},
+            )
+        )
 
     def keepalive(self, wal_end: int) -> bool:
         """Outside a transaction, everything before ``wal_end`` was sent: the position may advance."""
@@ -693,25 +722,40 @@ class PgoutputCapture(Capture):
                     batch: list[ChangeEvent] = []
                     with conn.cursor().copy(query) as copy:
                         for values in copy.rows():
-                            image = {
-                                c: None if v is None else p(v)
-                                for c, p, v in zip(names, parsers, values, strict=True)
-                            }
-                            batch.append(decoder.snapshot_event(rel, image, lsn, ts, xid))
+                            try:
+                                image = {
+                                    c: None if v is None else p(v)
+                                    for c, p, v in zip(names, parsers, values, strict=True)
+                                }
+                                batch.append(decoder.snapshot_event(rel, image, lsn, ts, xid))
+                            except _UNREADABLE as exc:
+                                decoder.unreadable.append(
+                                    _unreadable_row(self.source_name, info.id, names, values, exc)
+                                )
                             if len(batch) >= self.batch_size:
-                                self._deliver(sink, batch, snapshot=True)
+                                self._deliver(
+                                    sink, batch, snapshot=True, unreadable=decoder.unreadable
+                                )
                                 batch = []
                                 if stop.is_set():
                                     # leaving by an exception makes psycopg cancel the COPY and roll
                                     # back; a plain return left it running ("another command is
                                     # already in progress" at the connection's commit)
                                     raise _SnapshotStopped
-                    self._deliver(sink, batch, snapshot=True)
+                    self._deliver(sink, batch, snapshot=True, unreadable=decoder.unreadable)
         except _SnapshotStopped:
             return False
         return True
 
-    def _deliver(self, sink: EventSink, events: list[ChangeEvent], *, snapshot: bool) -> None:
+    def _deliver(
+        self,
+        sink: EventSink,
+        events: list[ChangeEvent],
+        *,
+        snapshot: bool,
+        unreadable: list[NewDeadLetter] | None = None,
+    ) -> None:
+        self.set_aside(unreadable or [])
         if events:
             sink.write(events)
             self._acknowledged(events, snapshot=snapshot)
@@ -742,6 +786,20 @@ class PgoutputCapture(Capture):
         self._update(phase="streaming", last_error=None)
         stream = _Stream(self, repl, decoder, sink)
         stream.run(stop)
+
+
+def _unreadable_row(
+    source_name: str, table_id: str, names: Sequence[str], values: Sequence[Any], exc: Exception
+) -> NewDeadLetter:
+    """A snapshot row that could not be read, as a dead letter holding the row's text values."""
+    return NewDeadLetter(
+        reason=f"the snapshot cannot read this row: {type(exc).__name__}: {exc}",
+        error_type="UnreadableChange",
+        raw=orjson.dumps(dict(zip(names, values, strict=True))).decode(),
+        source=source_name,
+        table=table_id,
+        context={"snapshot": True},
+    )
 
 
 class _SnapshotStopped(Exception):
@@ -832,6 +890,8 @@ class _Stream:
             self._send_status()
 
     def _save(self) -> None:
+        # what could not be read is stored before the position moves past it
+        self.capture.set_aside(self.decoder.unreadable)
         self.capture.offsets.save({**self.decoder.position(), "slot": self.capture.slot})
         self.confirmed = self.decoder.flushed
 

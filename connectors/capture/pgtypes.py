@@ -65,17 +65,24 @@ def _float(text: str) -> float:
     return float(text)
 
 
-def _numeric_fixed(text: str) -> Decimal | None:
-    # numeric(p,s) keeps the column's scale: PostgreSQL already prints it that way
-    return None if text == "NaN" else Decimal(text)
+def _numeric_fixed(text: str) -> Decimal:
+    # numeric(p,s) keeps the column's scale: PostgreSQL already prints it that way. NaN and
+    # +/-Infinity stay what they are (Debezium's precise mode makes them null, silently): no
+    # envelope can carry them, so the change is set aside as unreadable with its reason.
+    return _finite(Decimal(text), text)
+
+
+def _finite(value: Decimal, text: str) -> Decimal:
+    if not value.is_finite():
+        raise ValueError(f"numeric {text} is not a number any warehouse decimal can hold")
+    return value
 
 
 def _numeric_variable(text: str) -> Decimal | None:
     """Unconstrained numeric: Debezium strips trailing fraction zeros (3.14159000 -> 3.14159) but
-    keeps integers at scale 0 (1.2E+21 stays 1200000000000000000000); NaN becomes null."""
-    if text == "NaN":
-        return None
-    d = Decimal(text)
+    keeps integers at scale 0 (1.2E+21 stays 1200000000000000000000); NaN and infinities are
+    refused (the change is set aside), never made null."""
+    d = _finite(Decimal(text), text)
     if "." in text:
         d = d.normalize()
         if d.as_tuple().exponent > 0:  # type: ignore[operator]

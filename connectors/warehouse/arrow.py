@@ -8,11 +8,13 @@ a value that does not fit are rejected one by one, the rest of the batch goes on
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from state_models.dialects import Capabilities
 from state_models.errors import SchemaChangeError
@@ -73,7 +75,9 @@ def arrow_column(values: Sequence[Any], wtype: WarehouseType) -> tuple[pa.Array,
         if wtype.kind in _DIRECT and present <= _DIRECT[wtype.kind]:
             return pa.array(values, type=target), {}
         if wtype.kind in _FROM_TEXT and present <= {str}:
-            return pa.array(values, type=pa.string()).cast(target), {}
+            array = pa.array(values, type=pa.string()).cast(target)
+            if _within_years_1_to_9999(array):  # Arrow takes year 0, which nothing reads back
+                return array, {}
     except _ARROW_ERRORS:
         pass  # somewhere a value Arrow does not take as it is: decide value by value
     coerced: list[Any] = []
@@ -85,6 +89,19 @@ def arrow_column(values: Sequence[Any], wtype: WarehouseType) -> tuple[pa.Array,
             problems[i] = str(exc)
             coerced.append(None)
     return pa.array(coerced, type=target), problems
+
+
+_FIRST_DAY, _LAST_DAY = dt.date(1, 1, 1), dt.date(9999, 12, 31)
+
+
+def _within_years_1_to_9999(array: pa.Array) -> bool:
+    """Whether every date or time of ``array`` lies in years 1 to 9999: what BigQuery, Python and
+    so ``cdc history`` can hold (DuckDB and Arrow take more)."""
+    if array.null_count == len(array):
+        return True
+    days = array.cast(pa.date32()) if array.type != pa.date32() else array
+    low, high = pc.min_max(days).values()
+    return bool(low.as_py() >= _FIRST_DAY and high.as_py() <= _LAST_DAY)
 
 
 def staging_table(

@@ -7,11 +7,12 @@ touched keys' recent versions (see ``state_models.plans``), plus one scan of the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from sqlglot import exp
 
 from connectors.warehouse.sql import MergeCounts, MergePlan, SqlWarehouse
 from state_models.dialects import DUCKDB
-from state_models.errors import ConfigError, TransientError
+from state_models.errors import ConfigError, TransientError, ValueRejectedError, WarehouseError
 from state_models.plans import TableNames, table_names
 from state_models.scd2 import StateTable
 
@@ -72,6 +73,10 @@ class DuckDBWarehouse(SqlWarehouse):
                 con = duckdb.connect(self._path)
                 break
             except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():  # read-only, no permission, not a database
+                    raise WarehouseError(
+                        f"cannot open DuckDB warehouse {self._path}: {exc}"
+                    ) from exc
                 waited = time.monotonic() - started
                 if waited >= lock_wait_s:
                     # another process holds the file's lock: worth retrying later
@@ -137,12 +142,33 @@ class DuckDBWarehouse(SqlWarehouse):
             self._exec(self.caps.render(s))
 
     def _run_atomically(self, statements: Sequence[exp.Expr]) -> None:
+        with self._transaction():
+            self._run(statements)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction; DuckDB's errors as ours. A failed commit (disk full) has ended the
+        transaction already, so the rollback's own complaint ("no transaction is active") must not
+        hide the real reason."""
         self.con.begin()
         try:
-            self._run(statements)
+            yield
             self.con.commit()
-        except BaseException:
-            self.con.rollback()
+        except BaseException as exc:
+            with contextlib.suppress(duckdb.Error):
+                self.con.rollback()
+            if isinstance(exc, duckdb.DataError):
+                raise ValueRejectedError(f"DuckDB refused a value: {exc}") from exc
+            if isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower():
+                raise TransientError(f"DuckDB warehouse {self._path}: {exc}") from exc
+            if isinstance(
+                exc,
+                duckdb.IOException
+                | duckdb.PermissionException
+                | duckdb.OutOfMemoryException
+                | duckdb.TransactionException,  # a commit that could not write its log
+            ):
+                raise WarehouseError(f"cannot write DuckDB warehouse {self._path}: {exc}") from exc
             raise
 
     def _set_comment(self, names: TableNames, comment: str) -> None:
@@ -169,15 +195,10 @@ class DuckDBWarehouse(SqlWarehouse):
 
     def _merge(self, plan: MergePlan, params: Mapping[str, Any]) -> MergeCounts:
         merge, *rest = plan.sql
-        self.con.begin()
-        try:
+        with self._transaction():
             actions = self.con.sql(merge, params=dict(params)).to_arrow_table()
             for sql in rest:  # the truncate-log insert: no parameters
                 self.con.execute(sql).fetchall()
-            self.con.commit()
-        except BaseException:
-            self.con.rollback()
-            raise
         counts = _action_counts(actions)
         return MergeCounts(
             inserted=counts.get("INSERT", 0),

@@ -323,3 +323,53 @@ def test_stop_during_the_snapshot_returns_and_the_next_start_snapshots_again(
         r.wait_streaming()
         r.stop()
     assert {e.key["id"] for e in r.sink.events} == set(range(1, 3001))
+
+
+def test_a_value_the_reader_cannot_read_sets_that_change_aside_and_the_capture_goes_on(
+    db: str, tmp_path: Path
+) -> None:
+    from connectors.deadletter import DeadLetterStore, default_folder
+
+    # unreadable rows already there for the snapshot, and more once it streams
+    sql(
+        db,
+        "INSERT INTO public.subs VALUES (10, 'nan', 'NaN', NULL)",
+        "INSERT INTO public.subs VALUES (11, 'bc', 1, '0044-03-15 12:00:00+00 BC')",
+    )
+    with running(_capture(db, tmp_path)) as r:
+        r.wait_events(2)
+        r.wait_streaming()
+        sql(
+            db,
+            "INSERT INTO public.subs VALUES (20, 'nan', 'NaN', NULL)",
+            "INSERT INTO public.subs VALUES (21, 'ok', 5, NULL)",
+            "UPDATE public.subs SET renews_at = '0001-01-01 00:00:00+00 BC' WHERE id = 2",
+            "UPDATE public.subs SET plan = 'team' WHERE id = 1",
+        )
+        r.wait_events(4)
+        time.sleep(0.5)
+        r.stop()
+    assert [(e.op, e.key["id"]) for e in r.sink.events] == [
+        (Op.READ, 1),
+        (Op.READ, 2),
+        (Op.INSERT, 21),
+        (Op.UPDATE, 1),
+    ]
+    letters = DeadLetterStore(default_folder(tmp_path)).list()
+    assert r.capture.stats().set_aside == len(letters) == 4
+    assert {d.error_type for d in letters} == {"UnreadableChange"}
+    reasons = " | ".join(d.reason for d in letters)
+    assert reasons.count("is not a number any warehouse decimal can hold") == 2
+    assert all(d.table == "billing.public.subs" for d in letters)
+    streamed = [d for d in letters if not d.context.get("snapshot")]
+    # the pgoutput messages exactly as the server sent them
+    assert sorted((d.raw_bytes() or b"")[:1] for d in streamed) == [b"I", b"U"]
+    assert {d.context["message"] for d in streamed} == {"I", "U"}
+    # the position moved past them: a restart neither repeats nor loses anything
+    sql(db, "INSERT INTO public.subs VALUES (22, 'after', 1, NULL)")
+    with running(_capture(db, tmp_path)) as r2:
+        r2.wait_events(1)
+        time.sleep(0.5)
+        r2.stop()
+    assert [(e.op, e.key["id"]) for e in r2.sink.events] == [(Op.INSERT, 22)]
+    assert len(DeadLetterStore(default_folder(tmp_path)).list()) == 4

@@ -100,3 +100,59 @@ def test_transient_errors_propagate_so_nothing_is_acknowledged(warehouse, tmp_pa
             dead_letters=DeadLetterStore(tmp_path),
         )
     assert DeadLetterStore(tmp_path).list() == []
+
+
+def test_a_value_the_warehouse_refuses_is_found_by_halves_and_only_its_event_dead_lettered(
+    warehouse, tmp_path, monkeypatch
+):
+    from state_models.errors import ValueRejectedError
+
+    t = table_def()
+    events = [event(t, "c", {"id": i}, (1, i), BASE_TS, {"note": f"n{i}"}) for i in range(13)]
+    poisoned = {events[4].event_id, events[11].event_id}
+    real_apply = warehouse.apply
+    calls: list[int] = []
+
+    def refusing(table, batch, ingested_at):
+        calls.append(len(batch))
+        if any(e.event_id in poisoned for e in batch):
+            raise ValueRejectedError("DuckDB refused a value: Conversion Error: out of range")
+        return real_apply(table, batch, ingested_at)
+
+    monkeypatch.setattr(warehouse, "apply", refusing)
+    report = apply_events(
+        warehouse,
+        {t.table_id: t},
+        events,
+        ingested_at=INGESTED,
+        dead_letters=DeadLetterStore(tmp_path),
+    )
+    letters = DeadLetterStore(tmp_path).list()
+    assert {d.context["event_id"] for d in letters} == poisoned
+    assert all("out of range" in d.reason for d in letters)
+    counts = report.tables[t.table_id]
+    assert (counts.events, counts.inserted, counts.dead_lettered) == (13, 11, 2)
+    assert len(warehouse.history(t)) == 11
+    assert len(calls) < 2 * len(events)  # halving, not one call per event
+
+
+def test_a_warehouse_that_cannot_be_written_stops_the_apply_and_blames_no_event(
+    warehouse, tmp_path, monkeypatch
+):
+    from state_models.errors import WarehouseError
+
+    t = table_def()
+
+    def full(*args, **kwargs):
+        raise WarehouseError("cannot write DuckDB warehouse w.duckdb: No space left on device")
+
+    monkeypatch.setattr(warehouse, "apply", full)
+    with pytest.raises(WarehouseError, match="No space left"):
+        apply_events(
+            warehouse,
+            {t.table_id: t},
+            [event(t, "c", {"id": 1}, (1, 1), BASE_TS, {})],
+            ingested_at=INGESTED,
+            dead_letters=DeadLetterStore(tmp_path),
+        )
+    assert DeadLetterStore(tmp_path).list() == []

@@ -341,3 +341,86 @@ def test_an_event_with_a_column_no_state_table_can_hold_is_rejected_alone(tmp_pa
     # the good events beside them applied
     seqs = {r["_seq"] for r in history_jsonl(capsys, config, "subscriptions")}
     assert seqs == {events[0].seq, events[3].seq}
+
+
+HOSTILE_CONFIG = """\
+warehouse: duckdb:///./w.duckdb
+state_dir: ./state
+sources:
+  billing:
+    kind: postgres
+    engine: debezium
+    dsn: postgresql://nobody@127.0.0.1:9/none
+    tables:
+      - name: public.subscriptions
+        primary_key: [id]
+        columns: {id: bigint, plan: text, amount: "numeric(12,2)", at: timestamptz, n: int}
+"""
+
+
+def _line(n: int, after: dict, **source: object) -> str:
+    src = {
+        "connector": "postgresql",
+        "schema": "public",
+        "table": "subscriptions",
+        "lsn": 1000 + n,
+        "sequence": json.dumps([str(900 + n), str(1000 + n)]),
+        "ts_ms": 1_700_000_000_000 + n,
+        **source,
+    }
+    return json.dumps({"op": "c", "before": None, "after": after, "source": src})
+
+
+def test_hostile_lines_are_dead_lettered_one_by_one_and_the_rest_applies(tmp_path, capsys):
+    config = tmp_path / "cdc.yaml"
+    config.write_text(HOSTILE_CONFIG)
+    deep = "[" * 100_000 + "]" * 100_000
+    hostile = {
+        "deep nesting": _line(2, {"id": 2}).replace(
+            '"after": {"id": 2}', f'"after": {{"id": 2, "plan": {deep}}}'
+        ),
+        "lone surrogate": _line(3, {"id": 3, "plan": "\udc00"}),
+        "ts_ms beyond 2^63": _line(4, {"id": 4}, ts_ms=2**64),
+        "ts_us beyond 2^63": _line(5, {"id": 5}, ts_us=2**64),
+        "year 0": _line(6, {"id": 6, "at": "0000-01-01T00:00:00Z"}),
+        "BC": _line(7, {"id": 7, "at": "-0001-01-01T00:00:00Z"}),
+        "Infinity in numeric": _line(8, {"id": 8, "amount": "Infinity"}),
+        "text in numeric": _line(9, {"id": 9, "amount": "oops"}),
+        "2.7 into int": _line(10, {"id": 10, "n": 2.7}),
+        "1.5 as the key": _line(11, {"id": 11.5, "plan": "x"}),
+    }
+    good = [_line(1, {"id": 1, "plan": "a"}), _line(12, {"id": 12, "plan": "b", "n": 3})]
+    file = tmp_path / "in.jsonl"
+    file.write_text("\n".join([good[0], *hostile.values(), good[1]]) + "\n")
+
+    code, _, err = cdc(capsys, "apply", "--config", str(config), "--source", "billing", str(file))
+    assert code == 1 and f"{len(hostile)} event(s) could not be applied" in err
+    assert "Traceback" not in err
+    code, out, err = cdc(capsys, "dead-letters", "ls", "--config", str(config), "--format", "json")
+    assert code == 0, err
+    by_line = {d["context"]["line"]: d for d in json.loads(out)}
+    assert sorted(by_line) == list(range(2, 2 + len(hostile)))  # each bad line, on its own
+    reasons = [by_line[n]["reason"] for n in sorted(by_line)]
+    for reason, expected in zip(
+        reasons,
+        [
+            "nested too deeply",
+            "lone UTF-16 surrogate",
+            "not a time in years 1 to 9999",
+            "not a time in years 1 to 9999",
+            "year 0 is out of range",
+            "cannot store '-0001-01-01T00:00:00Z' as timestamp",
+            "not a finite number",
+            "'oops' is not a decimal number",
+            "cannot store 2.7 as int64 (has a fraction)",
+            "cannot store 11.5 as int64 (has a fraction)",
+        ],
+        strict=True,
+    ):
+        assert expected in reason, (expected, reason)
+    # the good lines applied, and every reading command works on the table afterwards
+    rows = jsonl(capsys, "history", config, "subscriptions")
+    assert [(r["id"], r["plan"], r["n"]) for r in rows] == [(1, "a", None), (12, "b", 3)]
+    assert len(jsonl(capsys, "as-of", config, "subscriptions", "--at", "2100-01-01T00:00:00Z")) == 2
+    code, _, err = cdc(capsys, "status", "--config", str(config))
+    assert code == 0, err
