@@ -11,7 +11,10 @@ The rules, in the order they apply:
    source did not send (TOAST) takes the previous version's value (null if there is none).
 4. A delete makes a tombstone version (key columns only, ``_is_deleted``).
 5. A truncate makes a tombstone version (op ``t``) for the key if the key is live just before it.
-6. ``_valid_to`` is the next version's ``_valid_from``, ``_next_seq`` its ``_seq``; the last
+6. ``_valid_from`` is the change's commit time, or the previous version's ``_valid_from`` when
+   that is later: commit times need not rise in log order (binlog times are whole seconds while a
+   snapshot's come from the clock), and a validity window may be empty but never inverted.
+7. ``_valid_to`` is the next version's ``_valid_from``, ``_next_seq`` its ``_seq``; the last
    version is current.
 """
 
@@ -69,6 +72,8 @@ def fold(
             else:
                 chain.append(_version(table, key, event, chain[-1] if chain else None, ingested_at))
                 live = True
+        for version, earlier in zip(chain[1:], chain, strict=False):
+            version[VALID_FROM] = max(version[VALID_FROM], earlier[VALID_FROM])
         for version, following in zip(chain, [*chain[1:], None], strict=True):
             version[VALID_TO] = following[VALID_FROM] if following else None
             version[NEXT_SEQ] = following[SEQ] if following else None

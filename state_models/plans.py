@@ -14,7 +14,9 @@ the events. Its steps, as CTEs inside the MERGE source:
    ``existing`` because its ``_seq`` is at or after ``__from_seq``).
 5. ``chain``: existing + fresh (+ with truncates: one candidate tombstone per key and truncate
    after the anchor; a candidate is kept only when the version before it is live).
-6. ``versions``: ``LEAD`` over (key ORDER BY ``_seq``) recomputes ``_valid_to``/``_next_seq``;
+6. ``versions``: over (key ORDER BY ``_seq``), ``_valid_from`` becomes the latest commit time so
+   far (a running ``MAX``: commit times may fall back in log order, a window may be empty but is
+   never inverted) and ``LEAD`` recomputes ``_valid_to``/``_next_seq``;
    ``LAST_VALUE(... IGNORE NULLS)`` carries each unavailable (TOAST) value forward from the nearest
    earlier version that had it: this also repairs a later version when its predecessor arrives late.
 7. ``changes``: the rows to write: new versions, and stored versions whose validity or carried
@@ -67,6 +69,8 @@ KEEP = "__keep"
 OLD_VALID_TO = "__old_valid_to"
 OLD_NEXT_SEQ = "__old_next_seq"
 NEW_VALID_TO = "__new_valid_to"
+OLD_VALID_FROM = "__old_valid_from"
+NEW_VALID_FROM = "__new_valid_from"
 NEW_NEXT_SEQ = "__new_next_seq"
 ROW_NUMBER = "__rn"
 CARRY_PREFIX = "__carry_"
@@ -354,13 +358,14 @@ def plan_merge(
     ctes.append(_cte("fresh", fresh))
 
     # 5. chain: the versions whose validity is recomputed.
-    flags = [ANCHOR, STORED, CANDIDATE, OLD_VALID_TO, OLD_NEXT_SEQ]
+    flags = [ANCHOR, STORED, CANDIDATE, OLD_VALID_FROM, OLD_VALID_TO, OLD_NEXT_SEQ]
     chain_fields = [*biz, *version_meta, *bucket, *flags]
     from_existing = _select(
         [(c, _col(c)) for c in [*biz, *version_meta, *bucket, ANCHOR]]
         + [
             (STORED, _bool(True)),
             (CANDIDATE, _bool(False)),
+            (OLD_VALID_FROM, _col(VALID_FROM)),
             (OLD_VALID_TO, _col(VALID_TO)),
             (OLD_NEXT_SEQ, _col(NEXT_SEQ)),
         ]
@@ -377,6 +382,7 @@ def plan_merge(
             (ANCHOR, _bool(False)),
             (STORED, _bool(False)),
             (CANDIDATE, _bool(False)),
+            (OLD_VALID_FROM, _null(TIMESTAMP, caps)),
             (OLD_VALID_TO, _null(TIMESTAMP, caps)),
             (OLD_NEXT_SEQ, _null(STRING, caps)),
         ]
@@ -402,10 +408,22 @@ def plan_merge(
         ctes.append(_cte("flagged", flagged))
         source = "flagged"
 
-    # 6. versions: validity and carried values, recomputed over (key ORDER BY _seq).
+    # 6. versions: validity and carried values, recomputed over (key ORDER BY _seq). A version
+    # starts at the latest commit time so far in log order (commit times need not rise with the
+    # log: binlog times are whole seconds, a snapshot's are the clock's), so that a window may be
+    # empty but never inverted. The anchor's stored start is already the latest before it.
+    started = _window(exp.Max(this=_col(VALID_FROM)), key, frame=True)
+    next_commit = _window(exp.func("LEAD", _col(VALID_FROM)), key)
     version_fields: list[tuple[str, exp.Expr]] = [(c, _col(c)) for c in chain_fields]
     version_fields += [
-        (NEW_VALID_TO, _window(exp.func("LEAD", _col(VALID_FROM)), key)),
+        (NEW_VALID_FROM, started),
+        (
+            NEW_VALID_TO,
+            exp.Case(
+                ifs=[exp.If(this=next_commit.is_(exp.Null()), true=_null(TIMESTAMP, caps))],
+                default=exp.Greatest(this=next_commit.copy(), expressions=[started.copy()]),
+            ),
+        ),
         (NEW_NEXT_SEQ, _window(exp.func("LEAD", _col(SEQ)), key)),
     ]
     for i, name in enumerate(carry):
@@ -437,7 +455,8 @@ def plan_merge(
 
     change_fields: list[tuple[str, exp.Expr]] = [(c, resolved(c)) for c in biz]
     change_fields += [
-        (c, _col(c)) for c in [*version_meta, *bucket, NEW_VALID_TO, NEW_NEXT_SEQ, STORED]
+        (c, _col(NEW_VALID_FROM) if c == VALID_FROM else _col(c))
+        for c in [*version_meta, *bucket, NEW_VALID_TO, NEW_NEXT_SEQ, STORED]
     ]
     if with_truncates:
         change_fields.append((KEEP, _bool(True)))
@@ -445,6 +464,7 @@ def plan_merge(
         exp.not_(_col(STORED)),
         exp.NullSafeNEQ(this=_col(NEW_NEXT_SEQ), expression=_col(OLD_NEXT_SEQ)),
         exp.NullSafeNEQ(this=_col(NEW_VALID_TO), expression=_col(OLD_VALID_TO)),
+        exp.NullSafeNEQ(this=_col(NEW_VALID_FROM), expression=_col(OLD_VALID_FROM)),
         *[
             exp.and_(
                 exp.not_(_available(name, caps)),
@@ -540,6 +560,7 @@ def _merge(
         touched_buckets,
     )
     updates = [
+        exp.EQ(this=_col(VALID_FROM), expression=_col(VALID_FROM, "s")),
         exp.EQ(this=_col(VALID_TO), expression=_col(NEW_VALID_TO, "s")),
         exp.EQ(this=_col(NEXT_SEQ), expression=_col(NEW_NEXT_SEQ, "s")),
         exp.EQ(this=_col(IS_CURRENT), expression=_col(NEW_NEXT_SEQ, "s").is_(exp.Null())),
@@ -678,6 +699,7 @@ def _candidates(
         (ANCHOR, _bool(False)),
         (STORED, _col(SEQ, "e").is_(exp.Null()).not_()),
         (CANDIDATE, _bool(True)),
+        (OLD_VALID_FROM, _col(VALID_FROM, "e")),
         (OLD_VALID_TO, _col(VALID_TO, "e")),
         (OLD_NEXT_SEQ, _col(NEXT_SEQ, "e")),
     ]

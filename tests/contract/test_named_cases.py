@@ -67,6 +67,31 @@ def test_same_second_updates_are_separate_versions_ordered_by_seq(warehouse):
     assert_matches_fold(warehouse, t, [c, u1, u2])
 
 
+def test_a_commit_time_that_falls_back_in_log_order_never_inverts_a_window(warehouse):
+    # MariaDB: the snapshot reads a row at 10.8 s (the clock, microseconds); a change committed
+    # in that same second is logged at 10 s (the binlog has whole seconds). By the log, the
+    # change comes after the snapshot row, so its window starts no earlier than the row's.
+    t = table_def()
+    key = {"id": 1}
+    snapshot = event(t, "r", key, (1, 1), BASE_TS + 10 * S + 800_000, {"plan": "basic"})
+    change = event(t, "u", key, (2, 2), BASE_TS + 10 * S, {"plan": "pro"})
+    later = event(t, "u", key, (3, 3), BASE_TS + 12 * S, {"plan": "team"})
+    apply(warehouse, t, [later], [change], [snapshot])  # the snapshot row arrives last
+    rows = history(warehouse, t)
+    for r in rows:
+        assert r["_valid_to"] is None or r["_valid_from"] <= r["_valid_to"]
+    assert [r["plan"] for r in rows] == ["basic", "pro", "team"]
+    snapshot_time = history(warehouse, t)[0]["_valid_from"]
+    assert snapshot_time.endswith(".800000Z")  # the clock time of the snapshot read
+    # the snapshot row's window is empty, the change starts when the snapshot row did
+    assert rows[0]["_valid_from"] == rows[0]["_valid_to"] == rows[1]["_valid_from"]
+    assert rows[1]["_valid_to"] == rows[2]["_valid_from"] > rows[1]["_valid_from"]
+    assert_matches_fold(warehouse, t, [snapshot, change, later])
+    # again, in one batch: nothing changes
+    again = warehouse.apply(t, [snapshot, change, later], INGESTED)
+    assert (again.inserted, again.updated) == (0, 0)
+
+
 def test_a_late_older_update_never_resurrects_a_deleted_row(warehouse):
     t = table_def()
     key = {"id": 7}

@@ -125,6 +125,7 @@ USING (
       `__anchor`,
       TRUE AS `__stored`,
       FALSE AS `__candidate`,
+      `_valid_from` AS `__old_valid_from`,
       `_valid_to` AS `__old_valid_to`,
       `_next_seq` AS `__old_next_seq`
     FROM existing
@@ -147,6 +148,7 @@ USING (
       FALSE AS `__anchor`,
       FALSE AS `__stored`,
       FALSE AS `__candidate`,
+      CAST(NULL AS TIMESTAMP) AS `__old_valid_from`,
       CAST(NULL AS TIMESTAMP) AS `__old_valid_to`,
       CAST(NULL AS STRING) AS `__old_next_seq`
     FROM fresh
@@ -169,9 +171,26 @@ USING (
       `__anchor`,
       `__stored`,
       `__candidate`,
+      `__old_valid_from`,
       `__old_valid_to`,
       `__old_next_seq`,
-      LEAD(`_valid_from`) OVER (PARTITION BY `plan`, `currency` ORDER BY `_seq` ASC NULLS LAST) AS `__new_valid_to`,
+      MAX(`_valid_from`) OVER (
+        PARTITION BY `plan`, `currency`
+        ORDER BY `_seq` ASC
+        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+      ) AS `__new_valid_from`,
+      CASE
+        WHEN LEAD(`_valid_from`) OVER (PARTITION BY `plan`, `currency` ORDER BY `_seq` ASC NULLS LAST) IS NULL
+        THEN CAST(NULL AS TIMESTAMP)
+        ELSE GREATEST(
+          LEAD(`_valid_from`) OVER (PARTITION BY `plan`, `currency` ORDER BY `_seq` ASC NULLS LAST),
+          MAX(`_valid_from`) OVER (
+            PARTITION BY `plan`, `currency`
+            ORDER BY `_seq` ASC
+            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+          )
+        )
+      END AS `__new_valid_to`,
       LEAD(`_seq`) OVER (PARTITION BY `plan`, `currency` ORDER BY `_seq` ASC NULLS LAST) AS `__new_next_seq`,
       LAST_VALUE(
         CASE
@@ -198,7 +217,7 @@ USING (
         ELSE `__carry_0`.`v`
       END AS `meta`,
       `renews_at`,
-      `_valid_from`,
+      `__new_valid_from` AS `_valid_from`,
       `_op`,
       `_is_deleted`,
       `_seq`,
@@ -215,6 +234,7 @@ USING (
       NOT `__stored`
       OR `__new_next_seq` IS DISTINCT FROM `__old_next_seq`
       OR `__new_valid_to` IS DISTINCT FROM `__old_valid_to`
+      OR `__new_valid_from` IS DISTINCT FROM `__old_valid_from`
       OR (
         NOT (
           `__anchor` OR `_unavailable` IS NULL OR NOT INSTR(`_unavailable`, ',meta,') > 0
@@ -232,6 +252,7 @@ AND (
 )
 AND `t`.`_key_bucket` IN UNNEST(@touched_buckets)
 WHEN MATCHED THEN UPDATE SET
+  `_valid_from` = `s`.`_valid_from`,
   `_valid_to` = `s`.`__new_valid_to`,
   `_next_seq` = `s`.`__new_next_seq`,
   `_is_current` = `s`.`__new_next_seq` IS NULL,
