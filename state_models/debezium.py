@@ -546,7 +546,17 @@ def _timestamp_text(micros: int) -> str:
     return (_EPOCH + dt.timedelta(microseconds=micros)).isoformat(timespec="microseconds")
 
 
+_DAY_MICROS = 86_400_000_000
+
+
 def _time_text(micros: int) -> str:
+    """A time of day. A MySQL TIME is a duration (-838:59:59 to 838:59:59): one outside a day is
+    refused, not wrapped around the clock into another time of day."""
+    if not 0 <= micros < _DAY_MICROS:
+        raise ValueError(
+            f"TIME of {micros} µs is a duration outside one day; a time-of-day column cannot "
+            "hold it (it would wrap into another time)"
+        )
     t = (_EPOCH + dt.timedelta(microseconds=micros)).time()
     return t.isoformat(timespec="microseconds")
 

@@ -374,7 +374,7 @@ def _write_rows(
     columns = [c.name for c in state.all_columns()]
     if fmt == "jsonl":
         for r in rendered:
-            print(json.dumps(r, ensure_ascii=False))
+            print(_jsonl(r))
     elif fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
@@ -394,6 +394,15 @@ def _write_rows(
     else:
         print(f"{table.table_id}: no rows", file=sys.stderr)
     return EXIT_OK
+
+
+#: Line separators that JSON leaves as they are, but that many line readers split on (Python's
+#: str.splitlines, JavaScript): written escaped, so that one version is always one line.
+_SEPARATORS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def _jsonl(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False).translate(_SEPARATORS)
 
 
 def _cell(value: Any, width: int | None = None) -> str:

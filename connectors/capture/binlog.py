@@ -36,6 +36,7 @@ names and types in the log, MySQL 8.0.14+ / MariaDB 10.5+); checked before strea
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -74,6 +75,7 @@ from connectors.capture.mytypes import (
 )
 from connectors.capture.offsets import OffsetStore
 from connectors.capture.retry import Backoff
+from connectors.deadletter import NewDeadLetter
 from connectors.sources import MYSQL_REFUSALS, mysql_params, require_dsn
 from state_models.errors import SourceAccessError, SourceUnavailableError
 from state_models.events import ChangeEvent, Op, make_event_id
@@ -103,6 +105,25 @@ _IN_TRANSACTION = ("BEGIN", "SAVEPOINT", "ROLLBACK TO", "XA ")
 
 
 # --------------------------------------------------------------------------- tables
+
+
+#: What reading one row's values can raise when a value is outside what this reader handles;
+#: anything else is a bug of ours or the stream's, and stops the capture.
+_UNREADABLE = (ValueError, TypeError, ArithmeticError, LookupError, UnicodeDecodeError)
+
+
+def _unreadable(
+    source_name: str, table_id: str, row: Any, exc: Exception, **context: Any
+) -> NewDeadLetter:
+    """A row this reader could not read, as a dead letter holding the row as the library gave it."""
+    return NewDeadLetter(
+        reason=f"the binlog reader cannot read this row: {type(exc).__name__}: {exc}",
+        error_type="UnreadableChange",
+        raw=json.dumps({"row": row}, default=repr, ensure_ascii=False),
+        source=source_name,
+        table=table_id,
+        context=context,
+    )
 
 
 @dataclass
@@ -191,6 +212,8 @@ class BinlogDecoder:
         self.tx_gtid: str | None = None
         self._highest: tuple[int, int] = (self.file_no, int(position["pos"]) - 1)
         self._shapes: dict[tuple[Any, ...], Shape] = {}
+        #: changes that could not be read, waiting to be stored before the position moves on
+        self.unreadable: list[NewDeadLetter] = []
 
     def position(self) -> dict[str, Any]:
         """Where to reconnect after everything decoded so far is acknowledged."""
@@ -284,20 +307,41 @@ class BinlogDecoder:
                     continue
                 self._skip_to = None
             source = f'{source_head},"row":{i},"thread":null,"query":null}}' if source_head else ""
-            if isinstance(ev, WriteRowsEvent):
-                self._emit(out, shape, Op.INSERT, None, shape.image(row["values"]), seq, ts, source)
-            elif isinstance(ev, DeleteRowsEvent):
-                self._emit(out, shape, Op.DELETE, shape.image(row["values"]), None, seq, ts, source)
-            else:
-                before = shape.image(row["before_values"])
-                after = shape.image(row["after_values"])
-                if any(before[k] != after[k] for k in shape.key):
-                    # a primary-key change: Debezium emits a delete of the old key, then a create
-                    self._emit(out, shape, Op.DELETE, before, None, seq, ts, source)
-                    self._emit(out, shape, Op.INSERT, None, after, seq, ts, source)
-                else:
-                    self._emit(out, shape, Op.UPDATE, before, after, seq, ts, source)
+            emitted = len(out)
+            try:
+                self._row(ev, row, shape, seq, ts, source, out)
+            except _UNREADABLE as exc:
+                # a value this reader cannot read or render: that row is set aside, the rest goes on
+                del out[emitted:]
+                self.unreadable.append(
+                    _unreadable(self.source_name, shape.info.id, row, exc, seq=seq, file=self.file)
+                )
             self.last_seq = seq
+
+    def _row(
+        self,
+        ev: Any,
+        row: dict[str, Any],
+        shape: Shape,
+        seq: str,
+        ts: int,
+        source: str,
+        out: list[ChangeEvent],
+    ) -> None:
+        """One row of a rows event as its change event(s)."""
+        if isinstance(ev, WriteRowsEvent):
+            self._emit(out, shape, Op.INSERT, None, shape.image(row["values"]), seq, ts, source)
+        elif isinstance(ev, DeleteRowsEvent):
+            self._emit(out, shape, Op.DELETE, shape.image(row["values"]), None, seq, ts, source)
+        else:
+            before = shape.image(row["before_values"])
+            after = shape.image(row["after_values"])
+            if any(before[k] != after[k] for k in shape.key):
+                # a primary-key change: Debezium emits a delete of the old key, then a create
+                self._emit(out, shape, Op.DELETE, before, None, seq, ts, source)
+                self._emit(out, shape, Op.INSERT, None, after, seq, ts, source)
+            else:
+                self._emit(out, shape, Op.UPDATE, before, after, seq, ts, source)
 
     def _emit(
         self,
@@ -723,19 +767,29 @@ class BinlogCapture(Capture):
                     chunk = rows.fetchmany(self.batch_size)
                     if not chunk:
                         break
-                    batch = [
-                        snapshot_event(
-                            self.source_name,
-                            shape,
-                            shape.image(dict(zip(names, values, strict=True))),
-                            file,
-                            pos,
-                            ts,
-                            server.server_id,
-                            self.keep_raw,
-                        )
-                        for values in chunk
-                    ]
+                    batch, unreadable = [], []
+                    for values in chunk:
+                        row = dict(zip(names, values, strict=True))
+                        try:
+                            batch.append(
+                                snapshot_event(
+                                    self.source_name,
+                                    shape,
+                                    shape.image(row),
+                                    file,
+                                    pos,
+                                    ts,
+                                    server.server_id,
+                                    self.keep_raw,
+                                )
+                            )
+                        except _UNREADABLE as exc:
+                            unreadable.append(
+                                _unreadable(
+                                    self.source_name, shape.info.id, row, exc, snapshot=True
+                                )
+                            )
+                    self.set_aside(unreadable)
                     sink.write(batch)
                     self._acknowledged(batch, snapshot=True)
                     if stop.is_set():
@@ -833,7 +887,9 @@ class BinlogCapture(Capture):
         decoder: BinlogDecoder,
         saved: dict[str, Any],
     ) -> dict[str, Any]:
-        """Deliver the pending batch, then make the position after it durable."""
+        """Deliver the pending batch, then make the position after it durable (what could not be
+        read is stored first)."""
+        self.set_aside(decoder.unreadable)
         position = decoder.position()
         if pending:
             batch = list(pending)

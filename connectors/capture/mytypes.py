@@ -129,9 +129,11 @@ def _timestamp(fsp: int) -> Parse:
 
 
 def _time(v: Any) -> str:
-    """A TIME (a duration, possibly negative or over 24 h) as Debezium's decoder shows a MicroTime:
-    the time of day of epoch + the duration."""
+    """A TIME as a time of day. A TIME is a duration (possibly negative or over 24 h): one outside
+    a day is refused (the row is set aside), never wrapped into another time of day."""
     if isinstance(v, dt.timedelta):
+        if not dt.timedelta(0) <= v < dt.timedelta(days=1):
+            raise ValueError(f"TIME {v} is a duration outside one day; a time of day cannot hold it")
         return (EPOCH + v).time().isoformat(timespec="microseconds")
     if isinstance(v, dt.time):
         return v.isoformat(timespec="microseconds")

@@ -440,3 +440,46 @@ def test_a_killed_replication_connection_neither_loses_nor_repeats_a_change(
         (Op.INSERT, 11),
         (Op.UPDATE, 10),
     ]
+
+
+def test_a_value_the_reader_cannot_read_sets_that_row_aside_and_the_capture_goes_on(
+    mariadb: Any, mysql_database: str, tmp_path: Path
+) -> None:
+    from connectors.deadletter import DeadLetterStore, default_folder
+
+    # TIME is a duration in MySQL (up to 838:59:59): as a time of day it would silently wrap
+    mysql(
+        mariadb,
+        mysql_database,
+        "CREATE TABLE shifts (id BIGINT PRIMARY KEY, length TIME)",
+        "INSERT INTO shifts VALUES (1, '08:00:00'), (2, '838:59:59')",
+    )
+    spec = TableSpec(name=f"{mysql_database}.shifts", primary_key=["id"])
+    dsn = mariadb.dsn(mysql_database)
+    with running(_capture(dsn, tmp_path, spec)) as r:
+        r.wait_events(1)
+        r.wait_streaming()
+        mysql(
+            mariadb,
+            mysql_database,
+            "INSERT INTO shifts VALUES (3, '-00:00:01'), (4, '12:30:00')",
+            "UPDATE shifts SET length = '09:00:00' WHERE id = 1",
+        )
+        r.wait_events(3)
+        time.sleep(0.5)
+        r.stop()
+    assert [(e.op, e.key["id"], (e.after or {}).get("length")) for e in r.sink.events] == [
+        (Op.READ, 1, "08:00:00.000000"),
+        (Op.INSERT, 4, "12:30:00.000000"),
+        (Op.UPDATE, 1, "09:00:00.000000"),
+    ]
+    letters = DeadLetterStore(default_folder(tmp_path)).list()
+    assert r.capture.stats().set_aside == len(letters) == 2
+    assert all("outside one day" in d.reason for d in letters)
+    assert sorted(bool(d.context.get("snapshot")) for d in letters) == [False, True]
+    # past them for good: a restart repeats nothing
+    with running(_capture(dsn, tmp_path, spec)) as r2:
+        r2.wait_streaming()
+        time.sleep(1)
+        r2.stop()
+    assert r2.sink.events == [] and len(DeadLetterStore(default_folder(tmp_path)).list()) == 2

@@ -40,7 +40,7 @@ def _roundtrip(spec: ColumnSpec, driver_value: object) -> object:
         (ColumnSpec("timestamp"), dt.datetime(2026, 1, 2, 3, 4, 5), dt.datetime(2026, 1, 2, 3, 4, 5), "2026-01-02T03:04:05Z"),
         (ColumnSpec("date"), dt.date(2026, 2, 3), dt.date(2026, 2, 3), "2026-02-03"),
         (ColumnSpec("date"), "0000-00-00", None, None),
-        (ColumnSpec("time", fsp=6), dt.timedelta(hours=25, microseconds=5), dt.timedelta(hours=25, microseconds=5), "01:00:00.000005"),
+        (ColumnSpec("time", fsp=6), dt.timedelta(hours=13, microseconds=5), dt.timedelta(hours=13, microseconds=5), "13:00:00.000005"),
         (ColumnSpec("set", labels=("p", "q", "r")), "p,r", {"r", "p"}, "p,r"),
         (ColumnSpec("enum", labels=("x", "y")), "y", "y", "y"),
         (ColumnSpec("bit", precision=1), b"\x01", "1", True),
@@ -102,3 +102,17 @@ def test_binlog_lag_and_a_purged_file() -> None:
     assert 1 <= default_server_id("pay") < 2**32 and default_server_id("pay") == default_server_id(
         "pay"
     )
+
+
+@pytest.mark.parametrize(
+    "duration",
+    [
+        dt.timedelta(hours=25, microseconds=5),
+        dt.timedelta(hours=838, minutes=59, seconds=59),
+        -dt.timedelta(seconds=1),
+    ],
+)
+def test_a_time_outside_one_day_is_refused_not_wrapped(duration: dt.timedelta) -> None:
+    # TIME is a duration in MySQL; as a time of day, 25:00 would become 01:00 (a different value)
+    with pytest.raises(ValueError, match="outside one day"):
+        my_type(ColumnSpec("time", fsp=6)).parse(duration)
