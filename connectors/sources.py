@@ -33,7 +33,24 @@ def require_dsn(source: Source, source_name: str) -> str:
         raise ConfigError(
             f"sources.{source_name}.dsn needs environment variable(s) {', '.join(missing)}, which are not set"
         )
-    return source.dsn
+    return escape_userinfo(source.dsn)
+
+
+def escape_userinfo(dsn: str) -> str:
+    """A URL DSN with any ``@`` inside its user or password written ``%40``.
+
+    libpq and SQLAlchemy end the userinfo at the FIRST ``@``: ``app:P@W@host`` would log in with
+    password ``P`` to host ``W@host``, and every error would show ``W`` as a host name. Like
+    ``redact`` (and ``urllib``), the userinfo ends at the LAST ``@`` before the path here.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return dsn
+    head, q, query = rest.partition("?")
+    userinfo, at, host = head.rpartition("@")
+    if not at or "@" not in userinfo or "/" in userinfo:
+        return dsn
+    return f"{scheme}{sep}{userinfo.replace('@', '%40')}{at}{host}{q}{query}"
 
 
 def sqlalchemy_url(kind: str, dsn: str) -> URL:

@@ -133,7 +133,9 @@ def _time(v: Any) -> str:
     a day is refused (the row is set aside), never wrapped into another time of day."""
     if isinstance(v, dt.timedelta):
         if not dt.timedelta(0) <= v < dt.timedelta(days=1):
-            raise ValueError(f"TIME {v} is a duration outside one day; a time of day cannot hold it")
+            raise ValueError(
+                f"TIME {v} is a duration outside one day; a time of day cannot hold it"
+            )
         return (EPOCH + v).time().isoformat(timespec="microseconds")
     if isinstance(v, dt.time):
         return v.isoformat(timespec="microseconds")

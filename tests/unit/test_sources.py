@@ -91,3 +91,19 @@ def test_a_debezium_engine_refused_by_the_source_is_not_retried_as_unreachable()
     network = _Outcome(success=False, message="Connection refused", error=None)
     assert not _looks_unreachable(refused_run)
     assert _looks_unreachable(network)
+
+
+@pytest.mark.parametrize(
+    "dsn, escaped",
+    [
+        # the userinfo ends at the LAST '@' (as in redact and urllib), not the first (libpq's way)
+        ("postgresql://app:P@W@db:5432/shop", "postgresql://app:P%40W@db:5432/shop"),
+        ("postgresql://app:PW@db/shop", "postgresql://app:PW@db/shop"),
+        ("postgresql://db/shop", "postgresql://db/shop"),
+        ("host=db password=P@W", "host=db password=P@W"),
+    ],
+)
+def test_an_at_sign_in_a_password_stays_in_the_password(dsn: str, escaped: str) -> None:
+    from connectors.sources import escape_userinfo
+
+    assert escape_userinfo(dsn) == escaped
