@@ -102,24 +102,40 @@ def _bytes(v: Any) -> str:
     return base64.b64encode(raw).decode()
 
 
+def _zero(v: Any) -> str | None:
+    """PyMySQL hands back what no date can hold as text. MySQL's zero value ('0000-00-00',
+    '0000-00-00 00:00:00') is null, as in Debezium; anything else ('0000-01-01', '2026-02-30' under
+    a lax sql_mode) is refused, so the row is set aside rather than its value made null."""
+    text = v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)
+    if text and not text.strip("0-:. "):
+        return None
+    raise ValueError(f"{text!r} is not a date any warehouse can hold (year 0 or no such day)")
+
+
 def _date(v: Any) -> str | None:
     if isinstance(v, dt.date):
         return v.isoformat()
-    return None  # PyMySQL hands back '0000-00-00' as text: a zero date, null in Debezium
+    return _zero(v)
 
 
 def _datetime(v: Any) -> str | None:
     if isinstance(v, dt.datetime):
         return v.isoformat(timespec="microseconds")
-    return None
+    return _zero(v)
+
+
+#: A TIMESTAMP of 0 seconds is MySQL's zero value in the binlog (the type starts at 00:00:01 UTC).
+_ZERO_TIMESTAMP = dt.datetime(1970, 1, 1)
 
 
 def _timestamp(fsp: int) -> Parse:
     def parse(v: Any) -> str | None:
         if not isinstance(v, dt.datetime):
-            return None
+            return _zero(v)
         if v.tzinfo is not None:
             v = v.astimezone(dt.UTC).replace(tzinfo=None)
+        if v == _ZERO_TIMESTAMP:
+            return None  # the zero value, null as in the snapshot (and in Debezium)
         text = v.strftime("%Y-%m-%dT%H:%M:%S")
         if fsp:
             text += "." + f"{v.microsecond:06d}"[:fsp]

@@ -483,3 +483,37 @@ def test_a_value_the_reader_cannot_read_sets_that_row_aside_and_the_capture_goes
         time.sleep(1)
         r2.stop()
     assert r2.sink.events == [] and len(DeadLetterStore(default_folder(tmp_path)).list()) == 2
+
+
+def test_zero_dates_are_null_alike_from_the_snapshot_and_the_binlog_and_year_0_is_set_aside(
+    mariadb: Any, mysql_database: str, tmp_path: Path
+) -> None:
+    from connectors.deadletter import DeadLetterStore, default_folder
+
+    mysql(
+        mariadb,
+        mysql_database,
+        "CREATE TABLE odd (id BIGINT PRIMARY KEY, d DATE, ts TIMESTAMP NULL)",
+    )
+    dsn = mariadb.dsn(mysql_database)
+    lax = "SET SESSION sql_mode = ''"  # what old applications run with: zero and year-0 dates
+    mysql_transaction(dsn, lax, "INSERT INTO odd VALUES (1, '0000-00-00', '0000-00-00 00:00:00')")
+    mysql_transaction(dsn, lax, "INSERT INTO odd VALUES (2, '0000-01-01', NULL)")
+    spec = TableSpec(name=f"{mysql_database}.odd", primary_key=["id"])
+    with running(_capture(dsn, tmp_path, spec)) as r:
+        r.wait_events(1)
+        r.wait_streaming()
+        mysql_transaction(
+            dsn, lax, "INSERT INTO odd VALUES (3, '0000-00-00', '0000-00-00 00:00:00')"
+        )
+        r.wait_events(2)
+        r.stop()
+    # MySQL's zero value is null (Debezium's convention), the same from the snapshot and the
+    # binlog (where a zero TIMESTAMP is 0 seconds, which no real TIMESTAMP is)
+    assert [(e.key["id"], e.after["d"], e.after["ts"]) for e in r.sink.events] == [
+        (1, None, None),
+        (3, None, None),
+    ]
+    # year 0 is not the zero value and no warehouse holds it: set aside, not made null
+    (letter,) = DeadLetterStore(default_folder(tmp_path)).list()
+    assert "'0000-01-01' is not a date" in letter.reason and letter.context == {"snapshot": True}
