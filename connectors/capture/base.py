@@ -100,6 +100,34 @@ class CaptureStats:
         return max(0.0, (now if now is not None else time.time()) - self.last_commit_ts / 1e6)
 
 
+#: What reading one change's values can raise when a value is outside what a reader handles (a BC
+#: timestamp, NaN in a numeric, a TIME beyond a day): that change is set aside. Anything else is a
+#: bug of ours or the stream's, and stops the capture.
+UNREADABLE = (ValueError, TypeError, ArithmeticError, LookupError, UnicodeDecodeError)
+
+
+def unreadable_change(
+    what: str,
+    exc: Exception,
+    raw: str | bytes,
+    *,
+    source: str,
+    table: str | None,
+    **context: object,
+) -> NewDeadLetter:
+    """A change a reader could not read, as the dead letter ``Capture.set_aside`` stores."""
+    from connectors.deadletter import NewDeadLetter  # see set_aside
+
+    return NewDeadLetter(
+        reason=f"{what} cannot read this change: {type(exc).__name__}: {exc}",
+        error_type="UnreadableChange",
+        raw=raw,
+        source=source,
+        table=table,
+        context=context,
+    )
+
+
 class Capture(ABC):
     """One capture engine reading one source. Subclasses implement ``_run``."""
 

@@ -58,7 +58,14 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from connectors.capture.base import Capture, CaptureError, EventSink, PositionLostError
+from connectors.capture.base import (
+    UNREADABLE,
+    Capture,
+    CaptureError,
+    EventSink,
+    PositionLostError,
+    unreadable_change,
+)
 from connectors.capture.binlogs import (
     check_resumable,
     default_server_id,
@@ -105,25 +112,6 @@ _IN_TRANSACTION = ("BEGIN", "SAVEPOINT", "ROLLBACK TO", "XA ")
 
 
 # --------------------------------------------------------------------------- tables
-
-
-#: What reading one row's values can raise when a value is outside what this reader handles;
-#: anything else is a bug of ours or the stream's, and stops the capture.
-_UNREADABLE = (ValueError, TypeError, ArithmeticError, LookupError, UnicodeDecodeError)
-
-
-def _unreadable(
-    source_name: str, table_id: str, row: Any, exc: Exception, **context: Any
-) -> NewDeadLetter:
-    """A row this reader could not read, as a dead letter holding the row as the library gave it."""
-    return NewDeadLetter(
-        reason=f"the binlog reader cannot read this row: {type(exc).__name__}: {exc}",
-        error_type="UnreadableChange",
-        raw=json.dumps({"row": row}, default=repr, ensure_ascii=False),
-        source=source_name,
-        table=table_id,
-        context=context,
-    )
 
 
 @dataclass
@@ -180,6 +168,16 @@ def make_shape(
 
 
 # --------------------------------------------------------------------------- the decoder
+
+
+def _row_set_aside(
+    source_name: str, table_id: str, row: Any, exc: Exception, **context: Any
+) -> NewDeadLetter:
+    """A row the reader could not read, holding the row as the library gave it."""
+    raw = json.dumps({"row": row}, default=repr, ensure_ascii=False)
+    return unreadable_change(
+        "the binlog reader", exc, raw, source=source_name, table=table_id, **context
+    )
 
 
 class BinlogDecoder:
@@ -310,11 +308,13 @@ class BinlogDecoder:
             emitted = len(out)
             try:
                 self._row(ev, row, shape, seq, ts, source, out)
-            except _UNREADABLE as exc:
+            except UNREADABLE as exc:
                 # a value this reader cannot read or render: that row is set aside, the rest goes on
                 del out[emitted:]
                 self.unreadable.append(
-                    _unreadable(self.source_name, shape.info.id, row, exc, seq=seq, file=self.file)
+                    _row_set_aside(
+                        self.source_name, shape.info.id, row, exc, seq=seq, file=self.file
+                    )
                 )
             self.last_seq = seq
 
@@ -783,9 +783,9 @@ class BinlogCapture(Capture):
                                     self.keep_raw,
                                 )
                             )
-                        except _UNREADABLE as exc:
+                        except UNREADABLE as exc:
                             unreadable.append(
-                                _unreadable(
+                                _row_set_aside(
                                     self.source_name, shape.info.id, row, exc, snapshot=True
                                 )
                             )

@@ -39,7 +39,13 @@ from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 from psycopg.pq.abc import PGconn, PGresult
 
-from connectors.capture.base import Capture, CaptureError, EventSink
+from connectors.capture.base import (
+    UNREADABLE,
+    Capture,
+    CaptureError,
+    EventSink,
+    unreadable_change,
+)
 from connectors.capture.envelope import EnvelopeColumn, TableEnvelope
 from connectors.capture.offsets import OffsetStore
 from connectors.capture.pgtypes import PgType, TypeCatalog, pg_type
@@ -78,11 +84,6 @@ _STATUS = struct.Struct(">QQQqB").pack
 
 
 # --------------------------------------------------------------------------- relations
-
-
-#: What reading one change's values can raise when a value is outside what this reader handles;
-#: anything else is a bug of ours or the stream's, and stops the capture.
-_UNREADABLE = (ValueError, TypeError, ArithmeticError, LookupError, UnicodeDecodeError)
 
 
 @dataclass
@@ -206,7 +207,7 @@ class PgoutputDecoder:
                     self._delete(lsn, msg, out)
                 else:
                     self._truncate(lsn, msg, out)
-            except _UNREADABLE as exc:
+            except UNREADABLE as exc:
                 # a value this reader cannot parse or render (a BC timestamp, NaN in a numeric):
                 # that change is set aside with its exact bytes, the stream goes on
                 del out[emitted:]
@@ -217,13 +218,15 @@ class PgoutputDecoder:
         rel = self.relations.get(_U32(msg, 1)[0]) if len(msg) >= 5 else None
         table = rel.info.id if rel is not None and rel.info is not None else None
         self.unreadable.append(
-            NewDeadLetter(
-                reason=f"the pgoutput reader cannot read this change: {type(exc).__name__}: {exc}",
-                error_type="UnreadableChange",
-                raw=bytes(msg),  # the pgoutput message exactly as the server sent it
+            unreadable_change(
+                "the pgoutput reader",
+                exc,
+                bytes(msg),  # the pgoutput message exactly as the server sent it
                 source=self.source_name,
                 table=table,
-                context={"lsn": _lsn_text(lsn), "xid": self.xid, "message": chr(msg[0])},
+                lsn=_lsn_text(lsn),
+                xid=self.xid,
+                message=chr(msg[0]),
             )
         )
 
@@ -728,9 +731,18 @@ class PgoutputCapture(Capture):
                                     for c, p, v in zip(names, parsers, values, strict=True)
                                 }
                                 batch.append(decoder.snapshot_event(rel, image, lsn, ts, xid))
-                            except _UNREADABLE as exc:
+                            except UNREADABLE as exc:
                                 decoder.unreadable.append(
-                                    _unreadable_row(self.source_name, info.id, names, values, exc)
+                                    unreadable_change(
+                                        "the snapshot",
+                                        exc,
+                                        orjson.dumps(
+                                            dict(zip(names, values, strict=True))
+                                        ).decode(),
+                                        source=self.source_name,
+                                        table=info.id,
+                                        snapshot=True,
+                                    )
                                 )
                             if len(batch) >= self.batch_size:
                                 self._deliver(
@@ -786,20 +798,6 @@ class PgoutputCapture(Capture):
         self._update(phase="streaming", last_error=None)
         stream = _Stream(self, repl, decoder, sink)
         stream.run(stop)
-
-
-def _unreadable_row(
-    source_name: str, table_id: str, names: Sequence[str], values: Sequence[Any], exc: Exception
-) -> NewDeadLetter:
-    """A snapshot row that could not be read, as a dead letter holding the row's text values."""
-    return NewDeadLetter(
-        reason=f"the snapshot cannot read this row: {type(exc).__name__}: {exc}",
-        error_type="UnreadableChange",
-        raw=orjson.dumps(dict(zip(names, values, strict=True))).decode(),
-        source=source_name,
-        table=table_id,
-        context={"snapshot": True},
-    )
 
 
 class _SnapshotStopped(Exception):
