@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -206,6 +207,7 @@ class UnknownTypeError(ValueError):
     """A source type name that cannot be parsed."""
 
 
+@functools.lru_cache(maxsize=4096)
 def map_source_type(type_name: str, source_kind: str = "postgres") -> WarehouseType:
     """A registry type name (``numeric(12,2)``, ``datetime(6)``) -> warehouse type.
 

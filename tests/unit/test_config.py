@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -284,3 +285,61 @@ sources:
     )
     # a type of the user's own (an enum, a domain) and a quoted name are fine
     assert "status" not in text and "mood" not in text
+
+
+def test_the_registry_is_read_as_yaml_1_2_not_1_1(tmp_path):
+    """YAML 1.1 (PyYAML's own schema) reads a column named ``on`` or ``no`` as a boolean and ``0777``
+    as octal 511; YAML 1.2 keeps the words and reads 777. A date stays the text written."""
+    from cdc.config import load_yaml
+
+    doc = load_yaml(
+        "columns: {on: text, no: text, yes: bigint}\n"
+        "server_id: 0777\nhex: 0x1F\noctal: 0o17\nsince: 2024-01-01\nflag: True\nnothing: ~\n"
+        "ratio: .5\nquoted: '42'\ntagged: !!str 7\n"
+    )
+    assert doc["columns"] == {"on": "text", "no": "text", "yes": "bigint"}
+    assert (doc["server_id"], doc["hex"], doc["octal"]) == (777, 31, 15)
+    assert doc["since"] == "2024-01-01" and doc["flag"] is True and doc["nothing"] is None
+    assert (doc["ratio"], doc["quoted"], doc["tagged"]) == (0.5, "42", "7")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, capsys):
+    p = write(
+        tmp_path,
+        "warehouse: duckdb:///w.duckdb\nsources:\n  billing:\n    kind: postgres\n"
+        "    engine: pgoutput\n    dsn: postgresql://u@h/db\n    tables: []\n"
+        "    engine: debezium\n",
+    )
+    assert main(["validate", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}:8:" in err and "'engine' is given twice (first on line 5)" in err
+
+
+def test_merge_keys_fill_in_what_the_mapping_does_not_say_itself(tmp_path):
+    from cdc.config import load_yaml
+
+    doc = load_yaml(
+        "base: &b {kind: postgres, engine: pgoutput}\nother: &o {engine: debezium, dsn: x}\n"
+        "s:\n  <<: [*b, *o]\n  kind: mysql\n"
+    )
+    assert doc["s"] == {"kind": "mysql", "engine": "pgoutput", "dsn": "x"}
+    assert doc["s"].lines == {"kind": 5, "engine": 1, "dsn": 2}
+    with pytest.raises(Exception, match="merge key"):
+        load_yaml("s:\n  <<: 5\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a: *nowhere\n", "names no anchor"),
+        ("a: !!int twelve\n", "cannot read 'twelve'"),
+        ("a: !python/object:os.system x\n", "cannot read"),
+        ("a: 1\n---\nb: 2\n", "one YAML document"),
+        ("? [a, b]\n: 1\n", "a key must be a plain value"),
+        ("a: " + "[" * 2000 + "]" * 2000 + "\n", "nesting depth"),
+    ],
+)
+def test_yaml_a_registry_cannot_hold_is_a_problem_with_its_line(tmp_path, text, why):
+    problems = "\n".join(problems_of(write(tmp_path, text)))
+    assert why in problems
+    assert re.search(r"cdc.yaml:[13]: error", problems), problems
