@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from connectors.sources import IntrospectedTable, create_engine, introspect_table
 from state_models.errors import ConfigError
-from state_models.registry import Registry
-from state_models.scd2 import column_name_problem
+from state_models.registry import Registry, TableSpec, unholdable_columns
 
 
-def plan_entry(table: IntrospectedTable, key: list[str] | None) -> CommentedMap:
-    """The YAML mapping for a table; refuses a keyless table unless ``key`` names its columns."""
+def plan_entry(
+    table: IntrospectedTable, key: list[str] | None, renames: dict[str, str] | None = None
+) -> CommentedMap:
+    """The YAML mapping for a table; refuses a keyless table unless ``key`` names its columns, and
+    a column no state table can hold by its name unless ``renames`` gives it another."""
     if key:
         unknown = [c for c in key if c not in table.columns]
         if unknown:
@@ -30,16 +33,27 @@ def plan_entry(table: IntrospectedTable, key: list[str] | None) -> CommentedMap:
             "identifies it. Add one (ALTER TABLE ... ADD PRIMARY KEY) or pass --key COLUMN [COLUMN ...] "
             "naming columns that identify a row."
         )
+    renames = renames or {}
+    unknown = [c for c in renames if c not in table.columns]
+    if unknown:
+        raise ConfigError(
+            f"--rename column(s) {unknown} are not columns of {table.name} ({', '.join(table.columns)})"
+        )
+    try:
+        spec = TableSpec(name=table.name, columns=table.columns, rename=renames or None)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"--rename: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+        ) from None
     unholdable = [
-        why
-        for name in table.columns
-        if (why := column_name_problem(name, table.columns)) is not None
+        bad.why
+        + (f"; keep it under another name: --rename {bad.name}={bad.fix}" if bad.fix else "")
+        for bad in unholdable_columns(spec, table.columns)
     ]
     if unholdable:
         raise ConfigError(
-            f"{table.name} cannot be registered: {'; '.join(unholdable)}. Rename the column in the "
-            "source (ALTER TABLE ... RENAME COLUMN) so that every name is distinct without case "
-            "and is not one of the state table's metadata columns"
+            f"{table.name} cannot be registered: {'; '.join(unholdable)}. Or rename the column in "
+            "the source (ALTER TABLE ... RENAME COLUMN)"
         )
     entry = CommentedMap()
     entry["name"] = table.name
@@ -47,11 +61,20 @@ def plan_entry(table: IntrospectedTable, key: list[str] | None) -> CommentedMap:
     columns = CommentedMap(table.columns)
     columns.fa.set_flow_style()
     entry["columns"] = columns
+    if renames:
+        renamed = CommentedMap(renames)
+        renamed.fa.set_flow_style()
+        entry["rename"] = renamed
     return entry
 
 
 def register_table(
-    config_file: Path, registry: Registry, source_name: str, qualified: str, key: list[str] | None
+    config_file: Path,
+    registry: Registry,
+    source_name: str,
+    qualified: str,
+    key: list[str] | None,
+    renames: dict[str, str] | None = None,
 ) -> CommentedMap:
     """Introspect ``qualified`` on the source and append it under ``sources.<source>.tables``."""
     if source_name not in registry.sources:
@@ -70,7 +93,7 @@ def register_table(
         table = introspect_table(engine, source_name, qualified)
     finally:
         engine.dispose()
-    entry = plan_entry(table, key)
+    entry = plan_entry(table, key, renames)
 
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True

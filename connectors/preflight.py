@@ -11,7 +11,7 @@ import psycopg
 
 from connectors.sources import libpq_dsn, mysql_params, redact, require_dsn
 from state_models.errors import SourceUnavailableError
-from state_models.registry import Source
+from state_models.registry import Source, TableSpec, unholdable_columns
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,13 @@ def check_postgres(source_name: str, source: Source) -> list[Check]:
                 )
                 continue
             ident, has_pk, can_select = row
+            names = conn.execute(
+                "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                "AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                (schema, table),
+            ).fetchall()
+            add(column_names_check(source_name, t, [r[0] for r in names]))
             ident = ident.decode() if isinstance(ident, bytes) else ident
             quoted = f"{_pg_ident(schema)}.{_pg_ident(table)}"
             if not can_select:
@@ -395,6 +402,12 @@ def check_mysql(
                 )
                 continue
             cur.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                "AND table_name = %s ORDER BY ordinal_position",
+                (t.schema_name, t.table_name),
+            )
+            add(column_names_check(source_name, t, [r[0] for r in cur.fetchall()]))
+            cur.execute(
                 # statistics, not table_constraints: MariaDB hides constraints from a SELECT-only user
                 "SELECT COUNT(*) FROM information_schema.statistics "
                 "WHERE table_schema = %s AND table_name = %s AND index_name = 'PRIMARY'",
@@ -420,6 +433,25 @@ def check_mysql(
                     )
                 )
     return checks
+
+
+def column_names_check(source_name: str, table: TableSpec, names: list[str]) -> Check:
+    """Can the state table hold every column of the live table under its name (``rename:``)?"""
+    bad = unholdable_columns(table, names)
+    if not bad:
+        return Check(
+            source_name, f"columns of {table.name}", "ok", f"{len(names)} columns, names distinct"
+        )
+    fixes = [b.rename_entry() for b in bad if b.fix is not None]
+    return Check(
+        source_name,
+        f"columns of {table.name}",
+        "fail",
+        "; ".join(b.why for b in bad) + " (every change of the table would be dead-lettered)",
+        f"under {table.name} in the registry: {', '.join(fixes)}"
+        if fixes
+        else "rename to another name under rename: in the registry",
+    )
 
 
 def _binlog_check(

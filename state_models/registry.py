@@ -6,7 +6,9 @@ Pure models only; reading the file, ``${VAR}`` interpolation and error rendering
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +36,7 @@ ENGINES_BY_KIND: dict[str, tuple[str, ...]] = {
 ENV_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 _RESOURCE_ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")
 _LOCATION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
@@ -54,6 +57,11 @@ class TableSpec(_Model):
         default=None, description="column name -> source type name; `cdc register` fills it"
     )
     pii: dict[str, PiiPolicy] | None = None
+    rename: dict[str, str] | None = Field(
+        default=None,
+        description="source column -> state-table column, for a name no state table can hold "
+        "(NAME beside name: warehouses compare names without case)",
+    )
     state_table: str | None = Field(default=None, description="state table name in the warehouse")
 
     @field_validator("name")
@@ -76,6 +84,21 @@ class TableSpec(_Model):
                 raise ValueError(f"a column is listed twice: {v}")
         return v
 
+    @field_validator("rename")
+    @classmethod
+    def _valid_renames(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for old, new in (v or {}).items():
+            if not isinstance(new, str) or not _COLUMN_RE.match(new):
+                raise ValueError(
+                    f"{old!r} is renamed to {new!r}: expected a plain column name (a letter or _, "
+                    "then letters, digits, _)"
+                )
+        targets = [new.lower() for new in (v or {}).values()]
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ValueError(f"two columns are renamed to the same name: {twice}")
+        return v
+
     @field_validator("state_table")
     @classmethod
     def _valid_state_table(cls, v: str | None) -> str | None:
@@ -96,7 +119,16 @@ class TableSpec(_Model):
                 raise ValueError(
                     f"pii column(s) {missing} are not in columns {sorted(self.columns)}"
                 )
+            missing = [c for c in (self.rename or {}) if c not in self.columns]
+            if missing:
+                raise ValueError(
+                    f"rename column(s) {missing} are not in columns {sorted(self.columns)}"
+                )
         return self
+
+    def state_column(self, name: str) -> str:
+        """The state table's name for a source column (``rename:``, else the same)."""
+        return self.rename.get(name, name) if self.rename else name
 
     @property
     def schema_name(self) -> str:
@@ -349,15 +381,78 @@ def column_problems(registry: Registry) -> list[tuple[tuple[str | int, ...], str
     out: list[tuple[tuple[str | int, ...], str]] = []
     for source_name, source in registry.sources.items():
         for index, table in enumerate(source.tables):
+            for bad in unholdable_columns(table, table.columns or table.rename or {}):
+                if bad.fix is None:
+                    where = ("sources", source_name, "tables", index, "rename", bad.name)
+                    out.append((where, f"renamed to {table.state_column(bad.name)!r}: {bad.why}"))
+                else:
+                    where = ("sources", source_name, "tables", index, "columns", bad.name)
+                    hint = f"; keep it under another name: {bad.rename_entry()}"
+                    out.append((where, bad.why + hint))
             for name, type_name in (table.columns or {}).items():
                 where = ("sources", source_name, "tables", index, "columns", name)
-                why = column_name_problem(name, table.columns or {})
-                if why is not None:
-                    out.append((where, why))
                 try:
                     map_source_type(type_name, source.kind)
                 except UnknownTypeError as exc:
                     out.append((where, str(exc)))
+    return out
+
+
+def suggest_rename(name: str, others: Iterable[str]) -> str:
+    """A name a state table can hold for column ``name`` beside ``others`` (``NAME`` -> ``name_2``
+    beside ``name``)."""
+    taken = {o.lower() for o in others}
+    base = re.sub(r"\W", "_", name.lower()).strip("_") or "column"
+    candidate, n = base, 1
+    while candidate in taken or column_name_problem(candidate, ()) is not None:
+        n += 1
+        candidate = f"{base}_{n}"
+    return candidate
+
+
+@dataclass(frozen=True)
+class Unholdable:
+    """A source column a state table cannot hold under the name it would give it."""
+
+    name: str
+    why: str
+    fix: str | None  # a name to keep it under, for a column not renamed yet
+
+    def rename_entry(self) -> str:
+        """The registry entry that keeps the column: ``rename: {"NAME": name_2}``."""
+        return f"rename: {{{json.dumps(self.name)}: {self.fix}}}"
+
+
+def unholdable_columns(spec: TableSpec, names: Iterable[str]) -> list[Unholdable]:
+    """The columns of ``names`` (the source's, in its order) that the state table cannot hold,
+    each with why and, unless the registry renames it already, a name to keep it under. Of two
+    names a warehouse holds as one (``name``, ``NAME``), the one renamed in the registry, else the
+    first, keeps its name; the other is reported."""
+    names = list(names)
+    renames = spec.rename or {}
+    taken = [spec.state_column(n) for n in names]
+    held: dict[str, str] = {}  # lower-cased state name -> the source column holding it
+    out: list[Unholdable] = []
+    for name in sorted(names, key=lambda n: n not in renames):  # stable: renamed ones first
+        stored = spec.state_column(name)
+        why = column_name_problem(stored, ())
+        other = held.get(stored.lower())
+        if why is None and other is not None:
+            mine = repr(name) if stored == name else f"{name!r} (renamed {stored!r})"
+            theirs = (
+                repr(other) if other not in renames else f"{other!r} (renamed {renames[other]!r})"
+            )
+            why = (
+                f"columns {mine} and {theirs} differ only in case; a warehouse holds them as one"
+                if stored != spec.state_column(other)
+                else f"columns {mine} and {theirs} would be one column"
+            )
+        if why is None:
+            held[stored.lower()] = name
+            continue
+        fix = None if name in renames else suggest_rename(name, taken)
+        taken.append(fix or stored)
+        out.append(Unholdable(name, why, fix))
     return out
 
 

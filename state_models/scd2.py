@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
@@ -165,18 +165,27 @@ class TableDef:
     table_id: str
     state_table: str
     source_kind: str = "postgres"  # postgres | mysql: the dialect of the declared type names
-    primary_key: tuple[str, ...] | None = None
-    declared: Mapping[str, str] | None = None  # column -> source type name
+    primary_key: tuple[str, ...] | None = None  # the state table's names (renamed)
+    declared: Mapping[str, str] | None = None  # state-table column -> source type name
+    #: source column -> state-table column (the registry's ``rename:``): events carry the source's
+    #: names everywhere (Pub/Sub, the changelog, dead letters); only the state table renames
+    renames: Mapping[str, str] | None = None
 
     @classmethod
     def from_registered(cls, table: Any) -> TableDef:
         """From a ``state_models.registry.RegisteredTable``."""
+        spec = table.spec
         return cls(
             table_id=table.id,
             state_table=table.state_table,
             source_kind=table.source.kind,
-            primary_key=tuple(table.primary_key) if table.primary_key else None,
-            declared=dict(table.spec.columns) if table.spec.columns else None,
+            primary_key=tuple(map(spec.state_column, table.primary_key))
+            if table.primary_key
+            else None,
+            declared={spec.state_column(n): t for n, t in spec.columns.items()}
+            if spec.columns
+            else None,
+            renames=dict(spec.rename) if spec.rename else None,
         )
 
     def declared_types(self) -> dict[str, WarehouseType]:
@@ -187,6 +196,34 @@ class TableDef:
             except UnknownTypeError as exc:
                 raise SchemaChangeError(f"{self.table_id}: column {name!r}: {exc}") from None
         return out
+
+    def as_stored(self, events: Sequence[ChangeEvent]) -> Sequence[ChangeEvent]:
+        """The events with their columns under the state table's names (``renames``)."""
+        if not self.renames:
+            return events
+        return [rename_columns(e, self.renames) for e in events]
+
+
+def rename_columns(event: ChangeEvent, renames: Mapping[str, str]) -> ChangeEvent:
+    """``event`` with the columns of its key, images and names renamed; the same object when it
+    has none of them. Its ``event_id`` and raw bytes stay those of the source's change."""
+
+    def image(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if values is None:
+            return None
+        return {renames.get(n, n): v for n, v in values.items()}
+
+    names = {*event.key, *(event.before or ()), *(event.after or ()), *event.unavailable}
+    if names.isdisjoint(renames):
+        return event
+    return replace(
+        event,
+        key=image(event.key) or {},
+        before=image(event.before),
+        after=image(event.after),
+        unavailable=tuple(renames.get(n, n) for n in event.unavailable),
+        source_types=image(event.source_types),
+    )
 
 
 # --------------------------------------------------------------------------- evolution

@@ -31,6 +31,15 @@ def add_commands(add: AddCommand) -> None:
     p.add_argument(
         "--key", nargs="+", metavar="COLUMN", help="key columns for a table without a primary key"
     )
+    p.add_argument(
+        "--rename",
+        nargs="+",
+        metavar="COLUMN=NAME",
+        type=_rename_arg,
+        default=[],
+        help="keep a column in the state table under another name (NAME beside name: warehouses "
+        "compare names without case)",
+    )
 
     p = add(
         "preflight",
@@ -39,6 +48,13 @@ def add_commands(add: AddCommand) -> None:
     )
     p.add_argument("--source", help="only this source")
     p.add_argument("--format", choices=["table", "json"], default="table")
+
+
+def _rename_arg(text: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not new:
+        raise argparse.ArgumentTypeError(f"expected COLUMN=NAME (e.g. NAME=name_2), got {text!r}")
+    return old, new
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -82,10 +98,14 @@ def cmd_register(args: argparse.Namespace) -> int:
     from cdc.register import register_table
 
     cfg = load(args)
-    entry = register_table(Path(cfg.path), cfg.registry, args.source, args.table, args.key)
+    entry = register_table(
+        Path(cfg.path), cfg.registry, args.source, args.table, args.key, dict(args.rename)
+    )
     cols = ", ".join(f"{c} {t}" for c, t in entry["columns"].items())
+    renamed = "".join(f"; {o} kept as {n}" for o, n in (entry.get("rename") or {}).items())
     print(
-        f"registered {args.source}.{args.table} (key {list(entry['primary_key'])}; columns: {cols}) in {cfg.path}"
+        f"registered {args.source}.{args.table} (key {list(entry['primary_key'])}; columns: "
+        f"{cols}{renamed}) in {cfg.path}"
     )
     return EXIT_OK
 

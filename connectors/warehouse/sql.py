@@ -53,6 +53,7 @@ from state_models.scd2 import (
     SEQ,
     Column,
     Evolution,
+    Rejected,
     StateTable,
     TableDef,
     plan_evolution,
@@ -172,7 +173,7 @@ class SqlWarehouse:
         return state
 
     def ensure_table(self, table: TableDef, events: Sequence[ChangeEvent] = ()) -> StateTable:
-        return self._evolve(table, events).table
+        return self._evolve(table, table.as_stored(events)).table
 
     def _evolve(self, table: TableDef, events: Sequence[ChangeEvent]) -> Evolution:
         existing = self.state_table(table)
@@ -215,6 +216,7 @@ class SqlWarehouse:
         result.events = len(events)
         if not events:
             return result
+        source_events, events = events, table.as_stored(events)  # rename: the state table's names
         evolution = self._evolve(table, events)
         state = evolution.table
         result.schema_changes = [f"add column {c.name} {c.type}" for c in evolution.add] + [
@@ -225,6 +227,9 @@ class SqlWarehouse:
         batch = stage_columns(state, accepted, ingested_at)
         staged, not_fitting = staging_table(state, batch, self.caps)
         result.rejected = [*evolution.rejected, *not_fitting]
+        if events is not source_events:  # a dead letter holds the change as the source sent it
+            as_sent = {id(e): s for e, s in zip(events, source_events, strict=True)}
+            result.rejected = [Rejected(as_sent[id(r.event)], r.error) for r in result.rejected]
         if staged.num_rows == 0:
             return result
         truncating = batch.truncates > 0

@@ -271,14 +271,19 @@ sources:
     )
     found = problems_of(p)
     text = "\n".join(found)
-    assert len(found) == 6, text
+    assert len(found) == 5, text
     assert (
         ":11: error: sources.billing.tables[0].columns.id: 'bigitn' is not a postgres type; "
         in text
     )
     assert "did you mean 'bigint'?" in text and "(did you mean 'numeric'?)" in text
     assert "columns._seq: column '_seq' clashes" in text
-    assert "columns 'name' and 'NAME' differ only in case" in text
+    # of two names a warehouse holds as one, the first keeps it; the fix for the other is given
+    assert (
+        ":17: error: sources.billing.tables[0].columns.NAME: columns 'NAME' and 'name' differ "
+        'only in case; a warehouse holds them as one; keep it under another name: rename: {"NAME": '
+        "name_2}" in text
+    )
     assert (
         "sources.pay.tables[0].columns.note: 'mediumtxt' is not a mysql type; did you mean 'mediumtext'?"
         in text
@@ -343,3 +348,30 @@ def test_yaml_a_registry_cannot_hold_is_a_problem_with_its_line(tmp_path, text, 
     problems = "\n".join(problems_of(write(tmp_path, text)))
     assert why in problems
     assert re.search(r"cdc.yaml:[13]: error", problems), problems
+
+
+def test_a_rename_lets_the_state_table_hold_twins_in_case(tmp_path):
+    base = """
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://u@h/db
+    tables:
+      - name: public.people
+        primary_key: [id]
+        columns: {id: bigint, name: text, NAME: text}
+"""
+    assert load_config(write(tmp_path, base + '        rename: {"NAME": name_2}\n'), env={})
+    for rename, why in [
+        (
+            "{NAME: Name}",
+            "columns.name: columns 'name' and 'NAME' (renamed 'Name') differ only in case",
+        ),
+        ("{NAME: _seq}", "rename.NAME: renamed to '_seq': column '_seq' clashes"),
+        ("{NAME: 'x y'}", "'NAME' is renamed to 'x y': expected a plain column name"),
+        ("{NAME: n, name: N}", "two columns are renamed to the same name: ['n']"),
+        ("{nmae: n}", "rename column(s) ['nmae'] are not in columns"),
+    ]:
+        text = "\n".join(problems_of(write(tmp_path, base + f"        rename: {rename}\n")))
+        assert why in text, text
