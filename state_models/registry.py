@@ -384,7 +384,7 @@ def column_problems(registry: Registry) -> list[tuple[tuple[str | int, ...], str
             for bad in unholdable_columns(table, table.columns or table.rename or {}):
                 if bad.fix is None:
                     where = ("sources", source_name, "tables", index, "rename", bad.name)
-                    out.append((where, f"renamed to {table.state_column(bad.name)!r}: {bad.why}"))
+                    out.append((where, bad.why))
                 else:
                     where = ("sources", source_name, "tables", index, "columns", bad.name)
                     hint = f"; keep it under another name: {bad.rename_entry()}"
@@ -436,6 +436,8 @@ def unholdable_columns(spec: TableSpec, names: Iterable[str]) -> list[Unholdable
     for name in sorted(names, key=lambda n: n not in renames):  # stable: renamed ones first
         stored = spec.state_column(name)
         why = column_name_problem(stored, ())
+        if why is not None and stored != name:
+            why = f"{name!r} is renamed {stored!r}, but {why}"
         other = held.get(stored.lower())
         if why is None and other is not None:
             mine = repr(name) if stored == name else f"{name!r} (renamed {stored!r})"

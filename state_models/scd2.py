@@ -333,9 +333,10 @@ def plan_evolution(
 
     if key is None:
         key = ()
-    missing_key = [k for k in key if k not in types]
-    for k in missing_key:  # a key column no event carried a value for yet cannot happen; be safe
-        add(k, STRING)
+    if existing is None and any(k not in types for k in key):
+        # no accepted event carried the key (every one was rejected) and the registry does not
+        # type it: the table is created by the first event that does, with the key's real type
+        key = ()
     ordered = list(key) + [n for n in order if n not in key]
     had = set(existing.carry) if existing else set()
     unavailable = {n for e in accepted if e.op in VERSION_OPS for n in e.unavailable}
@@ -418,8 +419,8 @@ def _name_problem(
         why = column_name_problem(name, known)
         if why is not None:
             return SchemaChangeError(
-                f"{event.table}: {why}; rename it in the source, or leave it out of the "
-                "publication/binlog filter (`cdc preflight` checks registered tables for this)"
+                f"{event.table}: {why}; keep it under another name with rename: in the "
+                "registry (`cdc preflight` names it), then `cdc dead-letters retry`"
             )
     return None
 

@@ -160,10 +160,21 @@ def test_register_refuses_columns_a_warehouse_cannot_hold_apart(
     code = main(["register", "--config", str(cfg_path), "--source", "billing", "public.people"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "columns 'name' and 'NAME' differ only in case" in err
-    assert "column '_seq' clashes" in err and "RENAME COLUMN" in err
+    assert "columns 'NAME' and 'name' differ only in case" in err
+    assert "keep it under another name: --rename NAME=name_2" in err
+    assert "column '_seq' clashes" in err and "--rename _seq=seq" in err and "RENAME COLUMN" in err
     assert cfg_path.read_text() == before  # nothing written
     assert main(["validate", "--config", str(cfg_path)]) == 0
+
+    args = ["register", "--config", str(cfg_path), "--source", "billing", "public.people"]
+    assert main([*args, "--rename", "NAME=_valid_to", "_seq=seq"]) == 2
+    assert (
+        "'NAME' is renamed '_valid_to', but column '_valid_to' clashes" in capsys.readouterr().err
+    )
+    assert main([*args, "--rename", "NAME=name_2", "_seq=seq"]) == 0
+    assert "NAME kept as name_2; _seq kept as seq" in capsys.readouterr().out
+    table = load_config(cfg_path).registry.table("billing.public.people")
+    assert table.spec.rename == {"NAME": "name_2", "_seq": "seq"}
 
 
 def test_register_mysql_table(mariadb, mysql_database, tmp_path):

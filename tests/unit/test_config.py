@@ -368,7 +368,7 @@ sources:
             "{NAME: Name}",
             "columns.name: columns 'name' and 'NAME' (renamed 'Name') differ only in case",
         ),
-        ("{NAME: _seq}", "rename.NAME: renamed to '_seq': column '_seq' clashes"),
+        ("{NAME: _seq}", "rename.NAME: 'NAME' is renamed '_seq', but column '_seq' clashes"),
         ("{NAME: 'x y'}", "'NAME' is renamed to 'x y': expected a plain column name"),
         ("{NAME: n, name: N}", "two columns are renamed to the same name: ['n']"),
         ("{nmae: n}", "rename column(s) ['nmae'] are not in columns"),

@@ -142,3 +142,33 @@ def test_the_oracle_folds_a_small_history_by_hand():
         ("t", None, True, True),  # the second truncate finds nothing live
     ]
     assert rows[0]["_valid_to"] == rows[1]["_valid_from"]
+
+
+def test_a_first_batch_whose_every_event_is_rejected_creates_no_table():
+    """The key's type comes from the first event that is applied: a table made from a batch of
+    rejected events only would have guessed it (as text) and refused the good events after."""
+    untyped = TableDef("billing.public.people", "billing_people", "postgres", ("id",), None)
+    bad = event(untyped, "r", {"id": 1}, (0, 1), BASE_TS, {"name": "a", "NAME": "A"})
+    evo = plan_evolution(untyped, None, [bad])
+    assert [r.event for r in evo.rejected] == [bad] and evo.table.key == ()
+    good = event(untyped, "r", {"id": 1}, (0, 1), BASE_TS, {"name": "a"})
+    assert plan_evolution(untyped, None, [good]).table.columns[0] == Column("id", INT64)
+
+
+def test_renamed_columns_are_stored_under_their_new_names():
+    from state_models.scd2 import rename_columns
+
+    renamed = dataclasses.replace(
+        TABLE, primary_key=("id",), renames={"NAME": "name_2"}, declared=None
+    )
+    e = event(renamed, "u", {"id": 1}, (1, 1), BASE_TS, {"name": "a", "NAME": "A"})
+    stored = renamed.as_stored([e])
+    assert stored[0].after == {"id": 1, "name": "a", "name_2": "A"}
+    assert stored[0].event_id == e.event_id and stored[0].seq == e.seq
+    plain = event(renamed, "u", {"id": 2}, (1, 2), BASE_TS, {"name": "b"})
+    assert rename_columns(plain, {"NAME": "name_2"}) is plain
+    assert [c.name for c in plan_evolution(renamed, None, stored).table.columns] == [
+        "id",
+        "name",
+        "name_2",
+    ]
