@@ -153,7 +153,7 @@ def load_config(
     else:
         problems = [
             ConfigProblem(format_loc(loc), message, _line_of(doc, loc))
-            for loc, message in column_problems(registry)
+            for loc, message in [*column_problems(registry), *_dsn_problems(registry)]
         ]
     if problems:
         raise ConfigError(
@@ -367,6 +367,20 @@ def load_yaml(text: str) -> Any:
     finally:
         parser.dispose()
     return documents[0] if documents else None
+
+
+def _dsn_problems(registry: Registry) -> list[tuple[tuple[str, ...], str]]:
+    """Each source's DSN in a form every command reads alike (one with an unset ``${VAR}`` is
+    checked when the variable is set)."""
+    from connectors.sources import dsn_problem
+
+    out: list[tuple[tuple[str, ...], str]] = []
+    for name, source in registry.sources.items():
+        if not ENV_VAR_RE.search(source.dsn):
+            problem = dsn_problem(source.kind, source.dsn)
+            if problem is not None:
+                out.append((("sources", name, "dsn"), problem))
+    return out
 
 
 # --------------------------------------------------------------------------- interpolation

@@ -54,23 +54,60 @@ def escape_userinfo(dsn: str) -> str:
 
 
 def sqlalchemy_url(kind: str, dsn: str) -> URL:
-    """A SQLAlchemy URL with our chosen driver (psycopg 3, PyMySQL) for a plain DSN."""
+    """A SQLAlchemy URL with our chosen driver (psycopg 3, PyMySQL) for a source's DSN: a URL, or
+    for PostgreSQL a libpq ``key=value`` string (``host=db port=5432 user=app dbname=billing``)."""
+    problem = dsn_problem(kind, dsn)
+    if problem is not None:
+        raise ConfigError(f"dsn {problem}")
+    if "://" not in dsn:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+        port = params.pop("port", None)
+        return URL.create(
+            "postgresql+psycopg",
+            username=params.pop("user", None),
+            password=params.pop("password", None),
+            host=params.pop("host", None),
+            port=int(port) if port and port.isdigit() else None,
+            database=params.pop("dbname", None),
+            query=params,
+        )
+    url = make_url(dsn)
+    return url.set(drivername="postgresql+psycopg" if kind == "postgres" else "mysql+pymysql")
+
+
+def dsn_problem(kind: str, dsn: str) -> str | None:
+    """Why ``dsn`` cannot reach a ``kind`` source, never showing the value (it may hold a
+    password); None when it can. A PostgreSQL DSN is a URL or a libpq ``key=value`` string; a
+    MySQL one is a URL."""
+    example = (
+        "postgresql://user@host:5432/db" if kind == "postgres" else "mysql://user@host:3306/db"
+    )
+    if "://" not in dsn:
+        if kind != "postgres":
+            return f"is not a URL like {example} (the value is not shown: it may hold a password)"
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            if conninfo_to_dict(dsn):
+                return None
+        except ProgrammingError:
+            pass
+        return (
+            f"is neither a URL like {example} nor a libpq key=value string like 'host=db "
+            "dbname=billing user=app' (the value is not shown: it may hold a password)"
+        )
     try:
         url = make_url(dsn)
-    except Exception as exc:  # SQLAlchemy raises ArgumentError with a terse message
-        raise ConfigError(
-            f"dsn {redact(dsn)!r} is not a URL like postgresql://user@host:5432/db: {exc}"
-        ) from exc
+    except Exception:  # SQLAlchemy's ArgumentError repeats the value
+        return f"is not a URL like {example} (the value is not shown: it may hold a password)"
     backend = url.get_backend_name()
-    if kind == "postgres":
-        if backend not in _PG_SCHEMES and backend != "postgresql":
-            raise ConfigError(
-                f"a postgres source needs a postgresql:// dsn, got {url.drivername}://"
-            )
-        return url.set(drivername="postgresql+psycopg")
-    if backend not in _MYSQL_SCHEMES:
-        raise ConfigError(f"a mysql source needs a mysql:// dsn, got {url.drivername}://")
-    return url.set(drivername="mysql+pymysql")
+    schemes = _PG_SCHEMES if kind == "postgres" else _MYSQL_SCHEMES
+    if backend not in schemes:
+        return f"of a {kind} source must start {schemes[0]}://, not {backend}://"
+    return None
 
 
 def libpq_dsn(dsn: str) -> str:

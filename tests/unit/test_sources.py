@@ -107,3 +107,44 @@ def test_an_at_sign_in_a_password_stays_in_the_password(dsn: str, escaped: str) 
     from connectors.sources import escape_userinfo
 
     assert escape_userinfo(dsn) == escaped
+
+
+@pytest.mark.parametrize(
+    ("kind", "dsn", "why"),
+    [
+        ("mysql", "host=db user=app password=S3cret-9", "is not a URL like mysql://"),
+        ("postgres", "host=db password=S3 cret-9", "neither a URL like postgresql://"),
+        ("postgres", "postgresql://app:S3cret-9@db:port/x", "is not a URL like postgresql://"),
+        ("postgres", "mysql://app:S3cret-9@db/x", "must start postgresql://, not mysql://"),
+        ("mysql", "postgresql://app:S3cret-9@db/x", "must start mysql://, not postgresql://"),
+    ],
+)
+def test_a_dsn_no_command_can_use_is_a_registry_problem_without_its_value(
+    tmp_path, capsys, kind, dsn, why
+):
+    engine = "pgoutput" if kind == "postgres" else "binlog"
+    path = tmp_path / "cdc.yaml"
+    path.write_text(
+        f"sources:\n  s:\n    kind: {kind}\n    engine: {engine}\n    dsn: {dsn}\n    tables: []\n"
+    )
+    assert main(["validate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:5: error: sources.s.dsn: " in err and why in err, err
+    assert "S3" not in err and "cret" not in err
+
+
+def test_a_libpq_keyword_dsn_is_read_like_its_url():
+    from connectors.sources import dsn_problem, sqlalchemy_url
+
+    dsn = "host=127.0.0.1 port=6543 user=app password='p w' dbname=billing sslmode=require"
+    assert dsn_problem("postgres", dsn) is None
+    url = sqlalchemy_url("postgres", dsn)
+    assert (url.drivername, url.host, url.port, url.username, url.password, url.database) == (
+        "postgresql+psycopg",
+        "127.0.0.1",
+        6543,
+        "app",
+        "p w",
+        "billing",
+    )
+    assert url.query == {"sslmode": "require"}
