@@ -213,13 +213,31 @@ def check_postgres(source_name: str, source: Source) -> list[Check]:
                 )
                 continue
             ident, has_pk, can_select = row
-            names = conn.execute(
-                "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
-                "AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            columns = conn.execute(
+                "SELECT a.attname, a.atttypid = 'numeric'::regtype FROM pg_attribute a "
+                "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = "
+                "c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 "
+                "AND NOT a.attisdropped ORDER BY a.attnum",
                 (schema, table),
             ).fetchall()
-            add(column_names_check(source_name, t, [r[0] for r in names]))
+            add(column_names_check(source_name, t, [r[0] for r in columns]))
+            numeric = [r[0] for r in columns if r[1]]
+            mode = (source.debezium or {}).get("decimal.handling.mode", "precise")
+            if source.engine == "debezium" and numeric and mode == "precise":
+                add(
+                    Check(
+                        source_name,
+                        f"numeric columns of {t.name}",
+                        "warn",
+                        f"Debezium's precise decimal mode sends numeric 'NaN' and 'Infinity' as "
+                        f"null, so such a value in {', '.join(numeric)} would be stored as null "
+                        "(pgoutput sets the change aside as a dead letter instead)",
+                        "with the columns declared (cdc register), set debezium: "
+                        "{decimal.handling.mode: string} on the source: such a value then arrives "
+                        "as text and is dead-lettered; or forbid it in the source (CHECK (col <> "
+                        "'NaN'))",
+                    )
+                )
             ident = ident.decode() if isinstance(ident, bytes) else ident
             quoted = f"{_pg_ident(schema)}.{_pg_ident(table)}"
             if not can_select:

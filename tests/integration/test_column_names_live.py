@@ -99,3 +99,31 @@ def test_case_twins_in_a_live_table_are_renamed_not_a_crash_loop(postgres, pg_da
     ) == [(1, "ann", "ANN", "r"), (1, "ann", "ANNE", "u"), (2, "bob", "BOB", "c")]
     code, out = _cdc(tmp_path, "history", "billing.public.people", "--key", "id=1")
     assert code == 0 and "ANNE" in out, out
+
+
+def test_preflight_warns_that_debezium_precise_mode_makes_numeric_nan_null(
+    postgres, pg_database, tmp_path
+):
+    postgres.execute(
+        "CREATE TABLE public.prices (id bigint PRIMARY KEY, amount numeric(12,2), note text)",
+        database=pg_database.rsplit("/", 1)[1],
+    )
+    registry = textwrap.dedent(f"""\
+        sources:
+          billing:
+            kind: postgres
+            engine: debezium
+            dsn: {pg_database}
+            tables:
+              - name: public.prices
+                primary_key: [id]
+        """)
+    (tmp_path / "cdc.yaml").write_text(registry)
+    code, out = _cdc(tmp_path, "preflight")
+    assert "[WARN] billing: numeric columns of public.prices: Debezium's precise" in out, out
+    assert "would be stored as null" in out and "decimal.handling.mode: string" in out
+    (tmp_path / "cdc.yaml").write_text(
+        registry + "    debezium: {decimal.handling.mode: string}\n"
+    )
+    code, out = _cdc(tmp_path, "preflight")
+    assert "numeric columns" not in out, out
