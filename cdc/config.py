@@ -7,6 +7,7 @@ what was expected and, for a misspelt key or value, the closest valid one.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import types
@@ -22,9 +23,12 @@ from yaml.cyaml import CParser
 from yaml.error import YAMLError
 
 from state_models.errors import ConfigError, ConfigProblem
+from state_models.pii import DEFAULT_KEY_ENV, PiiKey, key_from_environment
 from state_models.registry import ENV_VAR_RE, Registry, column_problems
 
 DEFAULT_CONFIG = "cdc.yaml"
+#: In the state folder: the fingerprint of the PII key (never the key).
+PII_KEY_FILE = "pii_key.json"
 #: How many values one byte of a registry may expand to (through YAML aliases) before it is refused.
 EXPANSION_PER_BYTE = 20
 
@@ -66,6 +70,33 @@ class LoadedConfig:
             )
         url = source.datastream.output_url(source_name)
         return url if "://" in url else str(self.resolve_path(url))
+
+    def pii_key(self) -> PiiKey | None:
+        """The key the registry's ``pii:`` columns are hashed with, from the environment; None
+        when no table has any. The key's fingerprint is kept in the state folder: a process
+        started later with another key is refused (its tokens would not match the stored ones)."""
+        key = key_from_environment(
+            os.environ, self.registry.pii_key_env, self.registry.pii_tables()
+        )
+        if key is None:
+            return None
+        variable = self.registry.pii_key_env or DEFAULT_KEY_ENV
+        record = self.state_dir / PII_KEY_FILE
+        if record.exists():
+            stored = json.loads(record.read_text()).get("fingerprint")
+            if stored != key.fingerprint:
+                raise ConfigError(
+                    f"{variable} is not the key this deployment's pii: values were hashed with "
+                    f"(fingerprint {key.fingerprint}; {record} records {stored}): set the key used "
+                    "before: another key gives other tokens for the same values, which would no "
+                    "longer match (or join with) the ones stored"
+                )
+        else:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(
+                json.dumps({"fingerprint": key.fingerprint, "variable": variable}) + "\n"
+            )
+        return key
 
     @property
     def warehouse_url(self) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 from cdc.config import LoadedConfig
 from connectors.capture import Capture, CaptureStats, make_capture, prepare_engines
 from connectors.changelog.writer import ChangelogWriter
-from connectors.deadletter import DeadLetterStore, default_folder
+from connectors.deadletter import DeadLetterStore, Sealing, default_folder
 from connectors.journal import ARCHIVED, MERGED, Journal, Segment
 from connectors.warehouse import Warehouse, open_warehouse
 from merge_jobs.apply import apply_events
@@ -142,7 +142,9 @@ class Runtime:
         self.state_dir = cfg.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.state_dir / "journal")
-        self.dead_letters = DeadLetterStore(default_folder(self.state_dir))
+        self.dead_letters = DeadLetterStore(
+            default_folder(self.state_dir), sealing=Sealing.of(self.registry)
+        )
         self.tables: dict[str, TableDef] = {
             t.id: TableDef.from_registered(t) for t in self.registry.tables()
         }

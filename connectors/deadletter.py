@@ -35,6 +35,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +43,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from connectors.capture.offsets import write_atomically
-from state_models.errors import CdcError, TerminalError
+from state_models.errors import CdcError, ConfigError, TerminalError
+from state_models.pii import DEFAULT_KEY_ENV, environment_key
+from state_models.registry import Registry
 from state_models.types import format_timestamp
 
 FOLDER_NAME = "dead_letters"
@@ -115,17 +118,24 @@ class DeadLetter:
     source: str | None
     table: str | None
     raw: str | None
-    raw_encoding: str  # "text" | "base64"
+    raw_encoding: str  # "text" | "base64" | "sealed" (see ``Sealing``)
     context: dict[str, Any]
     fingerprint: str | None = None  # None in files written before fingerprints existed
     copies: int = 1  # how many times this failure was reported (set by ``list``, not stored)
 
+    @property
+    def sealed(self) -> bool:
+        return self.raw_encoding == SEALED
+
     def raw_bytes(self) -> bytes | None:
-        """The original message as bytes, whatever encoding it was stored in."""
+        """The original message as bytes, whatever encoding it was stored in (a sealed one is
+        opened with the PII key from this process's environment)."""
         if self.raw is None:
             return None
         if self.raw_encoding == "base64":
             return base64.b64decode(self.raw)
+        if self.raw_encoding == SEALED:
+            return unseal(self.raw, self.context.get("pii_key_env"))
         return self.raw.encode("utf-8")
 
     def raw_text(self) -> str | None:
@@ -150,9 +160,13 @@ class DeadLetterStore:
     ``gs://bucket/prefix`` (any fsspec URL) for jobs whose workers share no disk (Dataflow)."""
 
     def __init__(
-        self, folder: str | os.PathLike[str], clock: Callable[[], dt.datetime] | None = None
+        self,
+        folder: str | os.PathLike[str],
+        clock: Callable[[], dt.datetime] | None = None,
+        sealing: Sealing | None = None,
     ):
         text = os.fspath(folder)
+        self.sealing = sealing
         self._files_at: _Folder = _ObjectFolder(text) if "://" in text else _LocalFolder(text)
         self.folder: Path | str = text if "://" in text else Path(text)
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
@@ -186,6 +200,8 @@ class DeadLetterStore:
         # the counter keeps one process's files in call order when the clock does not move
         stem = f"{now:%Y%m%dT%H%M%S%fZ}-{next(_sequence):06d}-{secrets.token_hex(3)}"
         at = format_timestamp(now)
+        if self.sealing is not None:
+            pending = [self.sealing.seal(letter) for letter in pending]
         stored = [_stored(f"{stem}.{i}", at, letter) for i, letter in enumerate(pending)]
         self._write(self._files_at.path(stem), stored)
         return stored
@@ -364,7 +380,10 @@ def _file_of(letter_id: str) -> str:
 
 
 def _stored(letter_id: str, at: str, letter: NewDeadLetter) -> DeadLetter:
-    raw, encoding = _raw_for_storage(letter.raw)
+    if isinstance(letter, _SealedLetter):
+        raw, encoding = (None if letter.raw is None else str(letter.raw)), SEALED
+    else:
+        raw, encoding = _raw_for_storage(letter.raw)
     return DeadLetter(
         id=letter_id,
         at=at,
@@ -398,3 +417,91 @@ def _raw_for_storage(raw: str | bytes | None) -> tuple[str | None, str]:
         return bytes(raw).decode("utf-8"), "text"
     except UnicodeDecodeError:
         return base64.b64encode(bytes(raw)).decode("ascii"), "base64"
+
+
+# --------------------------------------------------------------------------- sealing (pii:)
+
+SEALED = "sealed"
+_SEAL_PURPOSE = b"dead letters"
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+@dataclass(frozen=True)
+class _SealedLetter(NewDeadLetter):
+    """A letter whose ``raw`` is already the sealed text."""
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """Dead letters of tables with ``pii:`` columns, and of a source holding such tables when the
+    letter names no table (a line that could not be parsed): their original message is stored
+    sealed (AES-256-GCM under a key derived from the PII key, so whoever holds the key can still
+    retry them), and their reason shows no quoted value but the table's column names."""
+
+    tables: frozenset[str]
+    sources: frozenset[str]
+    names: frozenset[str]  # column names a reason may quote
+    key_env: str | None = None
+
+    @classmethod
+    def of(cls, registry: Registry) -> Sealing | None:
+        tables = [t for t in registry.tables() if t.spec.pii]
+        if not tables:
+            return None
+        names = {n for t in tables for n in (*(t.spec.columns or {}), *(t.spec.pii or {}))}
+        names |= {k for t in tables for k in t.primary_key or ()}
+        return cls(
+            tables=frozenset(t.id for t in tables),
+            sources=frozenset(t.source_name for t in tables),
+            names=frozenset(names),
+            key_env=registry.pii_key_env,
+        )
+
+    def applies(self, letter: NewDeadLetter) -> bool:
+        if letter.table is not None and letter.table in self.tables:
+            return True
+        return letter.source in self.sources and (
+            letter.table is None or (letter.table not in self.tables and "." not in letter.table)
+        )
+
+    def seal(self, letter: NewDeadLetter) -> NewDeadLetter:
+        if isinstance(letter, _SealedLetter) or not self.applies(letter):
+            return letter
+        raw = letter.raw
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogatepass")
+        return _SealedLetter(
+            reason=_QUOTED.sub(self._hide, letter.reason),
+            error_type=letter.error_type,
+            raw=None if raw is None else seal(bytes(raw), self.key_env),
+            source=letter.source,
+            table=letter.table,
+            context={**letter.context, "pii_key_env": self.key_env or DEFAULT_KEY_ENV},
+        )
+
+    def _hide(self, match: re.Match[str]) -> str:
+        text = match.group(0)
+        return text if text[1:-1] in self.names else text[0] + "<hidden>" + text[0]
+
+
+def seal(data: bytes, key_env: str | None) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = secrets.token_bytes(12)
+    box = AESGCM(environment_key(key_env).derive(_SEAL_PURPOSE))
+    return base64.b64encode(nonce + box.encrypt(nonce, data, None)).decode("ascii")
+
+
+def unseal(text: str, key_env: str | None) -> bytes:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    data = base64.b64decode(text)
+    box = AESGCM(environment_key(key_env).derive(_SEAL_PURPOSE))
+    try:
+        return box.decrypt(data[:12], data[12:], None)
+    except InvalidTag:
+        raise ConfigError(
+            f"a sealed dead letter does not open with the key in {key_env or DEFAULT_KEY_ENV}: it "
+            "was sealed with another PII key"
+        ) from None

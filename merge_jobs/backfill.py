@@ -124,6 +124,6 @@ def build_replay(
         max_latency_s=None,
     )
     _ = rejects | "DeadLetters" >> StoreDeadLetters(
-        settings.dead_letter_folder, settings.dead_letter_topic, publisher
+        settings.dead_letter_folder, settings.dead_letter_topic, publisher, settings.sealing
     )
     return ReplayOutputs(events, reports, rejects)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from connectors.deadletter import Sealing
 from state_models.registry import Registry, table_infos
 from state_models.scd2 import TableDef
 from state_models.tables import TableInfo
@@ -38,6 +39,7 @@ class JobSettings:
     changelog_root: str
     dead_letter_folder: str
     dead_letter_topic: str | None = None  # projects/<p>/topics/<t>
+    sealing: Sealing | None = None  # dead letters of tables with pii: are sealed
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_max_latency_s: float = DEFAULT_BATCH_MAX_LATENCY_S
     changelog_window_s: float = DEFAULT_CHANGELOG_WINDOW_S

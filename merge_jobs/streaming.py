@@ -129,7 +129,7 @@ def build_streaming(
     )
     all_letters = (*letters, merge_rejects) | "AllDeadLetters" >> beam.Flatten()
     _ = all_letters | "DeadLetters" >> StoreDeadLetters(
-        settings.dead_letter_folder, settings.dead_letter_topic, publisher
+        settings.dead_letter_folder, settings.dead_letter_topic, publisher, settings.sealing
     )
     return StreamingOutputs(events, changelog_files, reports, all_letters)
 

@@ -39,7 +39,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from connectors.changelog import write_events
-from connectors.deadletter import DeadLetter, DeadLetterStore, NewDeadLetter
+from connectors.deadletter import DeadLetter, DeadLetterStore, NewDeadLetter, Sealing
 from connectors.warehouse import Warehouse, open_warehouse
 from merge_jobs.apply import apply_events
 from merge_jobs.pool import POOL
@@ -497,14 +497,21 @@ class MergeIntoWarehouse(beam.PTransform):
 class _StoreDeadLettersFn(beam.DoFn):
     """Dead letters -> the dead-letter store (one file per bundle) and the dead-letter topic."""
 
-    def __init__(self, folder: str, topic: str | None, publisher: Callable[[], Any]):
+    def __init__(
+        self,
+        folder: str,
+        topic: str | None,
+        publisher: Callable[[], Any],
+        sealing: Sealing | None = None,
+    ):
         self._folder = folder
+        self._sealing = sealing
         self._topic = topic
         self._connect = publisher
         self._stored = Metrics.counter(NAMESPACE, "dead_letters_stored")
 
     def setup(self) -> None:
-        self._store = DeadLetterStore(self._folder)
+        self._store = DeadLetterStore(self._folder, sealing=self._sealing)
         self._publisher = POOL.acquire(self._connect, self._connect) if self._topic else None
 
     def start_bundle(self) -> None:
@@ -524,7 +531,7 @@ class _StoreDeadLettersFn(beam.DoFn):
         if self._publisher is None or self._topic is None:
             return
         futures = [
-            self._publisher.publish(self._topic, letter.raw_bytes() or b"", **_attributes(letter))
+            self._publisher.publish(self._topic, _payload(letter), **_attributes(letter))
             for letter in stored
         ]
         for f in futures:
@@ -544,16 +551,25 @@ class StoreDeadLetters(beam.PTransform):
         folder: str,
         topic: str | None = None,
         publisher: Callable[[], Any] | None = None,
+        sealing: Sealing | None = None,
     ):
         super().__init__()
         self._folder = folder
         self._topic = topic
         self._publisher = publisher or PublisherConnector()
+        self._sealing = sealing
 
     def expand(self, letters: Any) -> Any:
         return letters | "Store" >> beam.ParDo(
-            _StoreDeadLettersFn(self._folder, self._topic, self._publisher)
+            _StoreDeadLettersFn(self._folder, self._topic, self._publisher, self._sealing)
         )
+
+
+def _payload(letter: DeadLetter) -> bytes:
+    """A letter's message as the dead-letter topic carries it: a sealed one stays sealed."""
+    if letter.sealed:
+        return (letter.raw or "").encode("ascii")
+    return letter.raw_bytes() or b""
 
 
 #: Pub/Sub refuses attribute values over 1024 bytes.

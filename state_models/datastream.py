@@ -276,6 +276,7 @@ def _decode(
         tx_id=None if tx in (None, "") else str(tx),
         raw=raw if keep_raw else None,
     )
+    event = info.protect(event)  # pii: before the event is held anywhere
     uuid = doc.get("uuid")
     return DatastreamChange(event, change_type, None if uuid is None else str(uuid))
 

@@ -155,19 +155,21 @@ def _decode(
     commit_ts = _commit_ts(source, doc, raw)
     tx_id = _tx_id(connector, source, doc)
     key = {} if op is Op.TRUNCATE else _key(op, before, after, info, record_key, raw)
-    return ChangeEvent(
-        table=info.id,
-        op=op,
-        key=key,
-        before=before,
-        after=after,
-        seq=seq,
-        commit_ts=commit_ts,
-        tx_id=tx_id,
-        event_id=make_event_id(info.id, key, seq),
-        unavailable=tuple(unavailable),
-        source_types=_source_types(field_schemas.get("after") or field_schemas.get("before")),
-        raw=raw if keep_raw else None,
+    return info.protect(  # pii: before the event is held anywhere
+        ChangeEvent(
+            table=info.id,
+            op=op,
+            key=key,
+            before=before,
+            after=after,
+            seq=seq,
+            commit_ts=commit_ts,
+            tx_id=tx_id,
+            event_id=make_event_id(info.id, key, seq),
+            unavailable=tuple(unavailable),
+            source_types=_source_types(field_schemas.get("after") or field_schemas.get("before")),
+            raw=raw if keep_raw else None,
+        )
     )
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from state_models.pii import PiiPolicy, TablePolicy
 from state_models.pubsub import PubSubLayout, PubSubSettings
 from state_models.scd2 import column_name_problem
 from state_models.tables import TableInfo
@@ -21,7 +22,6 @@ from state_models.types import UnknownTypeError, map_source_type
 
 SourceKind = Literal["postgres", "mysql"]
 Engine = Literal["debezium", "pgoutput", "binlog", "datastream"]
-PiiPolicy = Literal["hash", "mask", "drop"]
 SnapshotMode = Literal["initial", "never"]
 DatastreamFormat = Literal["avro", "json"]
 DatastreamCdcMethod = Literal["binlog", "gtid"]
@@ -124,6 +124,14 @@ class TableSpec(_Model):
                 raise ValueError(
                     f"rename column(s) {missing} are not in columns {sorted(self.columns)}"
                 )
+        unkeyable = [
+            c for c, p in (self.pii or {}).items() if p != "hash" and c in (self.primary_key or [])
+        ]
+        if unkeyable:
+            raise ValueError(
+                f"key column(s) {unkeyable} cannot be masked or dropped: history is kept per key, "
+                "so a key must stay unique and present; use hash (equal values, equal tokens)"
+            )
         return self
 
     def state_column(self, name: str) -> str:
@@ -289,6 +297,16 @@ class Registry(_Model):
     pubsub: PubSubSettings | None = Field(
         default=None, description="where the capture publishes (Pub/Sub); optional"
     )
+    pii_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the environment variable holding the key pii: hashes with (default "
+        "CDC_PII_KEY); the key itself never goes in this file",
+    )
+
+    def pii_tables(self) -> list[str]:
+        """Ids of the tables with ``pii:`` columns."""
+        return [table_id(name, t) for name, s in self.sources.items() for t in s.tables if t.pii]
 
     @field_validator("sources")
     @classmethod
@@ -346,7 +364,7 @@ class Registry(_Model):
 
     def tables(self) -> list[RegisteredTable]:
         return [
-            RegisteredTable(source_name=s_name, source=s, spec=t)
+            RegisteredTable(source_name=s_name, source=s, spec=t, pii_key_env=self.pii_key_env)
             for s_name, s in self.sources.items()
             for t in s.tables
         ]
@@ -467,6 +485,7 @@ class RegisteredTable:
     source_name: str
     source: Source
     spec: TableSpec
+    pii_key_env: str | None = None  # the registry's: where this table's pii: key comes from
 
     @property
     def id(self) -> str:
@@ -499,9 +518,17 @@ def table_infos(registry: Registry, source_name: str) -> list[TableInfo]:
             primary_key=tuple(t.primary_key) if t.primary_key else None,
             columns=dict(t.columns) if t.columns else None,
             base64_decimals=(source.debezium or {}).get("decimal.handling.mode") == "precise",
+            pii=table_policy(registry, source, t),
         )
         for t in source.tables
     ]
+
+
+def table_policy(registry: Registry, source: Source, spec: TableSpec) -> TablePolicy | None:
+    """A table's ``pii:`` policy, or None."""
+    if not spec.pii:
+        return None
+    return TablePolicy(columns=dict(spec.pii), kind=source.kind, key_env=registry.pii_key_env)
 
 
 def unresolved_variables(value: str) -> list[str]:

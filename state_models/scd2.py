@@ -170,11 +170,27 @@ class TableDef:
     #: source column -> state-table column (the registry's ``rename:``): events carry the source's
     #: names everywhere (Pub/Sub, the changelog, dead letters); only the state table renames
     renames: Mapping[str, str] | None = None
+    #: the registry's ``pii:`` (source names): applied again before anything is stored, whatever
+    #: path the events came by (applying it twice changes nothing)
+    pii: Any = None  # a state_models.pii.TablePolicy
 
     @classmethod
     def from_registered(cls, table: Any) -> TableDef:
-        """From a ``state_models.registry.RegisteredTable``."""
+        """From a ``state_models.registry.RegisteredTable``.
+        Hashed and masked columns are text whatever their source type; dropped ones are gone."""
         spec = table.spec
+        pii = dict(spec.pii or {})
+        declared = {n: t for n, t in (spec.columns or {}).items() if pii.get(n) != "drop"}
+        declared.update({n: "text" for n, p in pii.items() if p != "drop"})
+        policy = None
+        if pii:
+            from state_models.pii import TablePolicy
+
+            policy = TablePolicy(
+                columns=pii,
+                kind=table.source.kind,
+                key_env=table.pii_key_env,
+            )
         return cls(
             table_id=table.id,
             state_table=table.state_table,
@@ -182,10 +198,9 @@ class TableDef:
             primary_key=tuple(map(spec.state_column, table.primary_key))
             if table.primary_key
             else None,
-            declared={spec.state_column(n): t for n, t in spec.columns.items()}
-            if spec.columns
-            else None,
+            declared={spec.state_column(n): t for n, t in declared.items()} or None,
             renames=dict(spec.rename) if spec.rename else None,
+            pii=policy,
         )
 
     def declared_types(self) -> dict[str, WarehouseType]:
@@ -196,6 +211,12 @@ class TableDef:
             except UnknownTypeError as exc:
                 raise SchemaChangeError(f"{self.table_id}: column {name!r}: {exc}") from None
         return out
+
+    def protected(self, events: Sequence[ChangeEvent]) -> Sequence[ChangeEvent]:
+        """The events with the table's ``pii:`` applied (a no-op on protected ones)."""
+        if self.pii is None:
+            return events
+        return [self.pii.protect(e) for e in events]
 
     def as_stored(self, events: Sequence[ChangeEvent]) -> Sequence[ChangeEvent]:
         """The events with their columns under the state table's names (``renames``)."""

@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from state_models.errors import UnknownTableError
+from state_models.events import ChangeEvent
+from state_models.pii import TablePolicy
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,11 @@ class TableInfo:
     #: Schemaless messages carry decimals as base64 of the unscaled number (the source's Debezium
     #: is told ``decimal.handling.mode: precise``); otherwise a decimal's text is the number itself.
     base64_decimals: bool = False
+    #: the registry's ``pii:`` columns: every decoder protects the events it makes with it
+    pii: TablePolicy | None = None
+
+    def protect(self, event: ChangeEvent) -> ChangeEvent:
+        return event if self.pii is None else self.pii.protect(event)
 
     @property
     def source(self) -> str:

@@ -339,12 +339,12 @@ def _file_row(s: Any) -> dict[str, Any]:
 
 def _open(cfg: LoadedConfig, ref: str) -> tuple[Any, Any, Any, Any]:
     """(table def, changelog reader, warehouse, dead-letter store) for a registered table."""
-    from connectors.deadletter import DeadLetterStore, default_folder
+    from connectors.deadletter import DeadLetterStore, Sealing, default_folder
     from connectors.warehouse import open_warehouse
     from state_models.scd2 import TableDef
 
     table = TableDef.from_registered(cfg.registry.table(ref))
-    dead_letters = DeadLetterStore(default_folder(cfg.state_dir))
+    dead_letters = DeadLetterStore(default_folder(cfg.state_dir), sealing=Sealing.of(cfg.registry))
     reader = changelog_reader(cfg, table.table_id, dead_letters)
     warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
     return table, reader, warehouse, dead_letters
@@ -402,7 +402,7 @@ def _replay_summary(report: Any, what: str) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from merge_jobs.replay import DEFAULT_REPLAY_BATCH, replay
 
-    cfg = load(args)
+    cfg = load(args, writes=True)
     rng = range_from_args(args)
     table, reader, warehouse, dead_letters = _open(cfg, args.table)
     try:
@@ -426,7 +426,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from merge_jobs.replay import DEFAULT_REPLAY_BATCH, rebuild, replay, shadow_of
     from state_models.changelog import ChangeRange
 
-    cfg = load(args)
+    cfg = load(args, writes=True)
     table, reader, warehouse, dead_letters = _open(cfg, args.table)
     shadow = shadow_of(table, args.shadow_name)
     batch = args.batch_size or DEFAULT_REPLAY_BATCH

@@ -14,11 +14,15 @@ from cdc.config import LoadedConfig, load_config
 LOCK_WAIT_S = 30.0
 
 
-def load(args: argparse.Namespace) -> LoadedConfig:
-    """The registry named by ``--config``; warnings (unset variables) go to stderr."""
+def load(args: argparse.Namespace, *, writes: bool = False) -> LoadedConfig:
+    """The registry named by ``--config``; warnings (unset variables) go to stderr. A command
+    that ``writes`` (captures, merges, replays) refuses to start without the PII key its tables
+    need, or with another key than the one their values were hashed with."""
     cfg = load_config(args.config)
     for w in cfg.warnings:
         print(w.render(str(cfg.path)), file=sys.stderr)
+    if writes:
+        cfg.pii_key()
     return cfg
 
 

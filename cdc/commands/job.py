@@ -14,6 +14,7 @@ from typing import Any
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
 from cdc.commands.common import load, subcommands
 from cdc.config import LoadedConfig
+from connectors.deadletter import Sealing
 from state_models.errors import ConfigError
 
 DATAFLOW = "DataflowRunner"
@@ -154,7 +155,7 @@ def cmd_streaming(args: argparse.Namespace) -> int:
     from merge_jobs.settings import dead_letter_topic_of, subscriptions_of
     from merge_jobs.streaming import build_streaming
 
-    cfg = load(args)
+    cfg = load(args, writes=True)
     registry = cfg.registry
     topic = args.dead_letter_topic
     if topic is None:
@@ -228,7 +229,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from merge_jobs.backfill import build_replay, plan_replay
     from state_models.changelog import ChangeRange
 
-    cfg = load(args)
+    cfg = load(args, writes=True)
     settings = _settings(cfg, args, dead_letter_topic=None)
     tables = (
         [cfg.registry.table(t).id for t in args.table] if args.table else list(settings.table_defs)
@@ -308,6 +309,7 @@ def _settings(cfg: LoadedConfig, args: argparse.Namespace, dead_letter_topic: st
             changelog_root=changelog,
             dead_letter_folder=dead_letters,
             dead_letter_topic=dead_letter_topic,
+            sealing=Sealing.of(cfg.registry),
             batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
             batch_max_latency_s=args.batch_max_latency or DEFAULT_BATCH_MAX_LATENCY_S,
             changelog_window_s=window or DEFAULT_CHANGELOG_WINDOW_S,

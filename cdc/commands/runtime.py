@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from connectors.sources import fill_primary_keys
 
     setup_logging(args.log_format)
-    cfg = load(args)
+    cfg = load(args, writes=True)
     if not cfg.registry.tables():
         raise ConfigError(
             f"{cfg.path} registers no tables: nothing to capture (see `cdc register`)"
@@ -383,9 +383,9 @@ def _dl_usage(args: argparse.Namespace) -> int:
 
 
 def _store(cfg: LoadedConfig) -> Any:
-    from connectors.deadletter import DeadLetterStore, default_folder
+    from connectors.deadletter import DeadLetterStore, Sealing, default_folder
 
-    return DeadLetterStore(default_folder(cfg.state_dir))
+    return DeadLetterStore(default_folder(cfg.state_dir), sealing=Sealing.of(cfg.registry))
 
 
 def cmd_dl_ls(args: argparse.Namespace) -> int:
@@ -429,7 +429,7 @@ def cmd_dl_retry(args: argparse.Namespace) -> int:
     from connectors.warehouse import open_warehouse
     from merge_jobs.redrive import redrive
 
-    cfg = load(args)
+    cfg = load(args, writes=True)
     store = _store(cfg)
     letters = [store.show(i) for i in args.ids] if args.ids else store.list(table=args.table)
     if not letters:

@@ -24,7 +24,7 @@ from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
 from cdc.commands.common import LOCK_WAIT_S, load
 from cdc.config import LoadedConfig
 from cdc.console import is_terminal, print_table
-from connectors.deadletter import NewDeadLetter
+from connectors.deadletter import NewDeadLetter, Sealing
 from state_models.debezium import decode_debezium
 from state_models.errors import ConfigError, DecodeError, UnknownTableError
 from state_models.events import ChangeEvent
@@ -96,14 +96,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from state_models.registry import table_infos
     from state_models.tables import resolver_for
 
-    cfg = load(args)
+    cfg = load(args, writes=True)
     source = _source(cfg, args.source)
     resolve = resolver_for(table_infos(cfg.registry, source), source)
     tables = {
         t.id: TableDef.from_registered(t) for t in cfg.registry.tables() if t.source_name == source
     }
     paths = [_readable(f) for f in args.files]
-    store = DeadLetterStore(default_folder(cfg.state_dir))
+    store = DeadLetterStore(default_folder(cfg.state_dir), sealing=Sealing.of(cfg.registry))
     ingested_at = dt.datetime.now(dt.UTC)
     report = ApplyReport()
     tombstones = 0

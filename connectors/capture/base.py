@@ -37,18 +37,19 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from state_models.errors import TerminalError
 from state_models.events import ChangeEvent
+from state_models.pii import TablePolicy, protect_all
 from state_models.registry import Source
 from state_models.tables import TableInfo
 
 if TYPE_CHECKING:
-    from connectors.deadletter import NewDeadLetter
+    from connectors.deadletter import NewDeadLetter, Sealing
 
 log = logging.getLogger("cdc.capture")
 
@@ -156,7 +157,9 @@ class Capture(ABC):
         # here, not at the top: the dead-letter store writes files with the offsets' helper
         from connectors.deadletter import DeadLetterStore, default_folder
 
-        stored = DeadLetterStore(default_folder(self.state_dir)).put_many(letters)
+        stored = DeadLetterStore(default_folder(self.state_dir), sealing=self._sealing()).put_many(
+            letters
+        )
         for letter in stored:
             log.warning(
                 "source %r: set aside an unreadable change of %s (dead letter %s): %s",
@@ -169,8 +172,30 @@ class Capture(ABC):
         with self._stats_lock:
             self._stats = replace(self._stats, set_aside=self._stats.set_aside + len(stored))
 
+    def _sealing(self) -> Sealing | None:
+        """Unreadable changes of tables with ``pii:`` (and changes naming no table) are sealed."""
+        from connectors.deadletter import Sealing
+
+        protected = [t for t in self.tables if t.pii is not None]
+        if not protected:
+            return None
+        return Sealing(
+            tables=frozenset(t.id for t in protected),
+            sources=frozenset({self.source_name}),
+            names=frozenset(
+                n
+                for t in protected
+                for n in (*(t.columns or {}), *t.pii.columns, *(t.primary_key or ()))  # type: ignore[union-attr]
+            ),
+            key_env=protected[0].pii.key_env,  # type: ignore[union-attr]
+        )
+
     def run(self, sink: EventSink, stop: threading.Event) -> None:
-        """Capture until ``stop`` is set (flush, save the position, return) or a fatal error."""
+        """Capture until ``stop`` is set (flush, save the position, return) or a fatal error.
+        Tables with ``pii:`` columns reach ``sink`` protected: no clear value leaves the capture."""
+        policies = {t.id: t.pii for t in self.tables if t.pii is not None}
+        if policies:
+            sink = ProtectingSink(sink, policies)
         try:
             self._run(sink, stop)
         except BaseException as exc:
@@ -212,6 +237,17 @@ def deliver(sink: EventSink, events: Sequence[ChangeEvent]) -> None:
     """Hand a batch to the sink; an empty batch is not a write."""
     if events:
         sink.write(events)
+
+
+class ProtectingSink:
+    """Hands each batch on with the ``pii:`` policies of its tables applied."""
+
+    def __init__(self, sink: EventSink, policies: Mapping[str, TablePolicy]):
+        self.sink = sink
+        self.policies = policies
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        self.sink.write(protect_all(events, self.policies))
 
 
 # --------------------------------------------------------------------------- sinks for tests and tools

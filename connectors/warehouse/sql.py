@@ -173,7 +173,7 @@ class SqlWarehouse:
         return state
 
     def ensure_table(self, table: TableDef, events: Sequence[ChangeEvent] = ()) -> StateTable:
-        return self._evolve(table, table.as_stored(events)).table
+        return self._evolve(table, table.as_stored(table.protected(events))).table
 
     def _evolve(self, table: TableDef, events: Sequence[ChangeEvent]) -> Evolution:
         existing = self.state_table(table)
@@ -216,7 +216,9 @@ class SqlWarehouse:
         result.events = len(events)
         if not events:
             return result
-        source_events, events = events, table.as_stored(events)  # rename: the state table's names
+        # pii: applied whatever path the events came by; rename: the state table's names
+        source_events = table.protected(events)
+        events = table.as_stored(source_events)
         evolution = self._evolve(table, events)
         state = evolution.table
         result.schema_changes = [f"add column {c.name} {c.type}" for c in evolution.add] + [
