@@ -268,7 +268,7 @@ def _print_counts(report: Any, tables: Mapping[str, TableDef]) -> None:
 
 def cmd_history(args: argparse.Namespace) -> int:
     cfg, table = _table(args)
-    key = _key_filter(args.key)
+    key = _hashed(table, _key_filter(args.key))
     from connectors.warehouse import open_warehouse
 
     warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
@@ -313,6 +313,21 @@ def _key_filter(pairs: Sequence[str]) -> dict[str, str]:
         if not sep or not column:
             raise ConfigError(f"--key {pair!r}: expected COLUMN=VALUE, e.g. --key id=42")
         out[column] = value
+    return out
+
+
+def _hashed(table: TableDef, key: dict[str, str]) -> dict[str, str]:
+    """``--key`` values of hashed columns as the state table holds them: the clear value given is
+    hashed with the PII key (it is never shown)."""
+    if table.pii is None:
+        return key
+    source_name = {v: k for k, v in (table.renames or {}).items()}
+    out = {}
+    for column, value in key.items():
+        name = source_name.get(column, column)
+        out[column] = (
+            table.pii.protect_value(name, value) if table.pii.columns.get(name) == "hash" else value
+        )
     return out
 
 
