@@ -1,0 +1,167 @@
+"""pii: hash, mask and drop on one event; the key; idempotence; sealed dead letters."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+from decimal import Decimal
+
+import pytest
+
+from connectors.deadletter import DeadLetterStore, NewDeadLetter, Sealing
+from state_models.debezium import decode_debezium, encode_debezium
+from state_models.errors import ConfigError
+from state_models.events import ChangeEvent, Op, make_event_id
+from state_models.pii import PiiKey, TablePolicy, canonical_text, key_from_environment, mask
+from state_models.seq import make_seq
+from state_models.tables import TableInfo, resolver_for
+
+KEY = "unit-test-pii-key-0123456789"
+POLICY = TablePolicy(columns={"email": "hash", "card": "mask", "note": "drop"}, kind="postgres")
+
+
+@pytest.fixture(autouse=True)
+def pii_key(monkeypatch):
+    monkeypatch.setenv("CDC_PII_KEY", KEY)
+
+
+def event(**after: object) -> ChangeEvent:
+    image = {"id": 1, **after}
+    return ChangeEvent(
+        table="billing.public.customers",
+        op=Op.UPDATE,
+        key={"id": 1},
+        before=dict(image),
+        after=image,
+        seq=make_seq(5, 9),
+        commit_ts=1_790_000_000_000_000,
+        unavailable=("note",),
+        source_types={"id": "int64", "email": "string", "card": "string", "note": "string"},
+        raw='{"clear": "alice@example.com"}',
+    )
+
+
+def test_hash_is_the_keyed_hmac_of_the_value_full_length():
+    protected = POLICY.protect(event(email="alice@example.com", card="4111111111111111", note="n"))
+    expected = hmac.new(KEY.encode(), b"alice@example.com", hashlib.sha256).hexdigest()
+    assert protected.after is not None and protected.before is not None
+    assert protected.after["email"] == "h1:" + expected
+    assert protected.before["email"] == protected.after["email"]
+    assert protected.after["card"] == "************1111"
+    assert "note" not in protected.after and "note" not in protected.before
+    assert protected.unavailable == () and protected.source_types == {
+        "id": "int64",
+        "email": "string",
+        "card": "string",
+    }
+    assert (
+        protected.raw is not None and "alice" not in protected.raw and "4111" not in protected.raw
+    )
+
+
+def test_protecting_twice_changes_nothing_and_equal_values_give_equal_tokens():
+    once = POLICY.protect(event(email="a@b.c", card="12345", note="x"))
+    twice = POLICY.protect(once)
+    assert twice == once and twice.raw == once.raw
+    other = TablePolicy(columns={"contact": "hash"}).protect(
+        dataclasses.replace(event(), table="crm.public.leads", after={"id": 1, "contact": "a@b.c"})
+    )
+    assert other.after is not None and once.after is not None
+    assert other.after["contact"] == once.after["email"]  # joins across tables still work
+
+
+def test_a_hashed_key_changes_the_key_and_the_event_id():
+    policy = TablePolicy(columns={"email": "hash"})
+    e = ChangeEvent(
+        table="billing.public.subscribers",
+        op=Op.INSERT,
+        key={"email": "bob@x.org"},
+        before=None,
+        after={"email": "bob@x.org", "plan": "pro"},
+        seq=make_seq(1, 2),
+        commit_ts=1,
+    )
+    protected = policy.protect(e)
+    token = protected.key["email"]
+    assert token.startswith("h1:") and protected.after == {"email": token, "plan": "pro"}
+    assert protected.event_id == make_event_id(e.table, {"email": token}, e.seq) != e.event_id
+
+
+@pytest.mark.parametrize(
+    ("value", "masked"),
+    [
+        ("4111111111111111", "************1111"),
+        ("1234", "****"),
+        ("ab", "**"),
+        ("", ""),
+        (12345, "*2345"),
+    ],
+)
+def test_mask_keeps_the_last_four_of_a_longer_value_only(value, masked):
+    assert mask(value) == masked and mask(mask(value)) == masked
+
+
+def test_values_of_other_types_hash_as_the_text_the_changelog_holds():
+    assert canonical_text(Decimal("12.50")) == "12.50"
+    assert canonical_text(dt.date(2026, 1, 2)) == "2026-01-02"
+    assert canonical_text(True) == "true" and canonical_text(7) == "7"
+    assert canonical_text({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+
+
+def test_a_missing_or_short_key_is_refused_and_never_shown():
+    with pytest.raises(ConfigError, match="set the environment variable CDC_PII_KEY"):
+        key_from_environment({}, None, ["billing.public.customers"])
+    with pytest.raises(ConfigError, match="at least 16"):
+        key_from_environment({"K": "short"}, "K", ["t"])
+    assert key_from_environment({}, None, []) is None
+    key = PiiKey(b"a-secret-of-enough-length")
+    assert "a-secret" not in repr(key) and len(key.fingerprint) == 16
+
+
+def test_the_debezium_decoder_protects_what_it_decodes():
+    info = TableInfo(id="billing.public.customers", primary_key=("id",), pii=POLICY)
+    clear = event(email="alice@example.com", card="4111111111111111", note="n")
+    decoded = decode_debezium(encode_debezium(clear, "postgres"), resolver_for([info], "billing"))
+    assert isinstance(decoded, ChangeEvent) and decoded.after is not None
+    assert decoded.after["email"].startswith("h1:") and "note" not in decoded.after
+    assert (
+        decoded.raw is not None
+        and "alice" not in decoded.raw
+        and "4111111111111111" not in decoded.raw
+    )
+
+
+def test_dead_letters_of_a_pii_table_are_sealed_and_still_retryable(tmp_path):
+    sealing = Sealing(
+        tables=frozenset({"billing.public.customers"}),
+        sources=frozenset({"billing"}),
+        names=frozenset({"email", "id"}),
+    )
+    store = DeadLetterStore(tmp_path, sealing=sealing)
+    clear = '{"after": {"email": "alice@example.com"}}'
+    [sealed, unparsed, other] = store.put_many(
+        [
+            NewDeadLetter(
+                "column 'email': 'alice@example.com' is not valid",
+                "E",
+                clear,
+                "billing",
+                "billing.public.customers",
+            ),
+            NewDeadLetter(
+                "not valid JSON", "DecodeError", b"\xff alice@example.com", "billing", None
+            ),
+            NewDeadLetter("bad 'x'", "E", "plain", "billing", "billing.public.plain"),
+        ]
+    )
+    text = "".join(p.read_text() for p in tmp_path.glob("*.jsonl"))
+    assert "alice" not in text
+    assert sealed.reason == "column 'email': '<hidden>' is not valid"
+    assert (
+        sealed.raw_bytes() == clear.encode() and unparsed.raw_bytes() == b"\xff alice@example.com"
+    )
+    assert other.raw_encoding == "text" and other.reason == "bad 'x'"  # not a pii table
+    [reread, *_] = store.list()
+    assert reread.sealed and reread.raw_bytes() == clear.encode()
