@@ -87,7 +87,7 @@ class NewDeadLetter:
             error_type=type(error).__name__,
             raw=raw if raw is not None else error.raw,
             source=source,
-            table=table,
+            table=table if table is not None else error.table,
             context=dict(context or {}),
         )
 
@@ -450,6 +450,7 @@ class Sealing:
             return None
         names = {n for t in tables for n in (*(t.spec.columns or {}), *(t.spec.pii or {}))}
         names |= {k for t in tables for k in t.primary_key or ()}
+        names |= {t.id for t in tables} | {t.spec.name for t in tables}
         return cls(
             tables=frozenset(t.id for t in tables),
             sources=frozenset(t.source_name for t in tables),

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from state_models.errors import DecodeError, UnknownTableError
+from state_models.errors import DecodeError, TerminalError, UnknownTableError
 from state_models.events import (
     UNAVAILABLE_PLACEHOLDER,
     UNAVAILABLE_PLACEHOLDER_B64,
@@ -69,19 +69,23 @@ def decode_debezium(
         return _decode(message if parsed is None else parsed, raw, resolve, record_key, keep_raw)
     except (DecodeError, UnknownTableError):
         raise
-    except (
-        LookupError,
-        TypeError,
-        ValueError,
-        ArithmeticError,
-        AttributeError,
-        RecursionError,
-        binascii.Error,
-    ) as exc:
+    except _MALFORMED as exc:
         # whatever this message does to the decoder, it is this message's problem alone
         raise DecodeError(
             f"malformed Debezium event: {type(exc).__name__}: {exc}", raw=raw
         ) from exc
+
+
+#: What a malformed message can make the decoder raise: that message's problem alone.
+_MALFORMED = (
+    LookupError,
+    TypeError,
+    ValueError,
+    ArithmeticError,
+    AttributeError,
+    RecursionError,
+    binascii.Error,
+)
 
 
 def _raw_text(message: Any) -> str | None:
@@ -139,6 +143,28 @@ def _decode(
     except UnknownTableError as exc:
         raise UnknownTableError(str(exc), raw=raw) from None
 
+    try:
+        return _decode_change(doc, op, connector, source, schema, info, raw, record_key, keep_raw)
+    except TerminalError as exc:
+        exc.table = info.id  # its dead letter belongs to the table (and is sealed if it has pii:)
+        raise
+    except _MALFORMED as exc:
+        raise DecodeError(
+            f"malformed Debezium event: {type(exc).__name__}: {exc}", raw=raw, table=info.id
+        ) from exc
+
+
+def _decode_change(
+    doc: Mapping[str, Any],
+    op: Op,
+    connector: str,
+    source: Mapping[str, Any],
+    schema: Mapping[str, Any] | None,
+    info: TableInfo,
+    raw: str | None,
+    record_key: Any,
+    keep_raw: bool,
+) -> ChangeEvent:
     field_schemas = _field_schemas(schema)
     before, _ = _convert_image(doc.get("before"), field_schemas.get("before"), info, raw, "before")
     after, unavailable = _convert_image(

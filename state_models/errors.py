@@ -72,9 +72,10 @@ class ConfigError(CdcError):
 class TerminalError(CdcError):
     """Retrying will not help. The offending input goes to the dead-letter store with this reason."""
 
-    def __init__(self, message: str, *, raw: bytes | str | None = None):
+    def __init__(self, message: str, *, raw: bytes | str | None = None, table: str | None = None):
         super().__init__(message)
         self.raw = raw
+        self.table = table  # the registered table it belongs to, when that much was read
 
     @property
     def reason(self) -> str:

@@ -165,3 +165,59 @@ def test_dead_letters_of_a_pii_table_are_sealed_and_still_retryable(tmp_path):
     assert other.raw_encoding == "text" and other.reason == "bad 'x'"  # not a pii table
     [reread, *_] = store.list()
     assert reread.sealed and reread.raw_bytes() == clear.encode()
+
+
+def test_cdc_apply_stores_no_clear_value_and_keeps_the_protected_form_of_a_bad_event(
+    tmp_path, capsys
+):
+    import json
+
+    import duckdb
+
+    from cdc.cli import main
+
+    (tmp_path / "cdc.yaml").write_text(
+        "warehouse: duckdb:///w.duckdb\nstate_dir: ./state\nsources:\n  billing:\n"
+        "    kind: postgres\n    engine: debezium\n    dsn: postgresql://u@h/db\n    tables:\n"
+        "      - name: public.customers\n        primary_key: [id]\n"
+        "        columns: {id: bigint, email: text, card: text, note: text, score: 'numeric(8,2)'}\n"
+        "        pii: {email: hash, card: mask, note: drop}\n"
+    )
+    clear = event(email="alice@example.com", card="4111111111111111", note="never-land")
+    good = encode_debezium(dataclasses.replace(clear, op=Op.INSERT, before=None), "postgres")
+    update = encode_debezium(dataclasses.replace(clear, seq=make_seq(6, 1)), "postgres")
+    bad_after = {**(clear.after or {}), "score": "not-a-number"}
+    bad = encode_debezium(
+        dataclasses.replace(clear, seq=make_seq(7, 1), after=bad_after), "postgres"
+    )
+    lines = [good, update, bad, "{not json alice@example.com 4111111111111111"]
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+
+    args = ["--config", str(tmp_path / "cdc.yaml")]
+    assert main(["apply", *args, "--source", "billing", str(tmp_path / "events.jsonl")]) == 1
+    assert main(["dead-letters", "ls", *args]) == 0
+    assert main(["history", *args, "billing.public.customers"]) == 0
+    output = capsys.readouterr()
+    texts = [output.out, output.err]
+    for path in tmp_path.rglob("*"):
+        if path.suffix == ".duckdb":
+            with duckdb.connect(str(path), read_only=True) as con:
+                for (name,) in con.sql(
+                    "SELECT table_name FROM information_schema.tables"
+                ).fetchall():
+                    texts.append(
+                        json.dumps(con.sql(f'SELECT * FROM "{name}"').fetchall(), default=str)
+                    )
+        elif path.is_file() and path.name != "events.jsonl":
+            texts.append(path.read_text(errors="replace"))
+    for secret in ("alice@example.com", "4111111111111111", "never-land"):
+        assert not any(secret in t for t in texts), secret
+    letters = DeadLetterStore(tmp_path / "state" / "dead_letters").list()
+    assert len(letters) == 2 and all(letter.sealed for letter in letters), [
+        (letter.table, letter.reason) for letter in letters
+    ]
+    by_table = {letter.table: letter for letter in letters}
+    # the bad value failed the decoder: the message is kept as sent, sealed, the reason hides it
+    assert by_table["billing.public.customers"].raw_bytes() == bad.encode()
+    assert "'<hidden>' is not a decimal" in by_table["billing.public.customers"].reason
+    assert by_table[None].raw_bytes() == lines[-1].encode()
