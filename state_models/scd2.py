@@ -216,7 +216,7 @@ class TableDef:
         """The events with the table's ``pii:`` applied (a no-op on protected ones)."""
         if self.pii is None:
             return events
-        return [self.pii.protect(e) for e in events]
+        return self.pii.protect_many(events)
 
     def as_stored(self, events: Sequence[ChangeEvent]) -> Sequence[ChangeEvent]:
         """The events with their columns under the state table's names (``renames``)."""

@@ -221,3 +221,17 @@ def test_cdc_apply_stores_no_clear_value_and_keeps_the_protected_form_of_a_bad_e
     assert by_table["billing.public.customers"].raw_bytes() == bad.encode()
     assert "'<hidden>' is not a decimal" in by_table["billing.public.customers"].reason
     assert by_table[None].raw_bytes() == lines[-1].encode()
+
+
+def test_equal_python_values_of_other_types_keep_their_own_tokens_in_one_batch():
+    policy = TablePolicy(columns={"v": "hash"})
+    events = [
+        dataclasses.replace(event(), after={"id": 1, "v": v}, before=None, seq=make_seq(1, i))
+        for i, v in enumerate([1, True, 1.0, Decimal("1.0"), "1"])
+    ]
+    alone = [TablePolicy(columns={"v": "hash"}).protect(e).after for e in events]
+    together = [e.after for e in policy.protect_many(events)]
+    assert together == alone  # a batch's cache never mixes up equal values of other types
+    texts = {"1": [0, 4], "true": [1], "1.0": [2, 3]}  # what each value is hashed as
+    for text, places in texts.items():
+        assert {together[i]["v"] for i in places} == {policy.protect_value("v", text)}  # type: ignore[index]
