@@ -65,6 +65,10 @@ class Warehouse(Protocol):
         """
         ...
 
+    def truncates(self, table: TableDef) -> list[dict[str, Any]]:  # pragma: no cover - protocol
+        """The table's truncate log, one row per truncate."""
+        ...
+
     def history(
         self, table: TableDef, key: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:  # pragma: no cover - protocol

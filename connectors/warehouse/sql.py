@@ -310,6 +310,14 @@ class SqlWarehouse:
         typed = {k: coerce_value(v, state.column_type(k)) for k, v in (key or {}).items()}
         return self._query(plan_history(state, self._names(state.name), self.caps, typed))
 
+    def truncates(self, table: TableDef) -> list[dict[str, Any]]:
+        """The table's truncate log (``_seq``, ``_valid_from``, ``_event_id``, ``_tx_id``, …)."""
+        state = self._require(table)
+        if state is None or not self._table_has_truncates(state):
+            return []
+        names = self._names(state.name)
+        return self._query(exp.select(exp.Star()).from_(names.truncates.copy(), copy=False))
+
     def as_of(
         self, table: TableDef, *, at: dt.datetime | None = None, seq: str | None = None
     ) -> list[dict[str, Any]]:
