@@ -194,10 +194,22 @@ def _masked_dsn(dsn: str) -> str:
     return dsn
 
 
+def _dropped(source: Source) -> dict[str, dict[str, list[str]]]:
+    """schema -> table -> the columns under ``pii: drop``: Datastream writes its own files, so a
+    dropped column is left out of the stream itself (its ``exclude_objects``)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for t in sorted(source.tables, key=lambda t: (t.schema_name, t.table_name)):
+        columns = sorted(c for c, p in (t.pii or {}).items() if p == "drop")
+        if columns:
+            out.setdefault(t.schema_name, {})[t.table_name] = columns
+    return out
+
+
 def _source_config(source_name: str, source: Source) -> dict[str, Any]:
     by_schema: dict[str, list[str]] = {}
     for t in sorted(source.tables, key=lambda t: (t.schema_name, t.table_name)):
         by_schema.setdefault(t.schema_name, []).append(t.table_name)
+    dropped = _dropped(source)
     if source.kind == "mysql":
         config = ds.MysqlSourceConfig(
             include_objects=ds.MysqlRdbms(
@@ -207,26 +219,55 @@ def _source_config(source_name: str, source: Source) -> dict[str, Any]:
                 ]
             )
         )
+        if dropped:
+            config.exclude_objects = ds.MysqlRdbms(
+                mysql_databases=[
+                    ds.MysqlDatabase(
+                        database=db,
+                        mysql_tables=[
+                            ds.MysqlTable(
+                                table=t, mysql_columns=[ds.MysqlColumn(column=c) for c in cs]
+                            )
+                            for t, cs in tables.items()
+                        ],
+                    )
+                    for db, tables in dropped.items()
+                ]
+            )
         spec = source.datastream
         if spec is not None and spec.cdc_method == "gtid":
             config.gtid = ds.MysqlSourceConfig.Gtid()
         else:
             config.binary_log_position = ds.MysqlSourceConfig.BinaryLogPosition()
         return {"mysql_source_config": config}
-    return {
-        "postgresql_source_config": ds.PostgresqlSourceConfig(
-            include_objects=ds.PostgresqlRdbms(
-                postgresql_schemas=[
-                    ds.PostgresqlSchema(
-                        schema=schema, postgresql_tables=[ds.PostgresqlTable(table=t) for t in ts]
-                    )
-                    for schema, ts in by_schema.items()
-                ]
-            ),
-            replication_slot=source.slot or f"cdc_{source_name}",
-            publication=source.publication or f"cdc_{source_name}",
+    pg = ds.PostgresqlSourceConfig(
+        include_objects=ds.PostgresqlRdbms(
+            postgresql_schemas=[
+                ds.PostgresqlSchema(
+                    schema=schema, postgresql_tables=[ds.PostgresqlTable(table=t) for t in ts]
+                )
+                for schema, ts in by_schema.items()
+            ]
+        ),
+        replication_slot=source.slot or f"cdc_{source_name}",
+        publication=source.publication or f"cdc_{source_name}",
+    )
+    if dropped:
+        pg.exclude_objects = ds.PostgresqlRdbms(
+            postgresql_schemas=[
+                ds.PostgresqlSchema(
+                    schema=schema,
+                    postgresql_tables=[
+                        ds.PostgresqlTable(
+                            table=t, postgresql_columns=[ds.PostgresqlColumn(column=c) for c in cs]
+                        )
+                        for t, cs in tables.items()
+                    ],
+                )
+                for schema, tables in dropped.items()
+            ]
         )
-    }
+    return {"postgresql_source_config": pg}
 
 
 # --------------------------------------------------------------------------- comparing

@@ -29,6 +29,11 @@ class TableInfo:
         return self.id.split(".", 1)[0]
 
     @property
+    def spec_name(self) -> str:
+        """``schema.table`` as the source names it."""
+        return ".".join(self.schema_table)
+
+    @property
     def schema_table(self) -> tuple[str, str]:
         _, schema, table = self.id.split(".", 2)
         return schema, table

@@ -63,6 +63,20 @@ def cmd_debezium_config(args: argparse.Namespace) -> int:
     )
     (folder / "conf" / "application.properties").write_text(render_properties(props, header))
     (folder / "docker-compose.yml").write_text(compose_service(args.source))
+    clear = [
+        f"{args.source}.{t.name}.{column} ({policy})"
+        for t in source.tables
+        for column, policy in (t.pii or {}).items()
+        if policy != "drop"
+    ]
+    if clear:
+        print(
+            f"pii: {', '.join(clear)} travel in clear in the Pub/Sub messages: Debezium cannot "
+            "hash or mask them as the merge job does (keyed, full length, last four kept). The "
+            "merge job protects them before it writes anything; until it acknowledges a message, "
+            "the subscription keeps it (at most its message retention, 7 days by default). "
+            "Columns under pii: drop are left out by Debezium itself (column.exclude.list)."
+        )
     topics = ", ".join(f"{args.source}.{t.name}" for t in source.tables)
     print(f"wrote {folder / 'conf' / 'application.properties'} and {folder / 'docker-compose.yml'}")
     print(f"create the Pub/Sub topics first (message ordering is on): {topics}")

@@ -85,6 +85,15 @@ def connector_properties(
         # arrive first (default 500 ms: half a second on every change's latency at moderate rates).
         "poll.interval.ms": "100",
     }
+    dropped = [
+        f"{_java_regex_literal(t.spec_name)}\\.{_java_regex_literal(column)}"
+        for t in tables or []
+        if t.pii is not None
+        for column, policy in t.pii.columns.items()
+        if policy == "drop"
+    ]
+    if dropped:  # pii: drop: the column never leaves the database (nor reaches a topic)
+        props["column.exclude.list"] = ",".join(dropped)
     sslmode = url.query.get("sslmode")
     if sslmode:
         props["database.sslmode"] = str(sslmode)

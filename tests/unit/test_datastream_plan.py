@@ -205,3 +205,25 @@ def test_plan_command_for_a_non_datastream_source_is_a_usage_error(capsys):
     assert "not provisioned by Datastream" in capsys.readouterr().err
     assert main(["datastream", "plan", "--source", "nope", "--config", str(EXAMPLE)]) == 2
     assert main(["datastream", "--config", str(EXAMPLE)]) == 2
+
+
+@pytest.mark.parametrize("text", [BILLING, SHOP])
+def test_pii_drop_columns_are_left_out_of_the_stream_itself(tmp_path, text):
+    """Datastream writes its own files with whatever it reads: a dropped column must not be read."""
+    name = "billing" if text is BILLING else "shop"
+    table = "public.subscriptions" if text is BILLING else "shop.orders"
+    text = text.replace(
+        f"      - name: {table}\n",
+        f"      - name: {table}\n        pii: {{card: drop, note: drop, email: hash}}\n",
+    )
+    plan = plan_for(name, load(tmp_path, text).registry.sources[name])
+    config = plan.stream.desired.source_config
+    if name == "billing":
+        [schema] = config.postgresql_source_config.exclude_objects.postgresql_schemas
+        [excluded] = schema.postgresql_tables
+        columns = [c.column for c in excluded.postgresql_columns]
+    else:
+        [database] = config.mysql_source_config.exclude_objects.mysql_databases
+        [excluded] = database.mysql_tables
+        columns = [c.column for c in excluded.mysql_columns]
+    assert (excluded.table, columns) == (table.split(".")[1], ["card", "note"])

@@ -235,3 +235,23 @@ def test_equal_python_values_of_other_types_keep_their_own_tokens_in_one_batch()
     texts = {"1": [0, 4], "true": [1], "1.0": [2, 3]}  # what each value is hashed as
     for text, places in texts.items():
         assert {together[i]["v"] for i in places} == {policy.protect_value("v", text)}  # type: ignore[index]
+
+
+def test_debezium_leaves_dropped_columns_in_the_database():
+    from connectors.capture.debezium import connector_properties
+    from state_models.registry import Registry, Source, TableSpec, table_infos
+
+    source = Source(
+        kind="postgres",
+        engine="debezium",
+        dsn="postgresql://u@h/db",
+        tables=[
+            TableSpec(name="public.customers", pii={"note": "drop", "email": "hash"}),
+            TableSpec(name="public.plain"),
+        ],
+    )
+    registry = Registry(sources={"billing": source})
+    props = connector_properties("billing", source, table_infos(registry, "billing"))
+    assert props["column.exclude.list"] == r"public\.customers\.note"
+    plain = Source(kind="postgres", engine="debezium", dsn="postgresql://u@h/db")
+    assert "column.exclude.list" not in connector_properties("billing", plain, [])
