@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +36,7 @@ ENGINES_BY_KIND: dict[str, tuple[str, ...]] = {
 ENV_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_POLICY_TAG_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/taxonomies/[^/]+/policyTags/[^/]+$")
 _COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 _RESOURCE_ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")
@@ -63,6 +64,22 @@ class TableSpec(_Model):
         "(NAME beside name: warehouses compare names without case)",
     )
     state_table: str | None = Field(default=None, description="state table name in the warehouse")
+    policy_tags: dict[str, str] | None = Field(
+        default=None,
+        description="column -> BigQuery policy tag (projects/P/locations/L/taxonomies/T/"
+        "policyTags/G): BigQuery column-level access control and dynamic masking govern reads",
+    )
+
+    @field_validator("policy_tags")
+    @classmethod
+    def _policy_tag_names(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for column, tag in (v or {}).items():
+            if not isinstance(tag, str) or not _POLICY_TAG_RE.match(tag):
+                raise ValueError(
+                    f"policy tag of {column!r}: expected projects/PROJECT/locations/LOCATION/"
+                    f"taxonomies/TAXONOMY/policyTags/TAG, got {tag!r}"
+                )
+        return v
 
     @field_validator("name")
     @classmethod
@@ -118,6 +135,11 @@ class TableSpec(_Model):
             if missing:
                 raise ValueError(
                     f"pii column(s) {missing} are not in columns {sorted(self.columns)}"
+                )
+            missing = [c for c in (self.policy_tags or {}) if c not in self.columns]
+            if missing:
+                raise ValueError(
+                    f"policy_tags column(s) {missing} are not in columns {sorted(self.columns)}"
                 )
             missing = [c for c in (self.rename or {}) if c not in self.columns]
             if missing:
@@ -297,12 +319,30 @@ class Registry(_Model):
     pubsub: PubSubSettings | None = Field(
         default=None, description="where the capture publishes (Pub/Sub); optional"
     )
+    pii_policy_tags: dict[PiiPolicy, str] | None = Field(
+        default=None,
+        description="BigQuery policy tag for every column under pii: hash (or mask), unless the "
+        "table's policy_tags names another",
+    )
     pii_key_env: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="the environment variable holding the key pii: hashes with (default "
         "CDC_PII_KEY); the key itself never goes in this file",
     )
+
+    @field_validator("pii_policy_tags")
+    @classmethod
+    def _kind_tags(cls, v: dict[PiiPolicy, str] | None) -> dict[PiiPolicy, str] | None:
+        for kind, tag in (v or {}).items():
+            if kind == "drop":
+                raise ValueError("a dropped column is never stored: it takes no policy tag")
+            if not isinstance(tag, str) or not _POLICY_TAG_RE.match(tag):
+                raise ValueError(
+                    f"policy tag of pii {kind}: expected projects/PROJECT/locations/LOCATION/"
+                    f"taxonomies/TAXONOMY/policyTags/TAG, got {tag!r}"
+                )
+        return v
 
     def pii_tables(self) -> list[str]:
         """Ids of the tables with ``pii:`` columns."""
@@ -364,7 +404,13 @@ class Registry(_Model):
 
     def tables(self) -> list[RegisteredTable]:
         return [
-            RegisteredTable(source_name=s_name, source=s, spec=t, pii_key_env=self.pii_key_env)
+            RegisteredTable(
+                source_name=s_name,
+                source=s,
+                spec=t,
+                pii_key_env=self.pii_key_env,
+                pii_policy_tags=self.pii_policy_tags,
+            )
             for s_name, s in self.sources.items()
             for t in s.tables
         ]
@@ -486,6 +532,14 @@ class RegisteredTable:
     source: Source
     spec: TableSpec
     pii_key_env: str | None = None  # the registry's: where this table's pii: key comes from
+    pii_policy_tags: Mapping[PiiPolicy, str] | None = None  # the registry's: kind -> policy tag
+
+    def policy_tags(self) -> dict[str, str]:
+        """Source column -> BigQuery policy tag: the table's own, else its pii: kind's."""
+        by_kind = self.pii_policy_tags or {}
+        tags = {c: by_kind[p] for c, p in (self.spec.pii or {}).items() if p in by_kind}
+        tags.update(self.spec.policy_tags or {})
+        return tags
 
     @property
     def id(self) -> str:

@@ -173,6 +173,8 @@ class TableDef:
     #: the registry's ``pii:`` (source names): applied again before anything is stored, whatever
     #: path the events came by (applying it twice changes nothing)
     pii: Any = None  # a state_models.pii.TablePolicy
+    #: state-table column -> BigQuery policy tag (column-level access control, dynamic masking)
+    policy_tags: Mapping[str, str] | None = None
 
     @classmethod
     def from_registered(cls, table: Any) -> TableDef:
@@ -201,6 +203,7 @@ class TableDef:
             declared={spec.state_column(n): t for n, t in declared.items()} or None,
             renames=dict(spec.rename) if spec.rename else None,
             pii=policy,
+            policy_tags={spec.state_column(c): t for c, t in table.policy_tags().items()} or None,
         )
 
     def declared_types(self) -> dict[str, WarehouseType]:

@@ -195,6 +195,25 @@ class BigQueryWarehouse(SqlWarehouse):
         table.description = comment
         self._call(lambda: self.client.update_table(table, ["description"]))
 
+    def _set_policy_tags(self, names: TableNames, tags: Mapping[str, str]) -> None:
+        """Each tagged column's policy tag, through the tables API (``schema`` of a
+        ``tables.patch``): BigQuery then enforces column-level access on the table and on every
+        view reading it, and dynamic masking rules of the tag apply to readers without access."""
+        table = self._call(lambda: self.client.get_table(self._ref(names.state)))
+        schema, changed = [], False
+        for f in table.schema:
+            wanted = tags.get(f.name)
+            have = list(f.policy_tags.names) if f.policy_tags is not None else []
+            if wanted is not None and have != [wanted]:
+                f = self._bq.SchemaField.from_api_repr(
+                    {**f.to_api_repr(), "policyTags": {"names": [wanted]}}
+                )
+                changed = True
+            schema.append(f)
+        if changed:
+            table.schema = schema
+            self._call(lambda: self.client.update_table(table, ["schema"]))
+
     def _stage(self, table: StateTable, staged: pa.Table) -> str:
         name = f"{table.name}__stage_{uuid.uuid4().hex[:12]}"
         columns = staging_columns(table, self.caps)

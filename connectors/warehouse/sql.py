@@ -97,6 +97,7 @@ class SqlWarehouse:
         self._tables: dict[str, StateTable] = {}
         self._has_truncates: dict[str, bool] = {}
         self._plans: dict[tuple[Any, ...], MergePlan] = {}
+        self._tagged: set[str] = set()  # state tables whose policy tags this process has set
 
     # ----------------------------------------------------------------- hooks
 
@@ -106,6 +107,10 @@ class SqlWarehouse:
     def _describe(self, names: TableNames) -> tuple[list[tuple[str, str]], str | None] | None:
         """(column name, type text) in table order and the table comment, or None if absent."""
         raise NotImplementedError
+
+    def _set_policy_tags(self, names: TableNames, tags: Mapping[str, str]) -> None:
+        """Put BigQuery policy tags on the state table's columns; a warehouse without
+        column-level security (DuckDB) has nothing to set."""
 
     def _run(self, statements: Sequence[exp.Expr]) -> None:
         """Run DDL statements in order."""
@@ -176,6 +181,15 @@ class SqlWarehouse:
         return self._evolve(table, table.as_stored(table.protected(events))).table
 
     def _evolve(self, table: TableDef, events: Sequence[ChangeEvent]) -> Evolution:
+        evolution = self._evolve_schema(table, events)
+        state = evolution.table
+        tag = evolution.changes_schema or state.name not in self._tagged
+        if table.policy_tags and state.key and tag:
+            self._set_policy_tags(self._names(state.name), table.policy_tags)
+            self._tagged.add(state.name)
+        return evolution
+
+    def _evolve_schema(self, table: TableDef, events: Sequence[ChangeEvent]) -> Evolution:
         existing = self.state_table(table)
         if existing is not None and table.primary_key and existing.key != table.primary_key:
             raise SchemaChangeError(

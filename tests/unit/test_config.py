@@ -375,3 +375,40 @@ sources:
     ]:
         text = "\n".join(problems_of(write(tmp_path, base + f"        rename: {rename}\n")))
         assert why in text, text
+
+
+def test_pii_and_policy_tags_are_checked(tmp_path):
+    base = """
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://u@h/db
+    tables:
+      - name: public.people
+        primary_key: [email]
+        columns: {email: text, card: text}
+"""
+    for extra, why in [
+        ("        pii: {email: mask}\n", "key column(s) ['email'] cannot be masked or dropped"),
+        ("        pii: {email: drop}\n", "key column(s) ['email'] cannot be masked or dropped"),
+        ("        pii: {email: encrypt}\n", "'encrypt' is not valid"),
+        ("        policy_tags: {card: secret}\n", "expected projects/PROJECT/locations/LOCATION"),
+        (
+            "        policy_tags: {cardd: projects/p/locations/us/taxonomies/1/policyTags/2}\n",
+            "policy_tags column(s) ['cardd']",
+        ),
+    ]:
+        text = "\n".join(problems_of(write(tmp_path, base + extra)))
+        assert why in text, text
+    text = "\n".join(
+        problems_of(
+            write(
+                tmp_path,
+                "pii_policy_tags: {drop: projects/p/locations/us/taxonomies/1/policyTags/2}\n"
+                + base,
+            )
+        )
+    )
+    assert "a dropped column is never stored" in text
+    assert load_config(write(tmp_path, base + "        pii: {email: hash, card: mask}\n"), env={})
