@@ -9,12 +9,23 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from tests.integration.capture_support import drop_slots
+
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def source_dsn(pg_database: str) -> Iterator[str]:
+    """A fresh database on the session server; its replication slots are dropped afterwards
+    (slot names are per server: a later test's source of the same name needs the name free)."""
+    yield pg_database
+    drop_slots(pg_database)
 
 
 def _cdc(tmp_path: Path, *args: str) -> tuple[int, str]:
@@ -34,7 +45,8 @@ def _rows(tmp_path: Path, sql: str) -> list[tuple[object, ...]]:
         return con.sql(sql).fetchall()
 
 
-def test_case_twins_in_a_live_table_are_renamed_not_a_crash_loop(postgres, pg_database, tmp_path):
+def test_case_twins_in_a_live_table_are_renamed_not_a_crash_loop(postgres, source_dsn, tmp_path):
+    pg_database = source_dsn
     db = pg_database.rsplit("/", 1)[1]
     postgres.execute(
         'CREATE TABLE public.people (id bigint PRIMARY KEY, name text, "NAME" text);'
@@ -102,8 +114,9 @@ def test_case_twins_in_a_live_table_are_renamed_not_a_crash_loop(postgres, pg_da
 
 
 def test_preflight_warns_that_debezium_precise_mode_makes_numeric_nan_null(
-    postgres, pg_database, tmp_path
+    postgres, source_dsn, tmp_path
 ):
+    pg_database = source_dsn
     postgres.execute(
         "CREATE TABLE public.prices (id bigint PRIMARY KEY, amount numeric(12,2), note text)",
         database=pg_database.rsplit("/", 1)[1],

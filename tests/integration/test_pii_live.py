@@ -14,13 +14,25 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from tests.integration.capture_support import drop_slots
+
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def source_dsn(pg_database: str) -> Iterator[str]:
+    """A fresh database on the session server; its replication slots are dropped afterwards
+    (slot names are per server: a later test's source of the same name needs the name free)."""
+    yield pg_database
+    drop_slots(pg_database)
+
 
 KEY = "pii-test-key-0123456789abcdef"
 ALICE, BOB = "alice@example.com", "bob.secret@example.org"
@@ -95,7 +107,8 @@ def _texts_in_files(root: Path) -> list[tuple[str, str]]:
     return out
 
 
-def test_cdc_run_keeps_no_clear_value_of_a_pii_column_anywhere(postgres, pg_database, tmp_path):
+def test_cdc_run_keeps_no_clear_value_of_a_pii_column_anywhere(postgres, source_dsn, tmp_path):
+    pg_database = source_dsn
     db = pg_database.rsplit("/", 1)[1]
     postgres.execute(
         SCHEMA
