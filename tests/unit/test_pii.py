@@ -255,3 +255,20 @@ def test_debezium_leaves_dropped_columns_in_the_database():
     assert props["column.exclude.list"] == r"public\.customers\.note"
     plain = Source(kind="postgres", engine="debezium", dsn="postgresql://u@h/db")
     assert "column.exclude.list" not in connector_properties("billing", plain, [])
+
+
+def test_the_datastream_decoder_protects_what_it_decodes():
+    """Datastream's own files hold clear values; what we decode from them is protected at once
+    (changelog, state, dead letters), its raw record included (the file keeps the original)."""
+    from state_models.datastream import decode_datastream
+    from tests.scenario_orders import ORDERS
+    from tests.unit.test_datastream import mysql_record
+
+    info = dataclasses.replace(
+        ORDERS, pii=TablePolicy(columns={"status": "hash", "customer_id": "drop"}, kind="mysql")
+    )
+    doc = mysql_record()
+    event = decode_datastream(doc, resolver_for([info], "shop")).event
+    assert event.after is not None and "customer_id" not in event.after
+    assert event.after["status"] == PiiKey(KEY.encode()).token("placed")
+    assert event.raw is None or ('"placed"' not in event.raw and "680" not in event.raw)
