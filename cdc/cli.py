@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "cdc.commands.state",
     "cdc.commands.capture",
     "cdc.commands.job",
+    "cdc.commands.checks",
     "cdc.commands.pii",
 ]
 

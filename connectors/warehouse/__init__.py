@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from state_models.checks import CheckResult
 from state_models.errors import ConfigError
 from state_models.events import ChangeEvent
 from state_models.rebuild import Comparison
@@ -63,6 +64,16 @@ class Warehouse(Protocol):
         Raises ``SchemaChangeError`` when the whole batch cannot be applied (the registry declares
         a type the table cannot widen to); per-event problems are returned in ``rejected``.
         """
+        ...
+
+    def check(self, table: TableDef, *, limit: int = 10) -> list[CheckResult]:  # pragma: no cover
+        """The state table's invariants, passed or failed (none when it does not exist)."""
+        ...
+
+    def record_checks(
+        self, results: Sequence[CheckResult], at: dt.datetime
+    ) -> None:  # pragma: no cover
+        """Append check results to the warehouse's ``cdc_check_results``."""
         ...
 
     def truncates(self, table: TableDef) -> list[dict[str, Any]]:  # pragma: no cover - protocol

@@ -18,6 +18,15 @@ from sqlglot import exp
 
 from connectors.warehouse import ApplyResult
 from connectors.warehouse.arrow import staging_table
+from state_models.checks import (
+    FOUND,
+    INVARIANTS,
+    RESULTS_TABLE,
+    CheckResult,
+    plan_create_results,
+    plan_invariant,
+    plan_record_results,
+)
 from state_models.dialects import SINCE_SEQ_PARAM, TOUCHED_BUCKETS_PARAM, Capabilities
 from state_models.errors import ConfigError, SchemaChangeError
 from state_models.events import ChangeEvent
@@ -323,6 +332,36 @@ class SqlWarehouse:
             )
         typed = {k: coerce_value(v, state.column_type(k)) for k, v in (key or {}).items()}
         return self._query(plan_history(state, self._names(state.name), self.caps, typed))
+
+    def check(self, table: TableDef, *, limit: int = 10) -> list[CheckResult]:
+        """The state table's invariants (``state_models.checks``), each passed or failed with how
+        many keys break it and the first ``limit`` of them; none when the table does not exist."""
+        state = self._require(table)
+        if state is None:
+            return []
+        names = self._names(state.name)
+        results = []
+        for check in INVARIANTS:
+            rows = self._query(plan_invariant(check, state, names, limit))
+            found = int(rows[0][FOUND]) if rows else 0
+            results.append(
+                CheckResult(
+                    table=table.table_id,
+                    check=check,
+                    level="error",
+                    status="fail" if found else "pass",
+                    observed=found,
+                    keys=[{k: r[k] for k in state.key} for r in rows],
+                )
+            )
+        return results
+
+    def record_checks(self, results: Sequence[CheckResult], at: dt.datetime) -> None:
+        """Append results to ``cdc_check_results`` (created on first use)."""
+        if not results:
+            return
+        target = self._names(RESULTS_TABLE).state
+        self._run([plan_create_results(target), plan_record_results(target, results, at)])
 
     def truncates(self, table: TableDef) -> list[dict[str, Any]]:
         """The table's truncate log (``_seq``, ``_valid_from``, ``_event_id``, ``_tx_id``, …)."""
