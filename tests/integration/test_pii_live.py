@@ -38,7 +38,7 @@ KEY = "pii-test-key-0123456789abcdef"
 ALICE, BOB = "alice@example.com", "bob.secret@example.org"
 CARD = "4111111111111111"
 NOTE = "note-that-must-never-land"
-SECRETS = [ALICE, BOB, CARD, NOTE, "Bob-Clear-Name"]
+SECRETS = [ALICE, BOB, CARD, NOTE, "Bob-Clear-Name", KEY]  # the key itself is never shown either
 
 SCHEMA = """
 CREATE TABLE public.customers (
