@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -446,12 +446,36 @@ class Runtime:
         )
 
 
-def read_status(state_dir: Path) -> Mapping[str, Any] | None:
-    """The last status a running (or stopped) ``cdc run`` wrote, if any."""
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    """The last status a running (or stopped) ``cdc run`` wrote, if any, with ``running`` set to
+    whether a ``cdc run`` holds the state folder now: a run killed with SIGKILL wrote ``running:
+    true`` last, but the kernel released its lock (``down``: it says so)."""
     try:
-        return json.loads((state_dir / STATUS_FILE).read_text())
+        doc = json.loads((state_dir / STATUS_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    if not isinstance(doc, dict):
+        return None
+    alive = state_folder_held(state_dir)
+    doc["down"] = bool(doc.get("running")) and not alive
+    doc["running"] = alive
+    return doc
+
+
+def state_folder_held(state_dir: Path) -> bool:
+    """Whether a ``cdc run`` holds ``state_dir`` now (its lock is taken). A shared, non-blocking
+    test of the lock: if nobody holds it, it is released again at once."""
+    try:
+        handle = open(state_dir / RUN_LOCK_FILE, encoding="utf-8")  # noqa: SIM115
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def _chunks(items: Sequence[Segment], size: int) -> list[list[Segment]]:

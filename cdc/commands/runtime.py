@@ -195,10 +195,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     runtime = doc["runtime"]
     if runtime:
-        state = "running" if runtime.get("running") else "stopped"
         age = time.time() - runtime["updated_at"]
+        if runtime.get("down"):
+            state = f"DOWN: pid {runtime.get('pid')} is gone without stopping (killed?)"
+        else:
+            state = "running" if runtime.get("running") else "stopped"
+            state += f" (pid {runtime.get('pid')}"
+            state += ")"
         print(
-            f"cdc run: {state} (pid {runtime.get('pid')}, status {age:.0f}s old)"
+            f"cdc run: {state}; its status is {age:.0f}s old"
             + (f"; error: {runtime['error']}" if runtime.get("error") else "")
         )
     else:

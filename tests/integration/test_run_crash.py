@@ -203,6 +203,25 @@ sources:
             time.sleep(pause)
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
+            # its last status said running; `cdc status` must not believe it
+            status = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cdc",
+                    "status",
+                    "--config",
+                    str(config),
+                    "--format",
+                    "json",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp_path,
+            )
+            runtime = json.loads(status.stdout)["runtime"]
+            assert runtime["down"] is True and runtime["running"] is False, status.stdout
             proc = start_run(config, log)
             wait_streaming(state, proc)
         writer.join(180)
