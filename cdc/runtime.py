@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc.config import LoadedConfig
+from cdc.metrics import LatencyHistogram
 from connectors.capture import Capture, CaptureStats, make_capture, prepare_engines
 from connectors.changelog.writer import ChangelogWriter
 from connectors.deadletter import DeadLetterStore, Sealing, default_folder
@@ -166,6 +167,7 @@ class Runtime:
         self._journal_lock = threading.Lock()
         # commit-to-visible latency of recently merged events (seconds), for status and the demo
         self.latencies: deque[float] = deque(maxlen=200_000)
+        self.latency_histogram = LatencyHistogram()  # cumulative, for /metrics
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -347,7 +349,9 @@ class Runtime:
             if p.last_commit_ts is None or e.commit_ts > p.last_commit_ts:
                 p.last_commit_ts = e.commit_ts
             p.last_merged_at = now
-            self.latencies.append(max(0.0, now - e.commit_ts / 1e6))
+            seconds = max(0.0, now - e.commit_ts / 1e6)
+            self.latencies.append(seconds)
+            self.latency_histogram.observe(seconds)
         for tid, counts in report.tables.items():
             if tid in self.progress:
                 self.progress[tid].versions_written += counts.inserted

@@ -49,6 +49,17 @@ def add_commands(add: AddCommand) -> None:
         metavar="SECONDS",
         help="stop after this long (default: run until stopped)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port, logged)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address /metrics listens on (default 127.0.0.1: this machine only)",
+    )
 
     p = add(
         "status",
@@ -156,6 +167,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime = Runtime(
         cfg, options, registry=registry, on_status=lambda rt: live.update(rt.status_line(), rt)
     )
+    metrics = None
+    if args.metrics_port is not None:
+        from cdc.metrics import serve
+
+        if not 0 <= args.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port {args.metrics_port}: expected 0 to 65535")
+        try:
+            metrics, _ = serve(runtime, args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}"
+            ) from None
     stop = threading.Event()
     if args.duration:
         # a daemon: a run that ends early (a capture failed) does not wait for the timer to fire
@@ -173,6 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = runtime.run(stop)
         finally:
             live.close()
+            if metrics is not None:
+                metrics.shutdown()
     log.info(
         "stopped: %d events merged, %d archived, %d dead letters",
         summary.events_merged,

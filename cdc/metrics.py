@@ -1,0 +1,150 @@
+"""``cdc run --metrics-port``: the runtime's figures as Prometheus metrics on ``/metrics``.
+
+Everything is read from the running ``Runtime`` when Prometheus scrapes (a custom collector over
+``Runtime.status()``, the same figures as ``status.json``), except the commit-to-visible latency,
+a cumulative histogram the runtime fills as it merges. Names (all prefixed ``cdc_``):
+
+- ``cdc_up`` 1 while the run is serving;
+- ``cdc_events_merged_total``, ``cdc_events_archived_total``, ``cdc_dead_letters``;
+- per table (``table``): ``cdc_table_events_merged_total``, ``cdc_table_versions_written_total``,
+  ``cdc_table_dead_letters_total``, ``cdc_table_lag_seconds`` (now minus the newest merged commit);
+- per source (``source``, ``engine``): ``cdc_capture_events_total``, ``cdc_capture_set_aside_total``,
+  ``cdc_capture_retries_total``, ``cdc_capture_lag_seconds``, ``cdc_capture_phase`` (1 for the
+  current ``phase`` label);
+- ``cdc_commit_to_visible_seconds``: histogram of source commit -> merged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+log = logging.getLogger("cdc.metrics")
+
+#: Upper bounds (seconds) of the commit-to-visible histogram's buckets.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+PHASES = ("starting", "snapshot", "streaming", "retrying", "stopped", "failed")
+
+
+class LatencyHistogram:
+    """Cumulative bucket counts, sum and count of observed seconds (thread-safe)."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: +Inf
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            for i, bound in enumerate(self.bounds):
+                if seconds <= bound:
+                    self.counts[i] += 1
+                    break
+            else:
+                self.counts[-1] += 1
+            self.sum += seconds
+
+    def buckets(self) -> tuple[list[tuple[str, float]], float]:
+        with self._lock:
+            running, out = 0, []
+            for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+                running += n
+                out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+            return out, self.sum
+
+
+class RuntimeCollector:
+    """Reads the runtime's status at each scrape."""
+
+    def __init__(self, runtime: Any):
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.runtime.status()
+        yield GaugeMetricFamily("cdc_up", "1 while cdc run serves", value=1)
+        yield CounterMetricFamily(
+            "cdc_events_merged", "events merged into state tables", value=status["events_merged"]
+        )
+        yield CounterMetricFamily(
+            "cdc_events_archived",
+            "events rolled into changelog files",
+            value=status["events_archived"],
+        )
+        yield GaugeMetricFamily(
+            "cdc_dead_letters", "dead letters waiting in the store", value=status["dead_letters"]
+        )
+        tables = status["tables"]
+        for name, help_text, field in (
+            ("cdc_table_events_merged", "events merged into the table", "events"),
+            ("cdc_table_versions_written", "versions the merges wrote", "versions_written"),
+            ("cdc_table_dead_letters", "events of the table dead-lettered", "dead_letters"),
+        ):
+            counter = CounterMetricFamily(name, help_text, labels=["table"])
+            for table_id, t in tables.items():
+                counter.add_metric([table_id], t[field])
+            yield counter
+        lag = GaugeMetricFamily(
+            "cdc_table_lag_seconds",
+            "now minus the commit time of the newest change merged into the table",
+            labels=["table"],
+        )
+        for table_id, t in tables.items():
+            if t["lag_s"] is not None:
+                lag.add_metric([table_id], t["lag_s"])
+        yield lag
+        captures = status["captures"]
+        labels = ["source", "engine"]
+        for name, help_text, field in (
+            ("cdc_capture_events", "changes captured and acknowledged", "events"),
+            ("cdc_capture_set_aside", "changes set aside as unreadable", "set_aside"),
+            ("cdc_capture_retries", "reconnections to an unreachable source", "retries"),
+        ):
+            counter = CounterMetricFamily(name, help_text, labels=labels)
+            for source, c in captures.items():
+                counter.add_metric([source, c["engine"]], c[field])
+            yield counter
+        capture_lag = GaugeMetricFamily(
+            "cdc_capture_lag_seconds",
+            "now minus the commit time of the newest change captured",
+            labels=labels,
+        )
+        phase = GaugeMetricFamily(
+            "cdc_capture_phase", "1 for the capture's current phase", labels=[*labels, "phase"]
+        )
+        for source, c in captures.items():
+            if c["lag_s"] is not None:
+                capture_lag.add_metric([source, c["engine"]], c["lag_s"])
+            for p in PHASES:
+                phase.add_metric([source, c["engine"], p], 1.0 if c["phase"] == p else 0.0)
+        yield capture_lag
+        yield phase
+        buckets, total = self.runtime.latency_histogram.buckets()
+        yield HistogramMetricFamily(
+            "cdc_commit_to_visible_seconds",
+            "seconds from a change's source commit to the end of the MERGE that made it visible",
+            buckets=buckets,
+            sum_value=total,
+        )
+
+
+def serve(runtime: Any, host: str, port: int) -> tuple[WSGIServer, int]:
+    """Serve ``/metrics`` for ``runtime`` on ``host:port`` (0: a free port); returns the server
+    (``shutdown()`` stops it) and the port it listens on."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RuntimeCollector(runtime))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    bound = int(server.server_address[1])
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return server, bound
