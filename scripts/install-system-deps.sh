@@ -13,6 +13,8 @@ command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
     || need+=(openjdk-17-jdk-headless)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v make >/dev/null 2>&1 || need+=(make)
+# promtool checks the alerting rules `cdc monitoring rules` writes (the tests run it)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
     echo "system packages: all present"
@@ -30,3 +32,7 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+# prometheus is installed for its promtool only: its server is not ours to run
+if printf '%s\n' "${need[@]}" | grep -qx prometheus; then
+    $SUDO rm -f /etc/systemd/system/multi-user.target.wants/prometheus.service
+fi

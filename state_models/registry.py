@@ -47,6 +47,49 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> float:
+    """``90s``, ``5m``, ``2h``, ``1d`` -> seconds."""
+    m = _DURATION_RE.match(text.strip())
+    if m is None:
+        raise ValueError(f"expected a duration like 30s, 5m, 2h or 1d, got {text!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+class FreshnessSla(_Model):
+    """How old a table's newest merged change may be before a warning, and before an error."""
+
+    warn: str | None = None
+    error: str | None = None
+
+    @field_validator("warn", "error")
+    @classmethod
+    def _durations(cls, v: str | None) -> str | None:
+        if v is not None:
+            duration_seconds(v)
+        return v
+
+
+class Sla(_Model):
+    """A table's (or a source's default) service levels: ``cdc monitoring rules`` turns them
+    into alerting rules."""
+
+    freshness: FreshnessSla | None = None
+    stall_after: str | None = Field(
+        default=None, description="a capture not streaming for this long is stalled (default 2m)"
+    )
+
+    @field_validator("stall_after")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            duration_seconds(v)
+        return v
+
+
 class TableSpec(_Model):
     """One registered source table."""
 
@@ -64,6 +107,7 @@ class TableSpec(_Model):
         "(NAME beside name: warehouses compare names without case)",
     )
     state_table: str | None = Field(default=None, description="state table name in the warehouse")
+    sla: Sla | None = None
     policy_tags: dict[str, str] | None = Field(
         default=None,
         description="column -> BigQuery policy tag (projects/P/locations/L/taxonomies/T/"
@@ -272,6 +316,7 @@ class Source(_Model):
     debezium: dict[str, str] | None = Field(
         default=None, description="extra Debezium connector properties, passed through verbatim"
     )
+    sla: Sla | None = Field(default=None, description="the default sla: of the source's tables")
     datastream: DatastreamSpec | None = Field(
         default=None, description="engine: datastream only: the stream's project, region, bucket"
     )

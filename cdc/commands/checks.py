@@ -6,10 +6,11 @@ import argparse
 import datetime as dt
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
-from cdc.commands.common import LOCK_WAIT_S, load
+from cdc.commands.common import LOCK_WAIT_S, load, subcommands
 from cdc.console import print_table
 from state_models.checks import CheckResult
 from state_models.scd2 import TableDef
@@ -28,6 +29,35 @@ def add_commands(add: AddCommand) -> None:
     p.add_argument(
         "--limit", type=int, default=10, help="offending keys shown per check (default 10)"
     )
+
+    p = add("monitoring", "alerting for cdc run's metrics", _monitoring_usage)
+    sub = subcommands(p, "monitoring_command")
+    s = sub(
+        "rules",
+        "Prometheus alerting rules (YAML) for cdc run's metrics, from the registry's sla:",
+        cmd_rules,
+    )
+    s.add_argument("--out", metavar="DIR", help="write DIR/prometheus-rules.yml instead of stdout")
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from cdc.monitoring import alerting_rules, render
+
+    cfg = load(args)
+    text = render(alerting_rules(cfg.registry))
+    if args.out:
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "prometheus-rules.yml").write_text(text)
+        print(f"wrote {folder / 'prometheus-rules.yml'} (check it: promtool check rules FILE)")
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
+def _monitoring_usage(args: argparse.Namespace) -> int:
+    print("usage: cdc monitoring rules [--out DIR]", file=sys.stderr)
+    return 2
 
 
 def cmd_check(args: argparse.Namespace) -> int:
