@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -251,7 +251,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if doc["captures"]:
         print()
         print_table(
-            doc["captures"], ["source", "engine", "phase", "events", "last_seq", "lag", "detail"]
+            doc["captures"],
+            ["source", "engine", "freshness", "phase", "events", "last_seq", "lag", "detail"],
         )
     for w in doc["warnings"]:
         print(f"WARNING: {w}")
@@ -381,10 +382,13 @@ def _capture_status(
             except Exception as exc:  # the source may be down; say so and go on
                 detail.append(f"binlog: {type(exc).__name__}: {exc}")
         lag = rt.get("lag_s")
+        fresh = freshness(runtime, rt, now, _stall_after(source))
         rows.append(
             {
                 "source": name,
                 "engine": source.engine,
+                "freshness": fresh["text"],
+                "freshness_detail": {k: v for k, v in fresh.items() if k != "text"},
                 "phase": rt.get("phase", "-"),
                 "events": rt.get("events", "-"),
                 "last_seq": rt.get("last_seq") or "-",
@@ -393,6 +397,49 @@ def _capture_status(
             }
         )
     return rows, warnings
+
+
+#: A source that has not answered for this long while `cdc run` runs is stalled (sla: stall_after).
+DEFAULT_STALL_AFTER_S = 20.0
+
+
+def _stall_after(source: Any) -> float:
+    from state_models.registry import duration_seconds
+
+    stall = source.sla.stall_after if source.sla is not None else None
+    return duration_seconds(stall) if stall else DEFAULT_STALL_AFTER_S
+
+
+def freshness(
+    runtime: Any, capture: Mapping[str, Any], now: float, stall_after: float
+) -> dict[str, Any]:
+    """One capture's freshness: ``down`` (no ``cdc run``), ``STALLED`` (the source stopped
+    answering, or the capture retries or failed), ``streaming`` (changes in the last seconds),
+    ``idle`` (nothing to read: caught up with the source), or the phase before it streams."""
+    contact = capture.get("source_contact_at")
+    caught = capture.get("caught_up_at")
+    out: dict[str, Any] = {
+        "state": "",
+        "caught_up_at": caught,
+        "source_contact_age_s": None if contact is None else round(now - contact, 1),
+        "stalled_for_s": None,
+    }
+    phase = capture.get("phase")
+    if not runtime or not runtime.get("running"):
+        out["state"], text = "down", "down (cdc run is not running)"
+    elif phase in ("retrying", "failed"):
+        out["state"], text = "stalled", f"STALLED ({phase})"
+    elif contact is not None and now - contact > stall_after:
+        out["state"], out["stalled_for_s"] = "stalled", round(now - contact, 1)
+        text = f"STALLED {_duration(now - contact)} (the source has not answered)"
+    elif capture.get("last_batch_at") and now - capture["last_batch_at"] < 5.0:
+        out["state"], text = "streaming", "streaming"
+    elif caught is not None:
+        out["state"], text = "idle", f"idle (caught up {_duration(max(0.0, now - caught))} ago)"
+    else:
+        out["state"] = text = str(phase or "starting")
+    out["text"] = text
+    return out
 
 
 def _duration(seconds: float | None) -> str:

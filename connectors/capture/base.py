@@ -93,6 +93,11 @@ class CaptureStats:
     retries: int = 0
     last_error: str | None = None
     set_aside: int = 0  # changes the capture could not read, in the dead-letter store
+    #: time.time() the source last answered (a change, or a keepalive we asked for): a source that
+    #: stops answering while the service runs is stalled, however idle our tables are
+    source_contact_at: float | None = None
+    #: time.time() the capture last knew it had read everything the source had written
+    caught_up_at: float | None = None
 
     def lag_seconds(self, now: float | None = None) -> float | None:
         """Seconds between now and the commit time of the last acknowledged change."""

@@ -81,6 +81,13 @@ _U32 = struct.Struct(">I").unpack_from
 _I32 = struct.Struct(">i").unpack_from
 _U16 = struct.Struct(">H").unpack_from
 _STATUS = struct.Struct(">QQQqB").pack
+#: With no message from the server for this long, a status update asks it to answer at once (a
+#: keepalive): an idle stream still shows the source alive, a frozen one shows it stalled.
+HEARTBEAT_S = 5.0
+
+
+def now_since(monotonic_then: float) -> float:
+    return time.monotonic() - monotonic_then
 
 
 # --------------------------------------------------------------------------- relations
@@ -819,6 +826,9 @@ class _Stream:
         self.received = decoder.flushed
         self.confirmed = decoder.flushed
         self.last_status = 0.0
+        self.contact = time.time()  # the server's last message
+        self.caught_up = 0.0
+        self.published = 0.0  # when contact/caught-up last went into the capture's stats
 
     def run(self, stop: threading.Event) -> None:
         conn, decoder, pending = self.conn, self.decoder, self.pending
@@ -836,6 +846,7 @@ class _Stream:
                 raise self._lost(str(exc)) from exc
             if n > 0:
                 msg = bytes(data)
+                self.contact = time.time()
                 if msg[0] == 0x77:  # w: XLogData
                     data_start, wal_end, _ = _XLOG_HEADER(msg, 1)
                     self.received = max(self.received, wal_end)
@@ -850,6 +861,8 @@ class _Stream:
                     self.received = max(self.received, wal_end)
                     if not pending and decoder.keepalive(wal_end):
                         self._save()
+                    if not pending and not decoder.in_tx:
+                        self.caught_up = self.contact  # everything up to the server's end is read
                     if reply:
                         self._send_status()
                 continue
@@ -860,6 +873,14 @@ class _Stream:
                 )
                 raise self._lost(reason.strip() or "the server ended the replication stream")
             # nothing buffered: flush what is pending once it is old enough, then wait for data
+            wall = time.time()
+            if wall - self.contact >= HEARTBEAT_S and now_since(self.last_status) >= HEARTBEAT_S:
+                self._send_status(reply=True)  # the server answers with a keepalive: a heartbeat
+            if wall - self.published >= 1.0:
+                self.published = wall
+                self.capture._update(
+                    source_contact_at=self.contact, caught_up_at=self.caught_up or None
+                )
             now = time.monotonic()
             if pending and now - self.pending_since >= max_age:
                 self._ack()
@@ -893,10 +914,10 @@ class _Stream:
         self.capture.offsets.save({**self.decoder.position(), "slot": self.capture.slot})
         self.confirmed = self.decoder.flushed
 
-    def _send_status(self) -> None:
+    def _send_status(self, reply: bool = False) -> None:
         now = time.time_ns() // 1000 - PG_EPOCH_MICROS
         flushed = self.confirmed
-        msg = b"r" + _STATUS(max(self.received, flushed), flushed, flushed, now, 0)
+        msg = b"r" + _STATUS(max(self.received, flushed), flushed, flushed, now, int(reply))
         try:
             if self.conn.put_copy_data(msg) != 1:
                 raise self._lost("could not send the standby status")

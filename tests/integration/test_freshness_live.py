@@ -1,0 +1,144 @@
+"""Freshness that tells idle from stalled, against a real PostgreSQL captured by `cdc run`
+(pgoutput): an idle source stays `idle` (its server answers the capture's heartbeats); a frozen
+replication connection (SIGSTOP of its walsender) is `STALLED` within 30 s and recovers when
+resumed; a `cdc run` killed with SIGKILL is `down`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.capture_support import drop_slots
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def source_dsn(pg_database: str) -> Iterator[str]:
+    yield pg_database
+    drop_slots(pg_database)
+
+
+def status(tmp_path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdc",
+            "status",
+            "--config",
+            str(tmp_path / "cdc.yaml"),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    [capture] = json.loads(out.stdout)["captures"]
+    return capture
+
+
+def wait_for(
+    tmp_path: Path, cond: Callable[[dict[str, Any]], bool], within: float, what: str
+) -> float:
+    started = time.monotonic()
+    last: dict[str, Any] = {}
+    while time.monotonic() - started < within:
+        last = status(tmp_path)
+        if cond(last):
+            return time.monotonic() - started
+        time.sleep(1.0)
+    raise AssertionError(f"not {what} within {within:.0f}s: {last}")
+
+
+def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_path) -> None:
+    db = source_dsn.rsplit("/", 1)[1]
+    postgres.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text)", database=db)
+    (tmp_path / "cdc.yaml").write_text(
+        textwrap.dedent(f"""\
+            changelog: ./changelog
+            warehouse: duckdb:///warehouse.duckdb
+            state_dir: ./state
+            sources:
+              shop:
+                kind: postgres
+                engine: pgoutput
+                dsn: {source_dsn}
+                tables:
+                  - name: public.items
+                    primary_key: [id]
+            """)
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cdc",
+            "run",
+            "--config",
+            str(tmp_path / "cdc.yaml"),
+            "--duration",
+            "240",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    walsender = None
+    try:
+        wait_for(tmp_path, lambda c: c["phase"] == "streaming", 60, "streaming")
+        # idle: nothing to capture for 25 s, more than the stall threshold (20 s)
+        end = time.monotonic() + 25
+        while time.monotonic() < end:
+            c = status(tmp_path)
+            assert c["freshness_detail"]["state"] in ("idle", "streaming"), c
+            time.sleep(2.0)
+        assert c["freshness"].startswith("idle (caught up"), c
+        assert c["freshness_detail"]["source_contact_age_s"] < 10, c
+
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            [(walsender,)] = conn.execute(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'cdc_shop'"
+            ).fetchall()
+            assert walsender
+        os.kill(walsender, signal.SIGSTOP)
+        took = wait_for(
+            tmp_path, lambda c: c["freshness_detail"]["state"] == "stalled", 30, "STALLED"
+        )
+        print(f"STALLED after {took:.1f} s")
+        assert "STALLED" in status(tmp_path)["freshness"]
+        os.kill(walsender, signal.SIGCONT)
+        walsender = None
+        wait_for(
+            tmp_path,
+            lambda c: c["freshness_detail"]["state"] in ("idle", "streaming"),
+            30,
+            "recovered",
+        )
+        postgres.execute("INSERT INTO public.items VALUES (1, 'a')", database=db)
+        wait_for(tmp_path, lambda c: c["events"] == 1, 30, "capturing again")
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert status(tmp_path)["freshness_detail"]["state"] == "down"
+    finally:
+        if walsender:
+            os.kill(walsender, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
