@@ -94,6 +94,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                     detail="see cdc dead-letters ls" if count else "",
                 )
             )
+        results.extend(_freshness_checks(cfg))
         warehouse.record_checks(results, dt.datetime.now(dt.UTC))
     finally:
         warehouse.close()
@@ -112,6 +113,36 @@ def cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _freshness_checks(cfg: Any) -> list[CheckResult]:
+    """Per source, from what `cdc run` last reported: a stalled source, or a run that was killed
+    (down), is an error; a source never run here (no status yet) is not checked."""
+    import time
+
+    from cdc.commands.runtime import _stall_after, freshness
+    from cdc.runtime import read_status
+
+    runtime = read_status(cfg.state_dir)
+    if runtime is None:
+        return []
+    now = time.time()
+    out = []
+    for name, source in cfg.registry.sources.items():
+        capture = runtime.get("captures", {}).get(name, {})
+        fresh = freshness(runtime, capture, now, _stall_after(source))
+        bad = fresh["state"] == "stalled" or runtime.get("down")
+        out.append(
+            CheckResult(
+                f"source {name}",
+                "freshness",
+                "error",
+                "fail" if bad else "pass",
+                int(fresh["stalled_for_s"] or 0),
+                detail=fresh["text"],
+            )
+        )
+    return out
 
 
 def _row(r: CheckResult) -> dict[str, Any]:

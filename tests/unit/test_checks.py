@@ -145,3 +145,25 @@ def test_results_are_kept_and_dead_letters_are_a_warning(warehouse, capsys):
             "SELECT check_name, status, observed FROM cdc_check_results ORDER BY checked_at, check_name"
         ).fetchall()
     assert ("dead_letters", "fail", 1) in kept and len(kept) == 10
+
+
+def test_a_killed_cdc_run_fails_the_freshness_check(warehouse, capsys):
+    """status.json says running, but nobody holds the state folder: the run was killed."""
+    import time
+
+    (warehouse / "state").mkdir(exist_ok=True)
+    (warehouse / "state" / "status.json").write_text(
+        json.dumps(
+            {
+                "pid": 999999,
+                "running": True,
+                "updated_at": time.time(),
+                "captures": {"billing": {"phase": "streaming", "source_contact_at": time.time()}},
+            }
+        )
+    )
+    code, report = check(warehouse, capsys)
+    assert code == 1
+    [fresh] = [r for r in report["results"] if r["check"] == "freshness"]
+    assert fresh["table"] == "source billing" and fresh["status"] == "fail"
+    assert fresh["detail"].startswith("down")
