@@ -849,6 +849,7 @@ class BinlogCapture(Capture):
         pending: list[ChangeEvent] = []
         pending_since = 0.0
         saved = dict(position)
+        published = 0.0  # when the source's last answer went into the stats
         try:
             while True:
                 if stop.is_set():
@@ -862,6 +863,13 @@ class BinlogCapture(Capture):
                     raise SourceUnavailableError(
                         f"source {self.source_name!r}: the server ended the binlog stream"
                     )
+                # every event, a heartbeat too (asked for with slave_heartbeat), is the source
+                # answering; a heartbeat with nothing pending: everything written is read
+                now = time.time()
+                if now - published >= 1.0 or isinstance(ev, HeartbeatLogEvent):
+                    published = now
+                    caught = isinstance(ev, HeartbeatLogEvent) and not pending
+                    self._update(source_contact_at=now, **({"caught_up_at": now} if caught else {}))
                 if not isinstance(ev, HeartbeatLogEvent):
                     had = len(pending)
                     decoder.feed(ev, pending)

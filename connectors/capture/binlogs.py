@@ -162,7 +162,8 @@ def binlog_status(
     params = mysql_params(require_dsn(source, source_name))
     params.pop("database", None)
     try:
-        conn = pymysql.connect(connect_timeout=5, **params)
+        # read/write timeouts too: a frozen server or network path must not hang `cdc status`
+        conn = pymysql.connect(connect_timeout=5, read_timeout=5, write_timeout=5, **params)
     except pymysql.err.OperationalError as exc:
         raise SourceUnavailableError(
             f"cannot connect to source {source_name!r} at {params['host']}:{params['port']}: "

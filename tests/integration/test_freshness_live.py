@@ -5,6 +5,7 @@ resumed; a `cdc run` killed with SIGKILL is `down`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -142,3 +143,131 @@ def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+class PausableProxy:
+    """A TCP forwarder on loopback in front of a server; ``pause`` stops it moving bytes (the
+    connections stay open, as a frozen network path or server would leave them)."""
+
+    def __init__(self, port: int):
+        import socket
+        import threading
+
+        self.target = port
+        self.running = threading.Event()
+        self.running.set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any) -> None:
+        while not self.closed:
+            self.running.wait()
+            try:
+                data = src.recv(65536)
+                if not data:
+                    break
+                self.running.wait()
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def pause(self) -> None:
+        self.running.clear()
+
+    def resume(self) -> None:
+        self.running.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.running.set()
+        self.listener.close()
+
+
+def test_a_frozen_mariadb_connection_is_stalled_and_idle_is_not(
+    mariadb, mysql_database, tmp_path
+) -> None:
+    from urllib.parse import urlsplit
+
+    mariadb.execute(
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, name TEXT)", database=mysql_database
+    )
+    dsn = mariadb.dsn(mysql_database)
+    url = urlsplit(dsn)
+    proxy = PausableProxy(url.port or 3306)
+    (tmp_path / "cdc.yaml").write_text(
+        textwrap.dedent(f"""\
+            changelog: ./changelog
+            warehouse: duckdb:///warehouse.duckdb
+            state_dir: ./state
+            sources:
+              shop:
+                kind: mysql
+                engine: binlog
+                dsn: {dsn.replace(f":{url.port}/", f":{proxy.port}/")}
+                tables:
+                  - name: {mysql_database}.items
+                    primary_key: [id]
+            """)
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cdc",
+            "run",
+            "--config",
+            str(tmp_path / "cdc.yaml"),
+            "--duration",
+            "240",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(tmp_path, lambda c: c["phase"] == "streaming", 60, "streaming")
+        end = time.monotonic() + 25
+        while time.monotonic() < end:
+            c = status(tmp_path)
+            assert c["freshness_detail"]["state"] in ("idle", "streaming"), c
+            time.sleep(2.0)
+        assert c["freshness"].startswith("idle (caught up"), c
+        proxy.pause()
+        took = wait_for(
+            tmp_path, lambda c: c["freshness_detail"]["state"] == "stalled", 30, "STALLED"
+        )
+        print(f"MariaDB STALLED after {took:.1f} s")
+        proxy.resume()
+        wait_for(
+            tmp_path,
+            lambda c: c["freshness_detail"]["state"] in ("idle", "streaming"),
+            30,
+            "recovered",
+        )
+        mariadb.execute("INSERT INTO items VALUES (1, 'a')", database=mysql_database)
+        wait_for(tmp_path, lambda c: c["events"] == 1, 30, "capturing again")
+    finally:
+        proxy.resume()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(60)
+        proxy.close()
