@@ -11,6 +11,7 @@ a cumulative histogram the runtime fills as it merges. Names (all prefixed ``cdc
 - per source (``source``, ``engine``): ``cdc_capture_events_total``, ``cdc_capture_set_aside_total``,
   ``cdc_capture_retries_total``, ``cdc_capture_lag_seconds``, ``cdc_capture_phase`` (1 for the
   current ``phase`` label);
+- ``cdc_capture_source_contact_age_seconds``: since the source last answered (pgoutput, binlog);
 - ``cdc_commit_to_visible_seconds``: histogram of source commit -> merged.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -123,6 +125,17 @@ class RuntimeCollector:
         phase = GaugeMetricFamily(
             "cdc_capture_phase", "1 for the capture's current phase", labels=[*labels, "phase"]
         )
+        contact = GaugeMetricFamily(
+            "cdc_capture_source_contact_age_seconds",
+            "seconds since the source last answered the capture (a change, a keepalive or a "
+            "heartbeat): grows only when the source or the path to it is stuck, not when idle",
+            labels=labels,
+        )
+        now = time.time()
+        for source, c in captures.items():
+            if c.get("source_contact_at") is not None:
+                contact.add_metric([source, c["engine"]], max(0.0, now - c["source_contact_at"]))
+        yield contact
         for source, c in captures.items():
             if c["lag_s"] is not None:
                 capture_lag.add_metric([source, c["engine"]], c["lag_s"])

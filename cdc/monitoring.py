@@ -4,7 +4,9 @@ from the registry's ``sla:`` (a table's own, else its source's).
 Rules (group ``cdc``):
 
 - ``CdcRunDown``: no ``cdc_up`` sample for 2 minutes (the service or its metrics are gone).
-- ``CdcCaptureNotStreaming``: a capture ``retrying`` or ``failed`` for ``stall_after`` (default 2m).
+- ``CdcSourceStalled``: the source has not answered the capture (no change, keepalive or
+  heartbeat) for longer than ``stall_after`` (default 2m).
+- ``CdcCaptureNotStreaming``: a capture ``retrying`` or ``failed`` for ``stall_after``.
 - ``CdcDeadLettersWaiting``: dead letters waiting for 5 minutes (warning).
 - ``CdcFreshnessWarning`` / ``CdcFreshnessError``: per table with a ``freshness`` SLA, its
   ``cdc_table_lag_seconds`` above the bound for a minute. The lag is the age of the newest merged
@@ -67,6 +69,21 @@ def alerting_rules(registry: Registry) -> dict[str, Any]:
         for t in source.tables:  # one capture per source: its most demanding table decides
             if t.sla is not None and t.sla.stall_after:
                 stall = min(stall, t.sla.stall_after, key=duration_seconds)
+        rules.append(
+            {
+                "alert": "CdcSourceStalled",
+                "expr": f"cdc_capture_source_contact_age_seconds{{source={_quote(name)}}} > "
+                f"{duration_seconds(stall):g}",
+                "labels": {"severity": "critical", "source": name},
+                "annotations": {
+                    "summary": "source {{ $labels.source }} has not answered for "
+                    "{{ $value | humanizeDuration }}",
+                    "description": "The capture has heard nothing from the source (no change, no "
+                    "keepalive, no heartbeat) for longer than stall_after: the server or the "
+                    "network path to it is stuck. An idle source still answers.",
+                },
+            }
+        )
         rules.append(
             {
                 "alert": "CdcCaptureNotStreaming",

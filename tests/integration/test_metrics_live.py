@@ -118,6 +118,7 @@ def test_metrics_page_of_a_running_capture(postgres, source_dsn, tmp_path: Path)
         assert (
             metrics[("cdc_capture_phase", tuple(sorted((*capture, ("phase", "streaming")))))] == 1
         )
+        assert 0 <= metrics[("cdc_capture_source_contact_age_seconds", capture)] < 10
     finally:
         proc.terminate()
         out = proc.communicate(timeout=60)[0]

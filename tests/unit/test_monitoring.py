@@ -59,11 +59,15 @@ def test_rules_follow_the_registrys_slas(tmp_path):
         "CdcRunDown",
         "CdcDeadLettersWaiting",
         "CdcCaptureNotStreaming",
+        "CdcSourceStalled",
         "CdcFreshnessWarning",
         "CdcFreshnessError",
     }
     stalls = {r["labels"]["source"]: r["for"] for r in by_alert["CdcCaptureNotStreaming"]}
     assert stalls == {"billing": "30s", "payments": "2m"}  # the source's own, else the default
+    silent = {r["labels"]["source"]: r["expr"] for r in by_alert["CdcSourceStalled"]}
+    assert silent["billing"] == 'cdc_capture_source_contact_age_seconds{source="billing"} > 30'
+    assert silent["payments"].endswith("> 120")
     [warning] = by_alert["CdcFreshnessWarning"]
     assert warning["expr"] == 'cdc_table_lag_seconds{table="billing.public.subscriptions"} > 300'
     [error] = by_alert["CdcFreshnessError"]
@@ -92,7 +96,19 @@ def test_promtool_accepts_the_rules_and_they_fire_when_they_should(tmp_path):
                     values: '0 0 1 1 1 1 1 1 1 1'
                   - series: 'cdc_dead_letters'
                     values: '0x20'
+                  - series: 'cdc_capture_source_contact_age_seconds{{source="billing",engine="pgoutput"}}'
+                    values: '1 2 1 3 45 105 1 2'
                 alert_rule_test:
+                  - eval_time: 2m
+                    alertname: CdcSourceStalled
+                    exp_alerts: []
+                  - eval_time: 4m
+                    alertname: CdcSourceStalled
+                    exp_alerts:
+                      - exp_labels: {{severity: critical, source: billing, engine: pgoutput}}
+                        exp_annotations:
+                          summary: source billing has not answered for 45s
+                          description: "The capture has heard nothing from the source (no change, no keepalive, no heartbeat) for longer than stall_after: the server or the network path to it is stuck. An idle source still answers."
                   - eval_time: 8m
                     alertname: CdcFreshnessWarning
                     exp_alerts:
