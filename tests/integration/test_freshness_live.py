@@ -79,6 +79,7 @@ def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_pa
                 kind: postgres
                 engine: pgoutput
                 dsn: {source_dsn}
+                sla: {{stall_after: 10s}}
                 tables:
                   - name: public.items
                     primary_key: [id]
@@ -103,7 +104,7 @@ def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_pa
     walsender = None
     try:
         wait_for(tmp_path, lambda c: c["phase"] == "streaming", 60, "streaming")
-        # idle: nothing to capture for 25 s, more than the stall threshold (20 s)
+        # idle: nothing to capture for 25 s, more than twice the stall threshold (10 s)
         end = time.monotonic() + 25
         while time.monotonic() < end:
             c = status(tmp_path)
@@ -222,6 +223,7 @@ def test_a_frozen_mariadb_connection_is_stalled_and_idle_is_not(
                 kind: mysql
                 engine: binlog
                 dsn: {dsn.replace(f":{url.port}/", f":{proxy.port}/")}
+                sla: {{stall_after: 10s}}
                 tables:
                   - name: {mysql_database}.items
                     primary_key: [id]
