@@ -166,6 +166,16 @@ def pg_database(postgres: Any) -> str:
 
 
 @pytest.fixture
+def source_dsn(pg_database: str) -> Iterator[str]:
+    """``pg_database`` for a test that captures it: its replication slots are dropped afterwards
+    (slot names are per server: a later test's source of the same name needs the name free)."""
+    from tests.integration.capture_support import drop_slots
+
+    yield pg_database
+    drop_slots(pg_database)
+
+
+@pytest.fixture
 def mysql_database(mariadb: Any) -> str:
     name = f"t_{uuid.uuid4().hex[:10]}"
     mariadb.execute(f"CREATE DATABASE `{name}`")

@@ -9,23 +9,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from tests.integration.capture_support import drop_slots
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def source_dsn(pg_database: str) -> Iterator[str]:
-    """A fresh database on the session server; its replication slots are dropped afterwards
-    (slot names are per server: a later test's source of the same name needs the name free)."""
-    yield pg_database
-    drop_slots(pg_database)
 
 
 def _cdc(tmp_path: Path, *args: str) -> tuple[int, str]:

@@ -11,24 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.capture_support import drop_slots
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def source_dsn(pg_database: str) -> Iterator[str]:
-    yield pg_database
-    drop_slots(pg_database)
 
 
 def status(tmp_path: Path) -> dict[str, Any]:
@@ -66,25 +57,31 @@ def wait_for(
     raise AssertionError(f"not {what} within {within:.0f}s: {last}")
 
 
-def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_path) -> None:
-    db = source_dsn.rsplit("/", 1)[1]
-    postgres.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text)", database=db)
-    (tmp_path / "cdc.yaml").write_text(
-        textwrap.dedent(f"""\
-            changelog: ./changelog
-            warehouse: duckdb:///warehouse.duckdb
-            state_dir: ./state
-            sources:
-              shop:
-                kind: postgres
-                engine: pgoutput
-                dsn: {source_dsn}
-                sla: {{stall_after: 10s}}
-                tables:
-                  - name: public.items
-                    primary_key: [id]
-            """)
-    )
+REGISTRY = """\
+changelog: ./changelog
+warehouse: duckdb:///warehouse.duckdb
+state_dir: ./state
+sources:
+  shop:
+    kind: {kind}
+    engine: {engine}
+    dsn: {dsn}
+    sla: {{stall_after: 10s}}
+    tables:
+      - name: {table}
+        primary_key: [id]
+"""
+
+
+def idle_then_frozen(
+    tmp_path: Path,
+    freeze: Callable[[], Callable[[], None]],
+    change: Callable[[], None],
+    label: str,
+) -> subprocess.Popen[bytes]:
+    """Start `cdc run`; idle for 25 s it must stay idle (more than twice the 10 s stall threshold);
+    after ``freeze()`` it must turn STALLED within 30 s, and after the thaw it returns recover and
+    capture ``change()``. Returns the still running `cdc run`."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -93,18 +90,15 @@ def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_pa
             "run",
             "--config",
             str(tmp_path / "cdc.yaml"),
-            "--duration",
-            "240",
+            "--duration=240",
         ],
         cwd=tmp_path,
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    walsender = None
     try:
         wait_for(tmp_path, lambda c: c["phase"] == "streaming", 60, "streaming")
-        # idle: nothing to capture for 25 s, more than twice the stall threshold (10 s)
         end = time.monotonic() + 25
         while time.monotonic() < end:
             c = status(tmp_path)
@@ -112,38 +106,52 @@ def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_pa
             time.sleep(2.0)
         assert c["freshness"].startswith("idle (caught up"), c
         assert c["freshness_detail"]["source_contact_age_s"] < 10, c
-
-        with psycopg.connect(source_dsn, autocommit=True) as conn:
-            [(walsender,)] = conn.execute(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'cdc_shop'"
-            ).fetchall()
-            assert walsender
-        os.kill(walsender, signal.SIGSTOP)
-        took = wait_for(
-            tmp_path, lambda c: c["freshness_detail"]["state"] == "stalled", 30, "STALLED"
-        )
-        print(f"STALLED after {took:.1f} s")
-        assert "STALLED" in status(tmp_path)["freshness"]
-        os.kill(walsender, signal.SIGCONT)
-        walsender = None
+        thaw = freeze()
+        try:
+            took = wait_for(
+                tmp_path, lambda c: c["freshness_detail"]["state"] == "stalled", 30, "STALLED"
+            )
+            print(f"{label} STALLED after {took:.1f} s")
+            assert "STALLED" in status(tmp_path)["freshness"]
+        finally:
+            thaw()
         wait_for(
             tmp_path,
             lambda c: c["freshness_detail"]["state"] in ("idle", "streaming"),
             30,
             "recovered",
         )
-        postgres.execute("INSERT INTO public.items VALUES (1, 'a')", database=db)
+        change()
         wait_for(tmp_path, lambda c: c["events"] == 1, 30, "capturing again")
-
-        proc.send_signal(signal.SIGKILL)
+    except BaseException:
+        proc.kill()
         proc.wait(30)
-        assert status(tmp_path)["freshness_detail"]["state"] == "down"
-    finally:
-        if walsender:
-            os.kill(walsender, signal.SIGCONT)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+        raise
+    return proc
+
+
+def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_path) -> None:
+    db = source_dsn.rsplit("/", 1)[1]
+    postgres.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text)", database=db)
+    (tmp_path / "cdc.yaml").write_text(
+        REGISTRY.format(kind="postgres", engine="pgoutput", dsn=source_dsn, table="public.items")
+    )
+
+    def freeze() -> Callable[[], None]:  # the walsender of our slot stops, its connection stays
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            [(walsender,)] = conn.execute(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'cdc_shop'"
+            ).fetchall()
+        os.kill(walsender, signal.SIGSTOP)
+        return lambda: os.kill(walsender, signal.SIGCONT)
+
+    def change() -> None:
+        postgres.execute("INSERT INTO public.items VALUES (1, 'a')", database=db)
+
+    proc = idle_then_frozen(tmp_path, freeze, change, "PostgreSQL")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert status(tmp_path)["freshness_detail"]["state"] == "down"
 
 
 class PausableProxy:
@@ -214,62 +222,24 @@ def test_a_frozen_mariadb_connection_is_stalled_and_idle_is_not(
     url = urlsplit(dsn)
     proxy = PausableProxy(url.port or 3306)
     (tmp_path / "cdc.yaml").write_text(
-        textwrap.dedent(f"""\
-            changelog: ./changelog
-            warehouse: duckdb:///warehouse.duckdb
-            state_dir: ./state
-            sources:
-              shop:
-                kind: mysql
-                engine: binlog
-                dsn: {dsn.replace(f":{url.port}/", f":{proxy.port}/")}
-                sla: {{stall_after: 10s}}
-                tables:
-                  - name: {mysql_database}.items
-                    primary_key: [id]
-            """)
+        REGISTRY.format(
+            kind="mysql",
+            engine="binlog",
+            dsn=dsn.replace(f":{url.port}/", f":{proxy.port}/"),
+            table=f"{mysql_database}.items",
+        )
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cdc",
-            "run",
-            "--config",
-            str(tmp_path / "cdc.yaml"),
-            "--duration",
-            "240",
-        ],
-        cwd=tmp_path,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(tmp_path, lambda c: c["phase"] == "streaming", 60, "streaming")
-        end = time.monotonic() + 25
-        while time.monotonic() < end:
-            c = status(tmp_path)
-            assert c["freshness_detail"]["state"] in ("idle", "streaming"), c
-            time.sleep(2.0)
-        assert c["freshness"].startswith("idle (caught up"), c
+
+    def freeze() -> Callable[[], None]:
         proxy.pause()
-        took = wait_for(
-            tmp_path, lambda c: c["freshness_detail"]["state"] == "stalled", 30, "STALLED"
-        )
-        print(f"MariaDB STALLED after {took:.1f} s")
-        proxy.resume()
-        wait_for(
-            tmp_path,
-            lambda c: c["freshness_detail"]["state"] in ("idle", "streaming"),
-            30,
-            "recovered",
-        )
+        return proxy.resume
+
+    def change() -> None:
         mariadb.execute("INSERT INTO items VALUES (1, 'a')", database=mysql_database)
-        wait_for(tmp_path, lambda c: c["events"] == 1, 30, "capturing again")
+
+    try:
+        proc = idle_then_frozen(tmp_path, freeze, change, "MariaDB")
+        proc.terminate()
+        proc.wait(60)
     finally:
-        proxy.resume()
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(60)
         proxy.close()

@@ -10,21 +10,12 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.capture_support import drop_slots
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def source_dsn(pg_database: str) -> Iterator[str]:
-    yield pg_database
-    drop_slots(pg_database)
 
 
 def free_port() -> int:
