@@ -45,7 +45,8 @@ from typing import Any, Protocol
 from connectors.capture.offsets import write_atomically
 from state_models.errors import CdcError, ConfigError, TerminalError
 from state_models.pii import DEFAULT_KEY_ENV, environment_key
-from state_models.registry import Registry
+from state_models.registry import Registry, table_infos
+from state_models.tables import TableInfo
 from state_models.types import format_timestamp
 
 FOLDER_NAME = "dead_letters"
@@ -445,17 +446,30 @@ class Sealing:
 
     @classmethod
     def of(cls, registry: Registry) -> Sealing | None:
-        tables = [t for t in registry.tables() if t.spec.pii]
-        if not tables:
+        return cls.of_tables(i for name in registry.sources for i in table_infos(registry, name))
+
+    @classmethod
+    def of_tables(cls, tables: Iterable[TableInfo]) -> Sealing | None:
+        """For the tables with a ``pii:`` policy among ``tables`` (None when there are none)."""
+        protected = [(t, t.pii) for t in tables if t.pii is not None]
+        if not protected:
             return None
-        names = {n for t in tables for n in (*(t.spec.columns or {}), *(t.spec.pii or {}))}
-        names |= {k for t in tables for k in t.primary_key or ()}
-        names |= {t.id for t in tables} | {t.spec.name for t in tables}
+        names = {
+            n
+            for t, policy in protected
+            for n in (
+                *(t.columns or {}),
+                *policy.columns,
+                *(t.primary_key or ()),
+                t.id,
+                t.spec_name,
+            )
+        }
         return cls(
-            tables=frozenset(t.id for t in tables),
-            sources=frozenset(t.source_name for t in tables),
+            tables=frozenset(t.id for t, _ in protected),
+            sources=frozenset(t.source for t, _ in protected),
             names=frozenset(names),
-            key_env=registry.pii_key_env,
+            key_env=protected[0][1].key_env,
         )
 
     def applies(self, letter: NewDeadLetter) -> bool:

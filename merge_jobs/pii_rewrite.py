@@ -109,9 +109,8 @@ def erasable_columns(table: TableDef, state_names: Sequence[str]) -> list[str]:
     column but the key (source names)."""
     if table.pii is not None:
         return [n for n, p in table.pii.columns.items() if p != "drop"]
-    source = {v: k for k, v in (table.renames or {}).items()}
     key = set(table.primary_key or ())
-    return [source.get(n, n) for n in state_names if n not in key]
+    return [table.source_column(n) for n in state_names if n not in key]
 
 
 # --------------------------------------------------------------------------- changelog
@@ -186,7 +185,7 @@ def versions_as_events(
 ) -> list[ChangeEvent]:
     """The changes that made a state table's versions (source column names), and its truncates.
     Truncate tombstones (``_op = 't'``) are not changes: the truncates make them again."""
-    source = {v: k for k, v in (table.renames or {}).items()}
+    source = table.source_column
     key_names = list(table.primary_key or ())
     out = []
     for r in rows:
@@ -194,8 +193,8 @@ def versions_as_events(
         if op is Op.TRUNCATE:
             continue
         unavailable = decode_names(r.get(UNAVAILABLE))
-        key = {source.get(k, k): r[k] for k in key_names}
-        image = {source.get(n, n): r[n] for n in business if n not in unavailable}
+        key = {source(k): r[k] for k in key_names}
+        image = {source(n): r[n] for n in business if n not in unavailable}
         deleted = bool(r[IS_DELETED])
         out.append(
             ChangeEvent(
@@ -208,7 +207,7 @@ def versions_as_events(
                 commit_ts=_micros(r[VALID_FROM]),
                 tx_id=r.get(TX_ID),
                 event_id=r[EVENT_ID],
-                unavailable=tuple(source.get(n, n) for n in unavailable),
+                unavailable=tuple(source(n) for n in unavailable),
             )
         )
     for t in truncates:

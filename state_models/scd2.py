@@ -221,6 +221,13 @@ class TableDef:
             return events
         return self.pii.protect_many(events)
 
+    def source_column(self, name: str) -> str:
+        """The source's name of a state-table column (the inverse of ``renames``)."""
+        for source, stored in (self.renames or {}).items():
+            if stored == name:
+                return source
+        return name
+
     def as_stored(self, events: Sequence[ChangeEvent]) -> Sequence[ChangeEvent]:
         """The events with their columns under the state table's names (``renames``)."""
         if not self.renames:

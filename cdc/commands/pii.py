@@ -94,7 +94,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     finally:
         warehouse.close()
     columns = erasable_columns(table, business)
-    source_key = {_source_name(table, k): v for k, v in key.items()}
+    source_key = {table.source_column(k): v for k, v in key.items()}
     transform, erased = erase_transform(table, source_key, columns)
 
     def holds_the_key(events: list[Any]) -> bool:
@@ -166,10 +166,6 @@ def _refuse_locked_retention(root: str) -> None:
             f"bucket {bucket.name} has {locked} retention policy of {bucket.retention_period} s: "
             "a changelog file cannot be replaced before it is that old, so nothing was changed"
         )
-
-
-def _source_name(table: TableDef, column: str) -> str:
-    return {v: k for k, v in (table.renames or {}).items()}.get(column, column)
 
 
 def _fingerprint(cfg: LoadedConfig) -> str | None:

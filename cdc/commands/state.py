@@ -321,10 +321,9 @@ def _hashed(table: TableDef, key: dict[str, str]) -> dict[str, str]:
     hashed with the PII key (it is never shown)."""
     if table.pii is None:
         return key
-    source_name = {v: k for k, v in (table.renames or {}).items()}
     out = {}
     for column, value in key.items():
-        name = source_name.get(column, column)
+        name = table.source_column(column)
         out[column] = (
             table.pii.protect_value(name, value) if table.pii.columns.get(name) == "hash" else value
         )

@@ -49,7 +49,7 @@ from state_models.registry import Source
 from state_models.tables import TableInfo
 
 if TYPE_CHECKING:
-    from connectors.deadletter import NewDeadLetter, Sealing
+    from connectors.deadletter import NewDeadLetter
 
 log = logging.getLogger("cdc.capture")
 
@@ -160,11 +160,11 @@ class Capture(ABC):
         if not letters:
             return
         # here, not at the top: the dead-letter store writes files with the offsets' helper
-        from connectors.deadletter import DeadLetterStore, default_folder
+        from connectors.deadletter import DeadLetterStore, Sealing, default_folder
 
-        stored = DeadLetterStore(default_folder(self.state_dir), sealing=self._sealing()).put_many(
-            letters
-        )
+        stored = DeadLetterStore(
+            default_folder(self.state_dir), sealing=Sealing.of_tables(self.tables)
+        ).put_many(letters)
         for letter in stored:
             log.warning(
                 "source %r: set aside an unreadable change of %s (dead letter %s): %s",
@@ -176,24 +176,6 @@ class Capture(ABC):
         letters.clear()
         with self._stats_lock:
             self._stats = replace(self._stats, set_aside=self._stats.set_aside + len(stored))
-
-    def _sealing(self) -> Sealing | None:
-        """Unreadable changes of tables with ``pii:`` (and changes naming no table) are sealed."""
-        from connectors.deadletter import Sealing
-
-        protected = [t for t in self.tables if t.pii is not None]
-        if not protected:
-            return None
-        return Sealing(
-            tables=frozenset(t.id for t in protected),
-            sources=frozenset({self.source_name}),
-            names=frozenset(
-                n
-                for t in protected
-                for n in (*(t.columns or {}), *t.pii.columns, *(t.primary_key or ()))  # type: ignore[union-attr]
-            ),
-            key_env=protected[0].pii.key_env,  # type: ignore[union-attr]
-        )
 
     def run(self, sink: EventSink, stop: threading.Event) -> None:
         """Capture until ``stop`` is set (flush, save the position, return) or a fatal error.

@@ -86,10 +86,6 @@ _STATUS = struct.Struct(">QQQqB").pack
 HEARTBEAT_S = 5.0
 
 
-def now_since(monotonic_then: float) -> float:
-    return time.monotonic() - monotonic_then
-
-
 # --------------------------------------------------------------------------- relations
 
 
@@ -873,15 +869,14 @@ class _Stream:
                 )
                 raise self._lost(reason.strip() or "the server ended the replication stream")
             # nothing buffered: flush what is pending once it is old enough, then wait for data
-            wall = time.time()
-            if wall - self.contact >= HEARTBEAT_S and now_since(self.last_status) >= HEARTBEAT_S:
+            wall, now = time.time(), time.monotonic()
+            if wall - self.contact >= HEARTBEAT_S and now - self.last_status >= HEARTBEAT_S:
                 self._send_status(reply=True)  # the server answers with a keepalive: a heartbeat
             if wall - self.published >= 1.0:
                 self.published = wall
                 self.capture._update(
                     source_contact_at=self.contact, caught_up_at=self.caught_up or None
                 )
-            now = time.monotonic()
             if pending and now - self.pending_since >= max_age:
                 self._ack()
             if now - self.last_status >= self.capture.status_interval:
