@@ -63,6 +63,7 @@ class RuntimeOptions:
     max_latency_s: float = 0.2  # how long a journaled event may wait before it is merged
     archive_interval_s: float = 60.0  # how often journaled events are rolled into the changelog
     status_interval_s: float = 1.0
+    progress_interval_s: float = 5.0  # how often cdc_progress is written to the warehouse
     poll_s: float = 0.05
 
 
@@ -76,6 +77,12 @@ class TableProgress:
     last_seq: str | None = None  # highest seq merged by this run
     last_commit_ts: int | None = None  # newest commit time merged (µs)
     last_merged_at: float | None = None
+    #: seconds from the newest merged change's source commit to the end of its MERGE
+    commit_to_visible_s: float | None = None
+    #: the table held every change its source had written up to this time (the capture attests
+    #: it, and everything captured before it was merged): advances while the source is idle
+    caught_up_at: float | None = None
+    source: str = ""
 
     def lag_s(self, now: float) -> float | None:
         return None if self.last_commit_ts is None else max(0.0, now - self.last_commit_ts / 1e6)
@@ -150,8 +157,11 @@ class Runtime:
             t.id: TableDef.from_registered(t) for t in self.registry.tables()
         }
         self.progress: dict[str, TableProgress] = {
-            tid: TableProgress(tid, t.state_table) for tid, t in self.tables.items()
+            t.id: TableProgress(t.id, t.state_table, source=t.source_name)
+            for t in self.registry.tables()
         }
+        self._progress_written: dict[str, tuple[Any, ...]] = {}  # what cdc_progress holds
+        self._next_progress = 0.0
         self.captures: dict[str, Capture] = {}
         self.summary = RunSummary(tables=self.progress)
         self._threads: dict[str, threading.Thread] = {}
@@ -212,6 +222,8 @@ class Runtime:
                     break
                 now = time.monotonic()
                 if now >= next_status:
+                    self._note_caught_up()
+                    self._write_progress(now)
                     self._write_status()
                     if self.on_status is not None:
                         self.on_status(self)
@@ -231,6 +243,8 @@ class Runtime:
             try:
                 self._merge_pending(drain=True)
                 self._archive_pending()
+                self._note_caught_up()
+                self._write_progress(None)
             finally:
                 self._write_status(stopped=True)
                 if self._warehouse is not None:
@@ -346,10 +360,11 @@ class Runtime:
             p.events += 1
             if p.last_seq is None or e.seq > p.last_seq:
                 p.last_seq = e.seq
-            if p.last_commit_ts is None or e.commit_ts > p.last_commit_ts:
-                p.last_commit_ts = e.commit_ts
-            p.last_merged_at = now
             seconds = max(0.0, now - e.commit_ts / 1e6)
+            if p.last_commit_ts is None or e.commit_ts >= p.last_commit_ts:
+                p.last_commit_ts = e.commit_ts
+                p.commit_to_visible_s = seconds
+            p.last_merged_at = now
             self.latencies.append(seconds)
             self.latency_histogram.observe(seconds)
         for tid, counts in report.tables.items():
@@ -361,6 +376,65 @@ class Runtime:
         for letter in report.dead_letters:
             log.warning("dead letter %s (%s): %s", letter.id, letter.table, letter.reason)
         self._merged_window.append((time.monotonic(), len(events)))
+
+    # ------------------------------------------------------------------ progress
+
+    def _note_caught_up(self) -> None:
+        """A source's tables are caught up as of the time its capture last was, once nothing it
+        captured before then waits in the journal (read that time first, then the journal)."""
+        for name, capture in self.captures.items():
+            caught = capture.stats().caught_up_at
+            if caught is None or self.journal.pending(MERGED, source=name):
+                continue
+            for p in self.progress.values():
+                if p.source == name and (p.caught_up_at is None or caught > p.caught_up_at):
+                    p.caught_up_at = caught
+
+    def _write_progress(self, now: float | None) -> None:
+        """Upsert the tables' rows of ``cdc_progress`` that changed, every
+        ``progress_interval_s`` (``now`` None: at once). Written after the MERGEs it reports
+        committed, so it is never ahead of the state tables; a busy warehouse postpones it."""
+        from state_models.progress import Progress
+
+        assert self._warehouse is not None
+        if now is not None and now < self._next_progress:
+            return
+        if now is not None:
+            self._next_progress = now + self.options.progress_interval_s
+
+        def at(seconds: float | None) -> dt.datetime | None:
+            return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+        rows, marks = [], {}
+        for p in self.progress.values():
+            mark = (p.last_seq, p.caught_up_at, p.commit_to_visible_s)
+            if p.last_seq is None and p.caught_up_at is None:
+                continue
+            if self._progress_written.get(p.table_id) == mark:
+                continue
+            marks[p.table_id] = mark
+            rows.append(
+                Progress(
+                    source=p.source,
+                    table_id=p.table_id,
+                    state_table=p.state_table,
+                    applied_seq=p.last_seq,
+                    applied_commit_at=None
+                    if p.last_commit_ts is None
+                    else dt.datetime.fromtimestamp(p.last_commit_ts / 1e6, dt.UTC),
+                    caught_up_at=at(p.caught_up_at),
+                    commit_to_visible_s=p.commit_to_visible_s,
+                    writer="cdc run",
+                )
+            )
+        if not rows:
+            return
+        try:
+            self._warehouse.record_progress(rows, dt.datetime.fromtimestamp(self.clock(), dt.UTC))
+        except TransientError as exc:  # e.g. `cdc replay` holds the DuckDB file: next time
+            log.debug("cdc_progress not written now: %s", exc)
+            return
+        self._progress_written.update(marks)
 
     # ------------------------------------------------------------------ archive
 

@@ -27,6 +27,7 @@ MERGE) and ``commit_to_merge_lag_ms`` (source commit to MERGE committed, per eve
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -37,6 +38,7 @@ from typing import Any, TypeVar
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import FixedWindows
 
 from connectors.changelog import write_events
 from connectors.deadletter import DeadLetter, DeadLetterStore, NewDeadLetter, Sealing
@@ -46,6 +48,7 @@ from merge_jobs.pool import POOL
 from state_models.debezium import Tombstone, decode_debezium
 from state_models.errors import TerminalError, TransientError, UnknownTableError
 from state_models.events import ChangeEvent
+from state_models.progress import Progress
 from state_models.scd2 import TableDef
 from state_models.tables import TableInfo
 
@@ -54,6 +57,10 @@ log = logging.getLogger(__name__)
 NAMESPACE = "cdc"
 #: Tag of the dead-letter output of the steps that can reject input.
 DEAD_LETTERS = "dead_letters"
+PROGRESS = "progress"
+#: how often (seconds of event time) the streaming job writes ``cdc_progress``: one MERGE of every
+#: table's row per window, so BigQuery sees one small DML statement per window, whatever the tables
+PROGRESS_WINDOW_S = 10.0
 EVENTS = "events"
 
 T = TypeVar("T")
@@ -395,12 +402,63 @@ class _ApplyBatchFn(beam.DoFn):
         self._rejected.inc(len(collected.letters))
         for letter in collected.letters:
             yield pvalue.TaggedOutput(DEAD_LETTERS, _with_context(letter, {"stage": "merge"}))
+        table = self._tables.get(table_id)
+        if table is not None:
+            newest = max(events, key=lambda e: e.commit_ts)
+            yield pvalue.TaggedOutput(
+                PROGRESS,
+                (
+                    table_id,
+                    Progress(
+                        source=table.source,
+                        table_id=table_id,
+                        state_table=table.state_table,
+                        applied_seq=max(e.seq for e in events),
+                        applied_commit_at=dt.datetime.fromtimestamp(newest.commit_ts / 1e6, dt.UTC),
+                        commit_to_visible_s=max(0.0, done - newest.commit_ts / 1e6),
+                        writer="beam",
+                    ),
+                ),
+            )
         yield report
 
     def teardown(self) -> None:
         if getattr(self, "_warehouse", None) is not None:
             POOL.release(self._connect, self._warehouse)
             self._warehouse = None
+
+
+def _newest_progress(rows: Iterable[Progress]) -> Progress:
+    """One table's progress rows -> one: the highest seq, the newest commit (and its latency)."""
+    rows = list(rows)
+    newest = max(rows, key=lambda p: p.applied_commit_at or dt.datetime.min.replace(tzinfo=dt.UTC))
+    return dataclasses.replace(newest, applied_seq=max(p.applied_seq or "" for p in rows) or None)
+
+
+class _WriteProgressFn(beam.DoFn):
+    """All tables' progress of one window -> one upsert of ``cdc_progress``."""
+
+    def __init__(self, warehouse: Callable[[], Warehouse], retry: RetryPolicy):
+        self._connect = warehouse
+        self._retry = retry
+        self._retries = Metrics.counter(NAMESPACE, "transient_retries")
+
+    def process(self, element: tuple[None, Iterable[Progress]]) -> Iterable[None]:
+        rows = sorted(element[1], key=lambda p: p.table_id)
+        if not rows:
+            return ()
+
+        def write() -> None:
+            warehouse = POOL.acquire(self._connect, self._connect)
+            try:
+                warehouse.record_progress(rows, dt.datetime.now(dt.UTC))
+            except BaseException:
+                POOL.discard(warehouse)  # a connection that failed may be unusable
+                raise
+            POOL.release(self._connect, warehouse)
+
+        self._retry.run(f"recording the progress of {len(rows)} tables", write, self._retries.inc)
+        return ()
 
 
 class _BatchPerBundleFn(beam.DoFn):
@@ -487,7 +545,21 @@ class MergeIntoWarehouse(beam.PTransform):
         apply = _ApplyBatchFn(
             self._warehouse, self._tables, self._batch_size, self._retry, serialize=self._per_bundle
         )
-        merged = batched | "Merge" >> beam.ParDo(apply).with_outputs(DEAD_LETTERS, main="reports")
+        merged = batched | "Merge" >> beam.ParDo(apply).with_outputs(
+            DEAD_LETTERS, PROGRESS, main="reports"
+        )
+        progress = merged[PROGRESS]
+        if self._max_latency_s is not None:  # streaming: once per window, not per merge
+            progress = progress | "ProgressWindows" >> beam.WindowInto(
+                FixedWindows(PROGRESS_WINDOW_S)
+            )
+        _ = (
+            progress
+            | "NewestPerTable" >> beam.CombinePerKey(_newest_progress)
+            | "AllTables" >> beam.Map(lambda kv: (None, kv[1]))
+            | "OneWrite" >> beam.GroupByKey()
+            | "WriteProgress" >> beam.ParDo(_WriteProgressFn(self._warehouse, self._retry))
+        )
         return merged.reports, merged[DEAD_LETTERS]
 
 

@@ -175,6 +175,7 @@ class TableDef:
     pii: Any = None  # a state_models.pii.TablePolicy
     #: state-table column -> BigQuery policy tag (column-level access control, dynamic masking)
     policy_tags: Mapping[str, str] | None = None
+    source: str = ""  # the registry's source name (for ``cdc_progress``)
 
     @classmethod
     def from_registered(cls, table: Any) -> TableDef:
@@ -204,6 +205,7 @@ class TableDef:
             renames=dict(spec.rename) if spec.rename else None,
             pii=policy,
             policy_tags={spec.state_column(c): t for c, t in table.policy_tags().items()} or None,
+            source=table.source_name,
         )
 
     def declared_types(self) -> dict[str, WarehouseType]:

@@ -242,7 +242,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             "state_table",
             "last_seq",
             "last_commit",
-            "lag",
+            "freshness",
+            "visible_after",
             "versions",
             "live_rows",
             "dead_letters",
@@ -273,6 +274,7 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
     for letter in letters:
         per_table_letters[letter.table or "?"] = per_table_letters.get(letter.table or "?", 0) + 1
     stats: dict[str, dict[str, Any] | None] = {}
+    progress: dict[str, dict[str, Any]] = {}
     note = ""
     try:
         warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=5)
@@ -283,8 +285,11 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
         try:
             for t in cfg.registry.tables():
                 stats[t.id] = warehouse.stats(TableDef.from_registered(t))
+            progress = {r["table_id"]: r for r in warehouse.progress()}
         finally:
             warehouse.close()
+    captures, warnings = _capture_status(cfg, runtime, now)
+    by_source = {c["source"]: c for c in captures}
     tables = []
     for t in cfg.registry.tables():
         s = stats.get(t.id)
@@ -294,6 +299,7 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
         if last_commit is None and rt.get("last_commit_ts"):
             last_commit = dt.datetime.fromtimestamp(rt["last_commit_ts"] / 1e6, dt.UTC)
         lag = (now - last_commit.timestamp()) if isinstance(last_commit, dt.datetime) else None
+        fresh = table_freshness(by_source.get(t.source_name), progress.get(t.id), rt, now)
         tables.append(
             {
                 "table": t.id,
@@ -302,8 +308,10 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
                 "last_commit": last_commit.isoformat(timespec="seconds")
                 if isinstance(last_commit, dt.datetime)
                 else "-",
-                "lag": _duration(lag),
-                "lag_s": lag,
+                "freshness": fresh.pop("text"),
+                "visible_after": _duration(fresh["commit_to_visible_s"]),
+                "last_commit_age_s": lag,
+                "freshness_detail": fresh,
                 "versions": (s or {}).get("versions", "-")
                 if s is not None
                 else ("-" if warehouse is None else 0),
@@ -313,7 +321,6 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
                 "dead_letters": per_table_letters.get(t.id, 0),
             }
         )
-    captures, warnings = _capture_status(cfg, runtime, now)
     if letters:
         warnings.append(f"{len(letters)} dead letter(s) waiting: `cdc dead-letters ls`")
     return {
@@ -440,6 +447,53 @@ def freshness(
         out["state"] = text = str(phase or "starting")
     out["text"] = text
     return out
+
+
+def table_freshness(
+    capture: Mapping[str, Any] | None,
+    stored: Mapping[str, Any] | None,
+    runtime: Mapping[str, Any],
+    now: float,
+) -> dict[str, Any]:
+    """A table's freshness: its source's state (a table is as fresh as the capture feeding it),
+    the time up to which the table holds everything its source wrote (``cdc_progress``, or the
+    running ``cdc run``'s own figure when newer) and the commit-to-visible seconds of its newest
+    change. A table fed by the Beam job (no capture here) has only what ``cdc_progress`` says."""
+    caught = [
+        v
+        for v in (
+            _epoch((stored or {}).get("caught_up_at")),
+            runtime.get("caught_up_at"),
+        )
+        if v is not None
+    ]
+    caught_up_at = max(caught) if caught else None
+    visible = runtime.get("commit_to_visible_s")
+    if visible is None:
+        visible = (stored or {}).get("commit_to_visible_s")
+    source = (capture or {}).get("freshness_detail") or {}
+    state = source.get("state") or "-"
+    text = (capture or {}).get("freshness") or "-"
+    if state == "idle" and caught_up_at is not None:
+        text = f"idle (caught up {_duration(max(0.0, now - caught_up_at))} ago)"
+    return {
+        "state": state,
+        "caught_up_at": None
+        if caught_up_at is None
+        else dt.datetime.fromtimestamp(caught_up_at, dt.UTC).isoformat(),
+        "caught_up_age_s": None if caught_up_at is None else round(now - caught_up_at, 1),
+        "stalled_for_s": source.get("stalled_for_s"),
+        "commit_to_visible_s": None if visible is None else round(float(visible), 3),
+        "text": text,
+    }
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+    return None if value is None else float(value)
 
 
 def _duration(seconds: float | None) -> str:

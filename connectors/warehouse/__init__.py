@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from state_models.checks import CheckResult
 from state_models.errors import ConfigError
 from state_models.events import ChangeEvent
+from state_models.progress import Progress
 from state_models.rebuild import Comparison
 from state_models.scd2 import Rejected, StateTable, TableDef
 
@@ -74,6 +75,16 @@ class Warehouse(Protocol):
         self, results: Sequence[CheckResult], at: dt.datetime
     ) -> None:  # pragma: no cover
         """Append check results to the warehouse's ``cdc_check_results``."""
+        ...
+
+    def record_progress(
+        self, rows: Sequence[Progress], at: dt.datetime
+    ) -> None:  # pragma: no cover
+        """Upsert ``cdc_progress`` rows (``state_models.progress``): how far each table applied."""
+        ...
+
+    def progress(self) -> list[dict[str, Any]]:  # pragma: no cover - protocol
+        """The ``cdc_progress`` rows, one per (source, table)."""
         ...
 
     def truncates(self, table: TableDef) -> list[dict[str, Any]]:  # pragma: no cover - protocol

@@ -46,6 +46,13 @@ from state_models.plans import (
     state_columns,
     table_names,
 )
+from state_models.progress import (
+    PROGRESS_TABLE,
+    Progress,
+    plan_create_progress,
+    plan_record_progress,
+    plan_select_progress,
+)
 from state_models.rebuild import (
     NOT_COMPARED,
     Comparison,
@@ -107,6 +114,7 @@ class SqlWarehouse:
         self._has_truncates: dict[str, bool] = {}
         self._plans: dict[tuple[Any, ...], MergePlan] = {}
         self._tagged: set[str] = set()  # state tables whose policy tags this process has set
+        self._progress_ready = False  # cdc_progress exists (created by this process or found)
 
     # ----------------------------------------------------------------- hooks
 
@@ -362,6 +370,24 @@ class SqlWarehouse:
             return
         target = self._names(RESULTS_TABLE).state
         self._run([plan_create_results(target), plan_record_results(target, results, at)])
+
+    def record_progress(self, rows: Sequence[Progress], at: dt.datetime) -> None:
+        """Upsert rows of ``cdc_progress`` (created on first use); values only move forward."""
+        if not rows:
+            return
+        target = self._names(PROGRESS_TABLE).state
+        statements: list[exp.Expr] = [plan_record_progress(target, rows, at)]
+        if not self._progress_ready:
+            statements.insert(0, plan_create_progress(target))
+        self._run(statements)
+        self._progress_ready = True
+
+    def progress(self) -> list[dict[str, Any]]:
+        """Every row of ``cdc_progress`` (none before anything recorded progress)."""
+        names = self._names(PROGRESS_TABLE)
+        if not self._progress_ready and self._describe(names) is None:
+            return []
+        return self._query(plan_select_progress(names.state))
 
     def truncates(self, table: TableDef) -> list[dict[str, Any]]:
         """The table's truncate log (``_seq``, ``_valid_from``, ``_event_id``, ``_tx_id``, …)."""

@@ -137,6 +137,17 @@ def beam_history(url: str) -> list[dict[str, Any]]:
         wh.close()
 
 
+def beam_progress(url: str) -> dict[str, Any]:
+    """The job's one ``cdc_progress`` row (the table's)."""
+    POOL.close_idle()
+    wh = open_warehouse(url)
+    try:
+        [row] = wh.progress()
+        return row
+    finally:
+        wh.close()
+
+
 def strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != INGESTED_AT} for r in rows]
 
@@ -195,6 +206,12 @@ def test_streaming_steps_merge_archive_and_dead_letter(
     pipeline.run().wait_until_finish()
 
     assert beam_history(paths["warehouse"]) == direct_history(events)
+    progress = beam_progress(paths["warehouse"])
+    newest = max(events, key=lambda e: e.commit_ts)
+    assert (progress["table_id"], progress["writer"]) == (TABLE.table_id, "beam")
+    assert progress["applied_seq"] == max(e.seq for e in events)
+    assert progress["applied_commit_at"].timestamp() == newest.commit_ts / 1e6
+    assert progress["caught_up_at"] is None  # the job reads Pub/Sub: it cannot attest the source
 
     # every event is archived (duplicates may be too), in complete files under the layout
     reader = ChangelogReader(paths["changelog"])
@@ -353,6 +370,7 @@ def test_replay_applies_a_range_and_is_idempotent(paths: dict[str, str], tmp_pat
     assert c["changelog_rows_read"] == len(events) + 1
     replay()
     assert beam_history(paths["warehouse"]) == expected
+    assert beam_progress(paths["warehouse"])["applied_seq"] == max(e.seq for e in events)
 
 
 def test_pool_lends_each_object_to_one_borrower_at_a_time() -> None:

@@ -307,3 +307,58 @@ def test_dead_letters_retry_uses_the_state_tables_key_when_the_registry_names_no
     assert (code, err) == (0, "") and "1 applied and removed, 0 still failing" in out
     assert history(cfg) == [(1, "basic", "c", False), (1, "pro", "u", True)]
     assert store.list() == []
+
+
+def test_cdc_progress_holds_the_applied_seq_and_a_caught_up_time_that_advances_while_idle(
+    tmp_path,
+):
+    """The capture attests it has read everything (as a keepalive does); once the journal holds
+    nothing unmerged, the table's `caught_up_at` in `cdc_progress` follows it, idle or not."""
+    cfg = load_config(registry(tmp_path))
+
+    class CaughtUp(ScriptedCapture):
+        def _run(self, sink, stop):
+            sink.write(self.batches[0])
+            self._acknowledged(self.batches[0])
+            while not stop.wait(0.1):  # idle: the source keeps answering, nothing to read
+                self._update(source_contact_at=time.time(), caught_up_at=time.time())
+
+    def make(name, source, tables, state_dir, **_):
+        return CaughtUp(
+            [[change(1, 1, "basic", Op.INSERT), change(2, 1, "pro")]],
+            name,
+            source,
+            tables,
+            state_dir,
+        )
+
+    rt = Runtime(
+        cfg,
+        RuntimeOptions(max_latency_s=0.05, archive_interval_s=3600, progress_interval_s=0.2),
+        capture_factory=make,
+    )
+    first: dict = {}
+
+    def caught_twice(r):
+        at = r.progress[TABLE].caught_up_at
+        if at is not None and "at" not in first and r._progress_written.get(TABLE):
+            first["at"] = at
+        return "at" in first and at is not None and at > first["at"] + 1.0
+
+    started = time.time()
+    assert run_until(rt, caught_twice).exit_code == 0
+    wh = open_warehouse(cfg.warehouse_url)
+    try:
+        [row] = wh.progress()
+    finally:
+        wh.close()
+    assert (row["source"], row["table_id"], row["state_table"]) == (
+        "billing",
+        TABLE,
+        "billing_subscriptions",
+    )
+    assert row["applied_seq"] == make_seq(2, 2) and row["writer"] == "cdc run"
+    assert row["applied_commit_at"].timestamp() == (1_790_000_000_000_000 + 2000) / 1e6
+    caught = row["caught_up_at"].timestamp()
+    assert caught >= first["at"] + 1.0 and started < caught <= time.time()
+    assert row["commit_to_visible_s"] > 0

@@ -1,0 +1,152 @@
+"""How far each state table has applied its source's log: the warehouse table ``cdc_progress``.
+
+One row per (source, table), kept by whatever merges into the table (``cdc run``, the Beam jobs):
+
+- ``applied_seq``: the highest ``_seq`` applied into the state table. Written only after the MERGE
+  that applied it committed, so it is never ahead of the table (it may trail it by a few seconds).
+- ``applied_commit_at``: the newest source commit time applied.
+- ``caught_up_at``: the table held every change its source had committed up to this time. The
+  capture attests it from the source's own answers (a keepalive, a heartbeat with nothing left to
+  read) and ``cdc run`` writes it once everything captured before that moment is merged, so it
+  keeps advancing while the source is idle and stops when the source, the capture or the merge is
+  stuck. NULL where the writer cannot know it (the Beam jobs read Pub/Sub, not the source).
+- ``commit_to_visible_s``: for the newest applied change, seconds from its source commit to the end
+  of the MERGE that made it visible.
+- ``updated_at``, ``writer`` (``cdc run`` | ``beam``).
+
+Every value only moves forward (``applied_seq``, ``applied_commit_at``, ``caught_up_at`` keep the
+greatest of stored and new), so two writers, a restart or a replay of old progress never move it
+back. Later work (reconcile, cross-table watermarks, dbt freshness) reads and extends this table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from state_models.plans import _col, _ident, qualified
+
+PROGRESS_TABLE = "cdc_progress"
+#: (column, type): the table's shape; the first two are its key
+COLUMNS = (
+    ("source", "TEXT"),
+    ("table_id", "TEXT"),
+    ("state_table", "TEXT"),
+    ("applied_seq", "TEXT"),
+    ("applied_commit_at", "TIMESTAMPTZ"),
+    ("caught_up_at", "TIMESTAMPTZ"),
+    ("commit_to_visible_s", "DOUBLE"),
+    ("updated_at", "TIMESTAMPTZ"),
+    ("writer", "TEXT"),
+)
+KEY = ("source", "table_id")
+#: kept as the greatest of stored and new
+FORWARD_ONLY = ("applied_seq", "applied_commit_at", "caught_up_at")
+
+
+@dataclass(frozen=True)
+class Progress:
+    source: str
+    table_id: str
+    state_table: str
+    applied_seq: str | None = None
+    applied_commit_at: dt.datetime | None = None
+    caught_up_at: dt.datetime | None = None
+    commit_to_visible_s: float | None = None
+    writer: str = "cdc run"
+
+
+def progress_table(dataset: str | None = None, project: str | None = None) -> exp.Table:
+    return qualified(PROGRESS_TABLE, dataset, project)
+
+
+def plan_create_progress(table: exp.Table) -> exp.Create:
+    return exp.Create(
+        this=exp.Schema(
+            this=table.copy(),
+            expressions=[
+                exp.ColumnDef(this=_ident(n), kind=exp.DataType.build(t)) for n, t in COLUMNS
+            ],
+        ),
+        kind="TABLE",
+        exists=True,
+    )
+
+
+def _typed(value: object, kind: str) -> exp.Expr:
+    if value is None:
+        literal: exp.Expr = exp.Null()
+    elif isinstance(value, dt.datetime):
+        literal = exp.Literal.string(value.astimezone(dt.UTC).isoformat())
+    elif isinstance(value, float | int):
+        literal = exp.Literal.number(repr(float(value)))
+    else:
+        literal = exp.Literal.string(str(value))
+    return exp.cast(literal, kind)
+
+
+def _greatest(name: str) -> exp.Expr:
+    """The stored or the new value, whichever is greater (a NULL loses)."""
+    new, old = _col(name, "s"), _col(name, "t")
+    return (
+        exp.Case()
+        .when(new.is_(exp.Null()), old.copy())
+        .when(exp.or_(old.is_(exp.Null()), exp.GT(this=new.copy(), expression=old.copy())), new)
+        .else_(old)
+    )
+
+
+def plan_record_progress(table: exp.Table, rows: Sequence[Progress], at: dt.datetime) -> exp.Merge:
+    """Upsert one row per (source, table), each value moving only forward (see the module doc)."""
+    selects = []
+    for r in rows:
+        values = {**r.__dict__, "updated_at": at}
+        selects.append(
+            exp.select(*[exp.alias_(_typed(values[n], t), n, quoted=True) for n, t in COLUMNS])
+        )
+    source: exp.Query = selects[0]
+    for s in selects[1:]:
+        source = exp.union(source, s, distinct=False)
+    names = [n for n, _ in COLUMNS]
+    updates = [
+        exp.EQ(
+            this=_col(n),
+            expression=_greatest(n)
+            if n in FORWARD_ONLY
+            else (
+                exp.Coalesce(this=_col(n, "s"), expressions=[_col(n, "t")])
+                if n == "commit_to_visible_s"
+                else _col(n, "s")
+            ),
+        )
+        for n in names
+        if n not in KEY
+    ]
+    return exp.Merge(
+        this=table.copy().as_("t", copy=False),
+        using=exp.Subquery(this=source, alias=exp.TableAlias(this=_ident("s"))),
+        on=exp.and_(*[exp.EQ(this=_col(k, "t"), expression=_col(k, "s")) for k in KEY]),
+        whens=exp.Whens(
+            expressions=[
+                exp.When(matched=True, then=exp.Update(expressions=updates)),
+                exp.When(
+                    matched=False,
+                    then=exp.Insert(
+                        this=exp.Tuple(expressions=[_col(n) for n in names]),
+                        expression=exp.Tuple(expressions=[_col(n, "s") for n in names]),
+                    ),
+                ),
+            ]
+        ),
+    )
+
+
+def plan_select_progress(table: exp.Table) -> exp.Select:
+    return (
+        exp.select(*[_col(n) for n, _ in COLUMNS])
+        .from_(table.copy())
+        .order_by(*[_col(k) for k in KEY])
+    )

@@ -1,0 +1,87 @@
+"""``cdc_progress`` and the invariant checks run the same plans on every warehouse: progress only
+moves forward whatever order its writers come in; a clean table passes every invariant and a
+table broken on purpose (a copied current version) fails the ones it breaks, naming the key."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlglot import exp
+
+from state_models.progress import Progress
+from tests.scd2_histories import BASE_TS, INGESTED, event, table_def
+
+S = 1_000_000
+T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+
+def rows(warehouse: Any) -> dict[str, dict[str, Any]]:
+    return {r["table_id"]: r for r in warehouse.progress()}
+
+
+def as_utc(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def test_progress_only_moves_forward(warehouse):
+    table = table_def()
+    tid = f"{table.table_id}#{table.state_table}"  # one table id per test run: shared warehouse
+
+    def progress(seq: str | None, caught: int | None, visible: float | None) -> Progress:
+        return Progress(
+            source="billing",
+            table_id=tid,
+            state_table=table.state_table,
+            applied_seq=seq,
+            applied_commit_at=None if seq is None else T0,
+            caught_up_at=None if caught is None else T0 + dt.timedelta(seconds=caught),
+            commit_to_visible_s=visible,
+        )
+
+    warehouse.record_progress([progress("0000000002", 10, 0.5)], T0)
+    row = rows(warehouse)[tid]
+    assert row["applied_seq"] == "0000000002" and row["source"] == "billing"
+    assert as_utc(row["caught_up_at"]) == T0 + dt.timedelta(seconds=10)
+    # an older writer (a restart, a second job) never moves it back; NULL never erases it
+    warehouse.record_progress([progress("0000000001", 5, None)], T0)
+    warehouse.record_progress([progress(None, None, None)], T0)
+    row = rows(warehouse)[tid]
+    assert row["applied_seq"] == "0000000002"
+    assert as_utc(row["caught_up_at"]) == T0 + dt.timedelta(seconds=10)
+    assert row["commit_to_visible_s"] == 0.5
+    warehouse.record_progress([progress("0000000003", 20, 1.25)], T0 + dt.timedelta(seconds=30))
+    row = rows(warehouse)[tid]
+    assert (row["applied_seq"], row["commit_to_visible_s"]) == ("0000000003", 1.25)
+    assert as_utc(row["caught_up_at"]) == T0 + dt.timedelta(seconds=20)
+    assert as_utc(row["updated_at"]) == T0 + dt.timedelta(seconds=30)
+
+
+def test_invariants_pass_on_a_clean_table_and_name_the_key_a_copy_breaks(warehouse):
+    table = table_def()
+    events = [
+        event(table, "c", {"id": 1}, (1, 1), BASE_TS, {"plan": "basic"}),
+        event(table, "u", {"id": 1}, (2, 1), BASE_TS + S, {"plan": "pro"}),
+        event(table, "c", {"id": 2}, (3, 1), BASE_TS + 2 * S, {"plan": "basic"}),
+    ]
+    assert not warehouse.apply(table, events, INGESTED).rejected
+    clean = {r.check: r.status for r in warehouse.check(table)}
+    assert clean == {
+        "one_current": "pass",
+        "one_version_per_seq": "pass",
+        "validity_chained": "pass",
+        "key_not_null": "pass",
+    }
+    state = warehouse._names(table.state_table).state
+    copy = exp.insert(
+        exp.select("*").from_(state.copy()).where("id = 2"), state.copy()
+    )  # key 2's only version, twice: two current rows, two versions at one seq
+    warehouse._run([copy])
+    warehouse._forget(table.state_table)
+    broken = {r.check: r for r in warehouse.check(table)}
+    for name in ("one_current", "one_version_per_seq", "validity_chained"):
+        assert broken[name].status == "fail", name
+        assert broken[name].keys == [{"id": 2}], name
+    assert broken["key_not_null"].status == "pass"
