@@ -59,6 +59,19 @@ def duration_seconds(text: str) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE_UNITS.update({"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40})
+
+
+def size_bytes(text: str) -> int:
+    """``512MiB``, ``10GiB``, ``2GB`` -> bytes."""
+    m = _SIZE_RE.match(text.strip())
+    if m is None:
+        raise ValueError(f"expected a size like 512MiB, 10GiB or 2GB, got {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
 class FreshnessSla(_Model):
     """How old a table's newest merged change may be before a warning, and before an error."""
 
@@ -81,6 +94,11 @@ class Sla(_Model):
     stall_after: str | None = Field(
         default=None, description="a capture not streaming for this long is stalled (default 2m)"
     )
+    max_retained_log: str | None = Field(
+        default=None,
+        description="source log held for the capture (WAL, binlogs) that is worth an alert while "
+        "it grows (default 5GiB)",
+    )
 
     @field_validator("stall_after")
     @classmethod
@@ -88,6 +106,47 @@ class Sla(_Model):
         if v is not None:
             duration_seconds(v)
         return v
+
+    @field_validator("max_retained_log")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            size_bytes(v)
+        return v
+
+
+CheckLevel = Literal["error", "warn"]
+
+
+class VolumeCheck(_Model):
+    """``cdc check``'s volume check: the changes of the last complete hour against the median of
+    the hours before it (from the changelog's per-hour counts)."""
+
+    level: CheckLevel = "warn"
+    min_ratio: float = Field(default=0.5, ge=0)
+    max_ratio: float = Field(default=2.0, gt=0)
+    baseline_hours: int = Field(default=24, ge=1, le=24 * 90)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VolumeCheck:
+        if self.min_ratio >= self.max_ratio:
+            raise ValueError(
+                f"min_ratio ({self.min_ratio}) must be below max_ratio ({self.max_ratio})"
+            )
+        return self
+
+
+class SchemaDriftCheck(_Model):
+    """``cdc check``'s schema drift check: columns added or widened since the last check."""
+
+    level: CheckLevel = "warn"
+
+
+class Checks(_Model):
+    """The checks ``cdc check`` runs besides the invariants (which always run)."""
+
+    volume: VolumeCheck | None = None
+    schema_drift: SchemaDriftCheck | None = None
 
 
 class TableSpec(_Model):
@@ -108,6 +167,7 @@ class TableSpec(_Model):
     )
     state_table: str | None = Field(default=None, description="state table name in the warehouse")
     sla: Sla | None = None
+    checks: Checks | None = None
     policy_tags: dict[str, str] | None = Field(
         default=None,
         description="column -> BigQuery policy tag (projects/P/locations/L/taxonomies/T/"
@@ -317,6 +377,9 @@ class Source(_Model):
         default=None, description="extra Debezium connector properties, passed through verbatim"
     )
     sla: Sla | None = Field(default=None, description="the default sla: of the source's tables")
+    checks: Checks | None = Field(
+        default=None, description="the default checks: of the source's tables (per check)"
+    )
     datastream: DatastreamSpec | None = Field(
         default=None, description="engine: datastream only: the stream's project, region, bucket"
     )
@@ -589,6 +652,20 @@ class RegisteredTable:
     @property
     def id(self) -> str:
         return table_id(self.source_name, self.spec)
+
+    @property
+    def sla(self) -> Sla | None:
+        """The table's own ``sla:``, else its source's."""
+        return self.spec.sla or self.source.sla
+
+    @property
+    def checks(self) -> Checks:
+        """The table's ``checks:``, each check its own else its source's."""
+        own, default = self.spec.checks or Checks(), self.source.checks or Checks()
+        return Checks(
+            volume=own.volume or default.volume,
+            schema_drift=own.schema_drift or default.schema_drift,
+        )
 
     @property
     def state_table(self) -> str:

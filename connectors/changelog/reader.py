@@ -191,6 +191,17 @@ class ChangelogReader:
                 bytes=int(info.get("size") or 0),
             )
 
+    def first_partition(self, table: str) -> Partition | None:
+        """The table's first hour in the changelog (lists only its first day)."""
+        base = f"{self.root.base}/{table_dir(table)}"
+        self.root.refresh(base)
+        dates = sorted(d for d in map(parse_date_dir, self._ls_dirs(base)) if d is not None)
+        if not dates:
+            return None
+        start = Partition(dates[0], 0).start_us
+        files = self.files(table, ChangeRange(since_us=start, until_us=start + 86_400_000_000))
+        return min((f.partition for f in files), default=None)
+
     def _ls_dirs(self, path: str, files_as: ReadStats | None = None) -> list[str]:
         return list_dirs(self.root, path, files_as, "a file outside any partition")
 

@@ -71,10 +71,20 @@ class Warehouse(Protocol):
         """The state table's invariants, passed or failed (none when it does not exist)."""
         ...
 
+    def check_bytes(
+        self, table: TableDef, *, limit: int = 10
+    ) -> dict[str, int | None]:  # pragma: no cover
+        """Per invariant, the bytes its query would read (BigQuery's dry run), without running."""
+        ...
+
     def record_checks(
         self, results: Sequence[CheckResult], at: dt.datetime
     ) -> None:  # pragma: no cover
         """Append check results to the warehouse's ``cdc_check_results``."""
+        ...
+
+    def last_record(self, table_id: str, check: str) -> str | None:  # pragma: no cover
+        """The ``detail`` the last recorded result of one check of one table kept."""
         ...
 
     def record_progress(

@@ -285,6 +285,12 @@ class BigQueryWarehouse(SqlWarehouse):
         job = self._job(self.caps.render(query))
         return [dict(row.items()) for row in job.result()]
 
+    def _bytes(self, query: exp.Expr) -> int | None:
+        """BigQuery's dry run of ``query``: the bytes it would process (and bill)."""
+        config = self._bq.QueryJobConfig(dry_run=True, use_query_cache=False)
+        job = self._call(lambda: self.client.query(self.caps.render(query), job_config=config))
+        return None if job.total_bytes_processed is None else int(job.total_bytes_processed)
+
     def drop_dataset(self) -> None:
         """Delete the whole dataset (tests)."""
         self._call(

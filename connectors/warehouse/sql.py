@@ -23,8 +23,10 @@ from state_models.checks import (
     INVARIANTS,
     RESULTS_TABLE,
     CheckResult,
+    plan_add_detail,
     plan_create_results,
     plan_invariant,
+    plan_last_record,
     plan_record_results,
 )
 from state_models.dialects import SINCE_SEQ_PARAM, TOUCHED_BUCKETS_PARAM, Capabilities
@@ -115,6 +117,7 @@ class SqlWarehouse:
         self._plans: dict[tuple[Any, ...], MergePlan] = {}
         self._tagged: set[str] = set()  # state tables whose policy tags this process has set
         self._progress_ready = False  # cdc_progress exists (created by this process or found)
+        self._results_ready = False  # cdc_check_results exists with every column
 
     # ----------------------------------------------------------------- hooks
 
@@ -364,12 +367,39 @@ class SqlWarehouse:
             )
         return results
 
+    def check_bytes(self, table: TableDef, *, limit: int = 10) -> dict[str, int | None]:
+        """Per invariant, the bytes its query would read (BigQuery's dry run: what it bills);
+        None where the warehouse cannot tell (DuckDB reads a local file). Nothing runs."""
+        state = self._require(table)
+        if state is None:
+            return {}
+        names = self._names(state.name)
+        return {c: self._bytes(plan_invariant(c, state, names, limit)) for c in INVARIANTS}
+
+    def _bytes(self, query: exp.Expr) -> int | None:
+        """The bytes ``query`` would read, without running it (None: unknown here)."""
+        return None
+
     def record_checks(self, results: Sequence[CheckResult], at: dt.datetime) -> None:
         """Append results to ``cdc_check_results`` (created on first use)."""
         if not results:
             return
         target = self._names(RESULTS_TABLE).state
-        self._run([plan_create_results(target), plan_record_results(target, results, at)])
+        statements: list[exp.Expr] = [plan_record_results(target, results, at)]
+        if not self._results_ready:  # made here, or by an older version without `detail`
+            statements[:0] = [plan_create_results(target), plan_add_detail(target)]
+        self._run(statements)
+        self._results_ready = True
+
+    def last_record(self, table_id: str, check: str) -> str | None:
+        """What the last recorded result of ``check`` on ``table_id`` kept in ``detail``."""
+        names = self._names(RESULTS_TABLE)
+        if not self._results_ready:
+            shape = self._describe(names)
+            if shape is None or "detail" not in [c for c, _ in shape[0]]:
+                return None
+        rows = self._query(plan_last_record(names.state, table_id, check))
+        return str(rows[0]["detail"]) if rows and rows[0]["detail"] is not None else None
 
     def record_progress(self, rows: Sequence[Progress], at: dt.datetime) -> None:
         """Upsert rows of ``cdc_progress`` (created on first use); values only move forward."""

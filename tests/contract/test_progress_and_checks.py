@@ -85,3 +85,22 @@ def test_invariants_pass_on_a_clean_table_and_name_the_key_a_copy_breaks(warehou
         assert broken[name].status == "fail", name
         assert broken[name].keys == [{"id": 2}], name
     assert broken["key_not_null"].status == "pass"
+
+
+def test_a_dry_run_reads_nothing_and_bigquery_estimates_the_bytes(warehouse):
+    table = table_def()
+    events = [
+        event(table, "c", {"id": i}, (i, 1), BASE_TS + i * S, {"plan": "basic"}) for i in (1, 2)
+    ]
+    assert not warehouse.apply(table, events, INGESTED).rejected
+    estimates = warehouse.check_bytes(table)
+    assert set(estimates) == {
+        "one_current",
+        "one_version_per_seq",
+        "validity_chained",
+        "key_not_null",
+    }
+    if warehouse.caps.dialect == "bigquery":
+        assert all(isinstance(b, int) and b >= 0 for b in estimates.values()), estimates
+    else:
+        assert set(estimates.values()) == {None}
