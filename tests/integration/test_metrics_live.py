@@ -110,6 +110,36 @@ def test_metrics_page_of_a_running_capture(postgres, source_dsn, tmp_path: Path)
             metrics[("cdc_capture_phase", tuple(sorted((*capture, ("phase", "streaming")))))] == 1
         )
         assert 0 <= metrics[("cdc_capture_source_contact_age_seconds", capture)] < 10
+        # the slot's retained WAL, read from the source on a thread of its own
+        deadline = time.monotonic() + 30
+        while ("cdc_capture_retained_log_bytes", capture) not in metrics:
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.5)
+            metrics = scrape(port)
+        assert metrics[("cdc_capture_retained_log_bytes", capture)] >= 0
+        # heartbeat-attested freshness: idle now, yet caught up a moment ago
+        deadline = time.monotonic() + 30
+        while metrics.get(("cdc_table_freshness_seconds", table)) is None:
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.5)
+            metrics = scrape(port)
+        time.sleep(8)
+        metrics = scrape(port)
+        assert 0 <= metrics[("cdc_table_freshness_seconds", table)] < 8
+        assert metrics[("cdc_table_commit_to_visible_seconds", table)] >= 0
+        # the last `cdc check`'s results, beside the run
+        checked = subprocess.run(
+            [sys.executable, "-m", "cdc", "check", "--config", str(tmp_path / "cdc.yaml")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        metrics = scrape(port)
+        one_current = (("check", "one_current"), ("level", "error"), ("table", "shop.public.items"))
+        assert metrics[("cdc_check_failed", one_current)] == 0
+        assert time.time() - metrics[("cdc_check_last_run_timestamp_seconds", ())] < 60
     finally:
         proc.terminate()
         out = proc.communicate(timeout=60)[0]
