@@ -12,6 +12,7 @@ from typing import Any
 
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
 from cdc.commands.common import LOCK_WAIT_S, load, subcommands
+from cdc.commands.job import STREAMING_JOB_NAME
 from cdc.console import print_table
 from state_models.checks import CheckResult
 from state_models.errors import ConfigError
@@ -54,8 +55,10 @@ def add_commands(add: AddCommand) -> None:
     s.add_argument(
         "--dataflow-job",
         metavar="NAME",
+        default=STREAMING_JOB_NAME,
         help="the Cloud Monitoring policies watch the Dataflow job of this name (the --job-name "
-        "given to `cdc job streaming`; default: every Dataflow job of the project)",
+        f"given to `cdc job streaming`, default {STREAMING_JOB_NAME}; '*': every Dataflow job "
+        "of the project)",
     )
 
 
@@ -69,6 +72,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
     )
     from state_models.errors import ConfigError
 
+    if args.dataflow_job == "*":
+        args.dataflow_job = None
     if args.dataflow_job is not None and (problem := dataflow_job_problem(args.dataflow_job)):
         raise ConfigError(f"--dataflow-job: {problem}")
     cfg = load(args)
@@ -87,7 +92,11 @@ def cmd_rules(args: argparse.Namespace) -> int:
         print(f"wrote {policies / name}")
     print(
         "create them with: gcloud alpha monitoring policies create --policy-from-file=FILE"
-        + ("" if args.dataflow_job else " (they watch every Dataflow job: --dataflow-job NAME)")
+        + (
+            f" (they watch the Dataflow job {args.dataflow_job})"
+            if args.dataflow_job
+            else " (they watch every Dataflow job of the project)"
+        )
     )
     return EXIT_OK
 

@@ -18,6 +18,9 @@ from connectors.deadletter import Sealing
 from state_models.errors import ConfigError
 
 DATAFLOW = "DataflowRunner"
+#: The streaming merge job's name on Dataflow unless --job-name says otherwise: a fixed name lets
+#: `--update` replace it in place and `cdc monitoring rules` watch it
+STREAMING_JOB_NAME = "cdc-streaming"
 RUNNERS = ("DirectRunner", DATAFLOW)
 
 
@@ -125,7 +128,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     r.add_argument("--max-num-workers", type=int, help="autoscaling ceiling")
     r.add_argument("--worker-machine-type", metavar="TYPE", help="e.g. n2-standard-2")
     r.add_argument("--service-account", metavar="EMAIL", help="worker service account")
-    r.add_argument("--job-name", help="Dataflow job name")
+    r.add_argument(
+        "--job-name",
+        help=f"Dataflow job name (the streaming job's default: {STREAMING_JOB_NAME})",
+    )
     r.add_argument(
         "--setup-file",
         metavar="FILE",
@@ -370,6 +376,8 @@ def _pipeline_options(args: argparse.Namespace, *, streaming: bool) -> Any:
         value = getattr(args, name)
         if value is not None:
             flags.append(f"--{name}={value}")
+    if streaming and args.runner == DATAFLOW and args.job_name is None:
+        flags.append(f"--job_name={STREAMING_JOB_NAME}")
     if args.service_account:
         flags.append(f"--service_account_email={args.service_account}")
     if args.runner == DATAFLOW:

@@ -113,6 +113,12 @@ def test_dataflow_options_reach_beam(config: Path) -> None:
     setup_file = options.view_as(SetupOptions).setup_file
     assert setup_file and Path(setup_file).name == "pyproject.toml" and Path(setup_file).exists()
     assert "enable_streaming_engine" in options.get_all_options()["experiments"]
+    # a fixed name for the streaming job (what `--update` and `cdc monitoring rules` expect)
+    assert cloud.job_name == "cdc-streaming"
+    named = _pipeline_options(
+        parse("streaming", "--runner=DataflowRunner", "--job-name=x"), streaming=True
+    )
+    assert named.view_as(GoogleCloudOptions).job_name == "x"
 
 
 def test_unknown_pipeline_options_and_missing_subscriptions_are_usage_errors(

@@ -178,7 +178,12 @@ def test_without_a_freshness_sla_or_a_job_name_the_policies_use_defaults(tmp_pat
     assert "dataflow-freshness-warn.json" not in found
     [c, _] = found["dataflow-freshness-error.json"]["conditions"]
     assert c["conditionThreshold"]["thresholdValue"] == 900  # DEFAULT_DATAFLOW_FRESHNESS
+    # the job `cdc job streaming` names on Dataflow unless told otherwise
     for policy in found.values():
+        for condition in policy["conditions"]:
+            assert 'job_name = "cdc-streaming"' in condition["conditionThreshold"]["filter"]
+    # '*': every Dataflow job of the project
+    for policy in policies(tmp_path, bare, "--dataflow-job", "*").values():
         for condition in policy["conditions"]:
             assert "job_name" not in condition["conditionThreshold"]["filter"]
 
