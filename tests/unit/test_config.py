@@ -412,3 +412,34 @@ sources:
     )
     assert "a dropped column is never stored" in text
     assert load_config(write(tmp_path, base + "        pii: {email: hash, card: mask}\n"), env={})
+
+
+def test_checks_are_validated_where_they_are_written_and_a_table_inherits_each_from_its_source(
+    tmp_path,
+):
+    registry = """
+sources:
+  pay:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://u@h/db
+    checks: {volume: {min_ratio: 0.2}, schema_drift: {level: error}}
+    tables:
+      - name: public.a
+        primary_key: [id]
+        checks: {volume: {level: error, max_ratio: 4, baseline_hours: 48}}
+      - name: public.b
+        primary_key: [id]
+"""
+    cfg = load_config(write(tmp_path, registry), env={})
+    a, b = cfg.registry.table("pay.public.a").checks, cfg.registry.table("pay.public.b").checks
+    assert (a.volume.level, a.volume.max_ratio, a.volume.baseline_hours) == ("error", 4, 48)
+    assert a.volume.min_ratio == 0.5  # the table's own volume: check replaces the source's whole
+    assert b.volume.min_ratio == 0.2 and b.volume.level == "warn"
+    assert a.schema_drift.level == b.schema_drift.level == "error"
+    bad = registry.replace("max_ratio: 4", "max_ratio: 0.1").replace(
+        "schema_drift: {level: error}", "schema_drift: {level: loud}"
+    )
+    found = problems_of(write(tmp_path, bad))
+    assert any("min_ratio (0.5) must be below max_ratio (0.1)" in p for p in found), found
+    assert any("schema_drift.level" in p and "loud" in p for p in found), found
