@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from sqlglot import exp
 
-from state_models.plans import TableNames, qualified
+from state_models.plans import TableNames, plan_create_service_table, qualified
 from state_models.scd2 import IS_CURRENT, SEQ, VALID_FROM, VALID_TO, StateTable
 
 Level = Literal["error", "warn"]
@@ -295,16 +295,7 @@ def plan_create_results(table: exp.Table) -> exp.Create:
         ("checked_at", "TIMESTAMPTZ"),
         ("detail", "TEXT"),
     ]
-    return exp.Create(
-        this=exp.Schema(
-            this=table.copy(),
-            expressions=[
-                exp.ColumnDef(this=_ident(n), kind=exp.DataType.build(t)) for n, t in columns
-            ],
-        ),
-        kind="TABLE",
-        exists=True,
-    )
+    return plan_create_service_table(table, columns)
 
 
 def plan_record_results(

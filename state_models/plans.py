@@ -773,6 +773,21 @@ def plan_create_table(
     )
 
 
+def plan_create_service_table(name: exp.Table, columns: Sequence[tuple[str, str]]) -> exp.Create:
+    """``CREATE TABLE IF NOT EXISTS`` of one of the service's own tables (``cdc_progress``,
+    ``cdc_check_results``) from (name, generic type) pairs; sqlglot renders each dialect's types."""
+    return exp.Create(
+        this=exp.Schema(
+            this=name.copy(),
+            expressions=[
+                exp.ColumnDef(this=_ident(n), kind=exp.DataType.build(t)) for n, t in columns
+            ],
+        ),
+        kind="TABLE",
+        exists=True,
+    )
+
+
 def plan_create_state(table: StateTable, names: TableNames, caps: Capabilities) -> list[exp.Create]:
     """DDL for a new state table, its truncate log, the ``_current`` view and the as-of functions.
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from state_models.plans import _col, _ident, qualified
+from state_models.plans import _col, _ident, plan_create_service_table, qualified
 
 PROGRESS_TABLE = "cdc_progress"
 #: (column, type): the table's shape; the first two are its key
@@ -64,16 +64,7 @@ def progress_table(dataset: str | None = None, project: str | None = None) -> ex
 
 
 def plan_create_progress(table: exp.Table) -> exp.Create:
-    return exp.Create(
-        this=exp.Schema(
-            this=table.copy(),
-            expressions=[
-                exp.ColumnDef(this=_ident(n), kind=exp.DataType.build(t)) for n, t in COLUMNS
-            ],
-        ),
-        kind="TABLE",
-        exists=True,
-    )
+    return plan_create_service_table(table, COLUMNS)
 
 
 def _typed(value: object, kind: str) -> exp.Expr:
