@@ -284,18 +284,21 @@ def results_table(dataset: str | None = None, project: str | None = None) -> exp
     return qualified(RESULTS_TABLE, dataset, project)
 
 
+#: ``cdc_check_results``' columns, in the order a result's values are inserted
+RESULT_COLUMNS = (
+    ("table_id", "TEXT"),
+    ("check_name", "TEXT"),
+    ("level", "TEXT"),
+    ("status", "TEXT"),
+    ("observed", "BIGINT"),
+    ("keys", "TEXT"),
+    ("checked_at", "TIMESTAMPTZ"),
+    ("detail", "TEXT"),
+)
+
+
 def plan_create_results(table: exp.Table) -> exp.Create:
-    columns = [
-        ("table_id", "TEXT"),
-        ("check_name", "TEXT"),
-        ("level", "TEXT"),
-        ("status", "TEXT"),
-        ("observed", "BIGINT"),
-        ("keys", "TEXT"),
-        ("checked_at", "TIMESTAMPTZ"),
-        ("detail", "TEXT"),
-    ]
-    return plan_create_service_table(table, columns)
+    return plan_create_service_table(table, RESULT_COLUMNS)
 
 
 def plan_record_results(
@@ -315,8 +318,9 @@ def plan_record_results(
         )
         for r in results
     ]
-    columns = ["table_id", "check_name", "level", "status", "observed", "keys", "checked_at"]
-    return exp.insert(exp.values(rows), table.copy(), columns=[*columns, "detail"])
+    return exp.insert(
+        exp.values(rows), table.copy(), columns=[_ident(c) for c, _ in RESULT_COLUMNS]
+    )
 
 
 def plan_add_detail(table: exp.Table) -> exp.Alter:
