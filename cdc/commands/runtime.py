@@ -476,6 +476,19 @@ def table_freshness(
     text = (capture or {}).get("freshness") or "-"
     if state == "idle" and caught_up_at is not None:
         text = f"idle (caught up {_duration(max(0.0, now - caught_up_at))} ago)"
+    if (stored or {}).get("writer") == "beam" and state in ("down", "-"):
+        # merged by the Beam job, not by a `cdc run` here: what the job last recorded
+        updated = _epoch((stored or {}).get("updated_at"))
+        applied = _epoch((stored or {}).get("applied_commit_at"))
+        state = "beam"
+        text = "Beam job: " + ", ".join(
+            part
+            for part in (
+                None if applied is None else f"newest change {_duration(now - applied)} old",
+                None if updated is None else f"progress {_duration(now - updated)} ago",
+            )
+            if part
+        )
     return {
         "state": state,
         "caught_up_at": None

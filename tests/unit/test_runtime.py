@@ -362,3 +362,44 @@ def test_cdc_progress_holds_the_applied_seq_and_a_caught_up_time_that_advances_w
     caught = row["caught_up_at"].timestamp()
     assert caught >= first["at"] + 1.0 and started < caught <= time.time()
     assert row["commit_to_visible_s"] > 0
+
+
+def test_a_tables_freshness_is_its_sources_state_with_its_own_caught_up_time():
+    import datetime as dt
+
+    from cdc.commands.runtime import table_freshness
+
+    now = 1_800_000_000.0
+
+    def capture(state: str, text: str, stalled: float | None = None) -> dict:
+        return {"freshness": text, "freshness_detail": {"state": state, "stalled_for_s": stalled}}
+
+    at = dt.datetime.fromtimestamp(now - 4, dt.UTC)
+    idle = table_freshness(
+        capture("idle", "idle (caught up 1.0s ago)"),
+        {"caught_up_at": at, "writer": "cdc run", "commit_to_visible_s": 0.4},
+        {"caught_up_at": now - 9, "commit_to_visible_s": None},
+        now,
+    )
+    # the newer of the warehouse's and the run's figure; the stored latency when the run has none
+    assert idle["text"] == "idle (caught up 4.0s ago)" and idle["caught_up_age_s"] == 4.0
+    assert idle["commit_to_visible_s"] == 0.4 and idle["state"] == "idle"
+    stalled = table_freshness(capture("stalled", "STALLED 40.0s", 40.0), None, {}, now)
+    assert (stalled["state"], stalled["text"], stalled["stalled_for_s"]) == (
+        "stalled",
+        "STALLED 40.0s",
+        40.0,
+    )
+    # merged by the Beam job: no `cdc run` here, so its recorded progress speaks
+    beam = table_freshness(
+        capture("down", "down (cdc run is not running)"),
+        {
+            "writer": "beam",
+            "applied_commit_at": dt.datetime.fromtimestamp(now - 30, dt.UTC),
+            "updated_at": dt.datetime.fromtimestamp(now - 5, dt.UTC),
+        },
+        {},
+        now,
+    )
+    assert beam["state"] == "beam"
+    assert beam["text"] == "Beam job: newest change 30.0s old, progress 5.0s ago"
