@@ -9,6 +9,16 @@ give the batch to the sink, and only then mark the records processed. Offsets ar
 every batch (``offset.flush.interval.ms=0``) into our durable store (``java/``), and the connector
 confirms the slot LSN only after that commit. Connector failures that the engine would only log
 reach us through its completion callback and are raised with Debezium's own reason.
+
+Freshness (``source_contact_at``, ``caught_up_at``): Debezium's heartbeat records are no proof that
+the server still answers. Its PostgreSQL connector (3.6) emits one whenever a poll of the replication
+stream finds nothing, and ``heartbeat.action.query`` runs on a separate JDBC connection, so a frozen
+walsender stops neither (measured: a SIGSTOPped walsender stayed "idle" with heartbeats alone). What
+the server does attest is ``pg_stat_replication.reply_time``: the send time of the last standby status
+update the walsender of our slot took in from the engine, which sends one every second. A watcher
+thread reads it (a read-only query, nothing written to the source) into ``source_contact_at``, and
+so does every change batch. A heartbeat means the engine had nothing unread when it emitted it: once
+its batch is acknowledged, the capture was caught up then, as far as the source was last heard from.
 """
 
 from __future__ import annotations
@@ -18,12 +28,14 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 
 from connectors.capture.base import Capture, CaptureError, EventSink
 from connectors.capture.offsets import offsets_dir
@@ -32,7 +44,7 @@ from connectors.capture.slots import check_resumable, connect_source, read_slot
 from connectors.preflight import default_publication, default_slot
 from connectors.sources import refused, require_dsn, sqlalchemy_url
 from state_models.debezium import Tombstone, decode_debezium
-from state_models.errors import SourceUnavailableError
+from state_models.errors import CdcError, SourceUnavailableError
 from state_models.events import ChangeEvent
 from state_models.registry import Source
 from state_models.tables import TableInfo, resolver_for
@@ -45,6 +57,13 @@ HEARTBEAT_PREFIX = "__debezium-heartbeat"
 #: ``debezium.format.*``. Value schemas travel with every event so that types (and columns added
 #: mid-stream) decode exactly without depending on the registry's declared column types.
 FORMAT_KEYS = ("key.converter.schemas.enable", "value.converter.schemas.enable")
+#: When the walsender serving our slot last took in a status update from its client (the engine).
+REPLY_TIME_SQL = (
+    "SELECT extract(epoch FROM r.reply_time)::float8 FROM pg_replication_slots s "
+    "JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = %s"
+)
+#: How often the capture reads ``REPLY_TIME_SQL`` (the engine sends a status update every second).
+WATCH_SECONDS = 2.0
 
 
 # --------------------------------------------------------------------------- connector settings
@@ -80,7 +99,13 @@ def connector_properties(
         "decimal.handling.mode": "precise",
         "skipped.operations": "none",  # truncates are changes too
         "tombstones.on.delete": "false",  # the delete event already carries the key
-        "heartbeat.interval.ms": "10000",  # lets the slot advance while our tables are quiet
+        # Heartbeats let the slot advance while our tables are quiet and mark the capture caught up
+        # (module docstring); every 5 s keeps `idle (caught up Ns ago)` well inside stall_after
+        # (default 20 s). They do not show that the source answers: the status updates do.
+        "heartbeat.interval.ms": "5000",
+        # the walsender stamps each status update it takes in as pg_stat_replication.reply_time,
+        # which the capture reads as source contact; the default (10 s) is too coarse for stall_after
+        "status.update.interval.ms": "1000",
         # Debezium 3.6's queue holds every batch for the whole poll interval unless 2,048 records
         # arrive first (default 500 ms: half a second on every change's latency at moderate rates).
         "poll.interval.ms": "100",
@@ -234,10 +259,13 @@ class DebeziumCapture(Capture):
         done = threading.Event()
 
         def on_batch(lines: str) -> None:
-            events = self._decode(lines)
+            events, heartbeat_at = self._decode(lines)
             if events:
                 sink.write(events)
                 self._acknowledged(events)
+                self._heard_from_source(contact=time.time())  # they came through the stream
+            if heartbeat_at is not None:
+                self._heard_from_source(caught_up=heartbeat_at)
 
         def on_complete(success: bool, message: str, error: Any) -> None:
             outcome.success, outcome.message, outcome.error = success, message, error
@@ -252,12 +280,23 @@ class DebeziumCapture(Capture):
         runner = threading.Thread(
             target=engine.run, name=f"debezium-{self.source_name}", daemon=True
         )
+        engine_ended = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_walsender,
+            args=(engine_ended,),
+            name=f"debezium-{self.source_name}-walsender",
+            daemon=True,  # not joined: a query to a frozen server may hang, and only stalls this
+        )
         runner.start()
-        while runner.is_alive():
-            if stop.wait(0.2):
-                engine.close()
-                break
-        runner.join()
+        watcher.start()
+        try:
+            while runner.is_alive():
+                if stop.wait(0.2):
+                    engine.close()
+                    break
+            runner.join()
+        finally:
+            engine_ended.set()
         if consumer.error is not None:
             # our handler failed (the sink refused the batch, an event did not decode): the batch
             # was not marked processed, so its offset was not committed
@@ -269,15 +308,64 @@ class DebeziumCapture(Capture):
             raise SourceUnavailableError(f"source {self.source_name!r} is unreachable: {reason}")
         raise CaptureError(f"Debezium stopped capturing source {self.source_name!r}: {reason}")
 
-    def _decode(self, lines: str) -> list[ChangeEvent]:
-        """Decode a batch given as ``BatchBridge.lines`` text (destination, key, value per line)."""
+    def _watch_walsender(self, engine_ended: threading.Event) -> None:
+        """Until ``engine_ended``, read when the walsender of our slot last took in a status update
+        from the engine (``REPLY_TIME_SQL``) as source contact. No row while the slot is not being
+        streamed (snapshot, restart); a failed read leaves the contact to age into STALLED."""
+        slot = default_slot(self.source_name, self.source)
+        conn: psycopg.Connection[Any] | None = None
+        failing = False
+        try:
+            while not engine_ended.wait(WATCH_SECONDS):
+                try:
+                    if conn is None:
+                        conn = connect_source(self.source_name, self.source)
+                    row = conn.execute(REPLY_TIME_SQL, (slot,)).fetchone()
+                except (psycopg.Error, CdcError) as exc:
+                    (log.debug if failing else log.warning)(
+                        "source %r: cannot read when its walsender last answered: %s",
+                        self.source_name,
+                        exc,
+                    )
+                    failing = True
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    continue
+                failing = False
+                if row is not None and row[0] is not None and not engine_ended.is_set():
+                    self._heard_from_source(contact=float(row[0]))
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _heard_from_source(
+        self, *, contact: float | None = None, caught_up: float | None = None
+    ) -> None:
+        """Move ``source_contact_at`` and ``caught_up_at`` forward (never back). Caught up is known
+        only as far as the source was last heard from: a frozen walsender keeps it where it was."""
+        with self._stats_lock:
+            s = self._stats
+            contact_at = max(s.source_contact_at or 0.0, contact or 0.0) or None
+            caught_up_at = s.caught_up_at
+            if caught_up is not None and contact_at is not None:
+                caught_up_at = max(caught_up_at or 0.0, min(caught_up, contact_at))
+            self._stats = replace(s, source_contact_at=contact_at, caught_up_at=caught_up_at)
+
+    def _decode(self, lines: str) -> tuple[list[ChangeEvent], float | None]:
+        """Decode a batch given as ``BatchBridge.lines`` text (destination, key, value per line):
+        its change events, and when the last heartbeat among them was emitted (epoch seconds)."""
         events: list[ChangeEvent] = []
+        heartbeat_at: float | None = None
         for line in lines.split("\n"):
             if not line:
                 continue
             destination, key, value = line.split("\t", 2)
-            if value == "-" or destination.startswith(HEARTBEAT_PREFIX):
-                continue  # a tombstone, a heartbeat
+            if destination.startswith(HEARTBEAT_PREFIX):
+                heartbeat_at = _emitted_at(value)
+                continue
+            if value == "-":
+                continue  # a tombstone
             event = decode_debezium(
                 value,
                 self._resolve,
@@ -287,7 +375,17 @@ class DebeziumCapture(Capture):
             )
             if not isinstance(event, Tombstone):
                 events.append(event)
-        return events
+        return events, heartbeat_at
+
+
+def _emitted_at(heartbeat: str) -> float:
+    """A heartbeat's ``ts_ms`` (the engine's clock, which is ours), in seconds; now if it has none."""
+    try:
+        doc = _loads(heartbeat)
+        payload = doc.get("payload", doc) if isinstance(doc, dict) else {}
+        return float(payload["ts_ms"]) / 1000.0
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return time.time()
 
 
 def _loads(text: str) -> Any:

