@@ -20,10 +20,47 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.integration.test_metrics_live import free_port, scrape
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def status(tmp_path: Path) -> dict[str, Any]:
+    """The one capture's row of `cdc status --format json`, with the table's beside it."""
+    doc = status_doc(tmp_path)
+    [capture] = doc["captures"]
+    [table] = doc["tables"]
+    return {**capture, "table": table}
+
+
+def check(tmp_path: Path) -> tuple[int, dict[str, Any]]:
+    """`cdc check --format json`: exit code, and the source's freshness result."""
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "cdc", "check"),
+            *("--config", str(tmp_path / "cdc.yaml"), "--format", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode in (0, 1), out.stderr
+    [fresh] = [r for r in json.loads(out.stdout)["results"] if r["check"] == "freshness"]
+    return out.returncode, fresh
+
+
+def contact_age(port: int) -> float:
+    """`cdc_capture_source_contact_age_seconds` of the one capture, from /metrics."""
+    [age] = [
+        v
+        for (name, _), v in scrape(port).items()
+        if name == "cdc_capture_source_contact_age_seconds"
+    ]
+    return age
+
+
+def status_doc(tmp_path: Path) -> dict[str, Any]:
     out = subprocess.run(
         [
             sys.executable,
@@ -41,8 +78,7 @@ def status(tmp_path: Path) -> dict[str, Any]:
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    [capture] = json.loads(out.stdout)["captures"]
-    return capture
+    return dict(json.loads(out.stdout))
 
 
 def wait_for(
@@ -79,10 +115,13 @@ def idle_then_frozen(
     freeze: Callable[[], Callable[[], None]],
     change: Callable[[], None],
     label: str,
+    idle_s: float = 25,
 ) -> subprocess.Popen[bytes]:
-    """Start `cdc run`; idle for 25 s it must stay idle (more than twice the 10 s stall threshold);
-    after ``freeze()`` it must turn STALLED within 30 s, and after the thaw it returns recover and
+    """Start `cdc run`; idle for ``idle_s`` it must stay idle (the stall threshold is 10 s), the
+    table too, and `cdc check` pass; after ``freeze()`` `cdc status` must say STALLED within 30 s,
+    and then the metrics and `cdc check` too; after the thaw it returns, it must recover and
     capture ``change()``. Returns the still running `cdc run`."""
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -91,7 +130,8 @@ def idle_then_frozen(
             "run",
             "--config",
             str(tmp_path / "cdc.yaml"),
-            "--duration=240",
+            "--duration=400",
+            f"--metrics-port={port}",
         ],
         cwd=tmp_path,
         env=dict(os.environ),
@@ -100,20 +140,36 @@ def idle_then_frozen(
     )
     try:
         wait_for(tmp_path, lambda c: c["phase"] == "streaming", 60, "streaming")
-        end = time.monotonic() + 25
+        end = time.monotonic() + idle_s
         while time.monotonic() < end:
             c = status(tmp_path)
             assert c["freshness_detail"]["state"] in ("idle", "streaming"), c
             time.sleep(2.0)
         assert c["freshness"].startswith("idle (caught up"), c
         assert c["freshness_detail"]["source_contact_age_s"] < 10, c
+        # the table: caught up with its idle source moments ago (cdc_progress), not idle-aged
+        assert c["table"]["freshness_detail"]["state"] == "idle", c["table"]
+        assert c["table"]["freshness_detail"]["caught_up_age_s"] < 10, c["table"]
+        assert contact_age(port) < 10
+        code, fresh = check(tmp_path)
+        assert code == 0 and fresh["status"] == "pass", fresh
+        frozen_at = time.monotonic()
         thaw = freeze()
         try:
             took = wait_for(
                 tmp_path, lambda c: c["freshness_detail"]["state"] == "stalled", 30, "STALLED"
             )
             print(f"{label} STALLED after {took:.1f} s")
-            assert "STALLED" in status(tmp_path)["freshness"]
+            assert contact_age(port) > 10  # the metric an alert rule reads (stall_after: 10s)
+            code, fresh = check(tmp_path)
+            assert code == 1 and fresh["status"] == "fail", fresh
+            assert fresh["detail"].startswith("STALLED"), fresh
+            took = time.monotonic() - frozen_at
+            print(f"{label} STALLED in status, metrics and cdc check within {took:.1f} s")
+            assert took < 30
+            # (`cdc status` itself waits up to 10 s on a MySQL source that does not answer)
+            c = status(tmp_path)
+            assert "STALLED" in c["freshness"] and "STALLED" in c["table"]["freshness"], c
         finally:
             thaw()
         took = wait_for(
@@ -158,7 +214,9 @@ def test_idle_is_not_stalled_and_a_frozen_source_is(
     def change() -> None:
         postgres.execute("INSERT INTO public.items VALUES (1, 'a')", database=db)
 
-    proc = idle_then_frozen(tmp_path, freeze, change, f"PostgreSQL ({engine})")
+    # pgoutput: idle for minutes (12x the stall threshold); Debezium: as long as the others
+    idle_s = 125 if engine == "pgoutput" else 25
+    proc = idle_then_frozen(tmp_path, freeze, change, f"PostgreSQL ({engine})", idle_s)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert status(tmp_path)["freshness_detail"]["state"] == "down"
