@@ -1,0 +1,403 @@
+"""Comparing a source table with its state table by checksums of key segments (``cdc reconcile``).
+
+Both sides are a *relation*: the source table read in one consistent snapshot, and the state
+table's live rows as of the snapshot's position. Each side computes, inside its own database, per
+key segment, the number of rows and the ``BIT_XOR`` of a 60-bit hash of each row's canonical text
+(``state_models.canonical``: the same text for the same value in PostgreSQL, MySQL/MariaDB,
+DuckDB and BigQuery). Segments whose digests differ are split again, at keys taken from the side
+that has more rows there, until a segment holds at most ``leaf_rows`` rows; only then do keys and
+row hashes leave the databases, and for keys present on both sides with different rows, one hash
+per column (so the report names the columns without moving any value).
+
+::
+
+    [whole table] --split (source keys)--> 64 segments --digests on both sides--> differing ones
+        --split (side with more rows)--> 64 sub-segments each --digests--> ... --leaf: key -> row hash
+
+Segments are half-open key ranges ``[lo, hi)`` (None: unbounded), compared lexicographically over
+the key columns, so a key found only on one side still falls into exactly one segment. Text keys
+compare by code point on every side (PostgreSQL ``COLLATE "C"``). Memory is bounded by the number
+of segments in flight and ``leaf_rows``, whatever the table size.
+
+This module holds the algorithm (``compare``) over the ``Side`` protocol and the SQL plans each
+side runs (``RelationShape``); ``connectors/reconcile.py`` implements the sides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from sqlglot import exp
+
+Key = tuple[Any, ...]
+ROW_HASH = "__row_hash"
+SEGMENT = "__segment"
+ROWS = "__rows"
+DIGEST = "__digest"
+RANK = "__rank"
+TOTAL = "__total"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Keys in ``[lo, hi)``; None is unbounded."""
+
+    lo: Key | None = None
+    hi: Key | None = None
+
+
+@dataclass(frozen=True)
+class Digest:
+    rows: int = 0
+    xor: int = 0
+
+
+class Side(Protocol):
+    """One relation to compare (the source in a snapshot, or the state as of a position)."""
+
+    def digests(self, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
+        """Digests of the ``len(bounds) + 1`` parts of ``parent`` cut at ``bounds`` (one query)."""
+        ...
+
+    def split(self, segment: Segment, parts: int) -> list[Key]:
+        """Up to ``parts - 1`` keys of this side cutting ``segment`` into parts of equal rows."""
+        ...
+
+    def rows(self, segments: Sequence[Segment]) -> dict[Key, int]:
+        """Every key in the segments with its row hash."""
+        ...
+
+    def lookup(self, keys: Sequence[Key]) -> dict[Key, int]:
+        """The row hash of each of these keys this side holds."""
+        ...
+
+    def column_hashes(self, keys: Sequence[Key]) -> dict[Key, dict[str, int]]:
+        """Per key, one hash per compared column."""
+        ...
+
+
+@dataclass
+class Difference:
+    missing: list[Key] = field(default_factory=list)  # in the source, not in the state
+    extra: list[Key] = field(default_factory=list)  # in the state, not in the source
+    different: dict[Key, list[str]] = field(default_factory=dict)  # key -> differing columns
+    rows_transferred: int = 0  # keys (and their hashes) that left a database
+    segments: int = 0  # segments whose digests were compared
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.different)
+
+    def keys(self) -> list[Key]:
+        return sorted({*self.missing, *self.extra, *self.different}, key=sort_key)
+
+
+def sort_key(key: Key) -> tuple[Any, ...]:
+    """Keys of mixed None / values sort without TypeError (for reports only)."""
+    return tuple((v is None, str(type(v)), v if v is not None else 0) for v in key)
+
+
+def cut(segment: Segment, bounds: Sequence[Key]) -> list[Segment]:
+    edges: list[Key | None] = [segment.lo, *bounds, segment.hi]
+    return [Segment(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+def compare(
+    source: Side,
+    state: Side,
+    *,
+    fanout: int = 64,
+    leaf_rows: int = 512,
+    on_level: Callable[[int, int, int], None] | None = None,
+) -> Difference:
+    """Bisect from the whole table down to the differing keys (see the module doc).
+
+    ``on_level(level, segments compared, segments differing)`` reports progress."""
+    out = Difference()
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+
+        def both(fn: Callable[[Side], Any]) -> tuple[Any, Any]:
+            a = pool.submit(fn, source)
+            b = pool.submit(fn, state)
+            return a.result(), b.result()
+
+        whole = Segment()
+        bounds = source.split(whole, fanout)
+        out.rows_transferred += len(bounds)
+        groups: list[tuple[Segment, list[Key]]] = [(whole, bounds)]
+        level = 0
+        leaves: list[Segment] = []
+        while groups:
+            level += 1
+            compared = differing = 0
+            next_groups: list[tuple[Segment, list[Key]]] = []
+            for parent, cuts in groups:
+                mine, theirs = both(lambda side, p=parent, c=cuts: side.digests(p, c))
+                for part, a, b in zip(cut(parent, cuts), mine, theirs, strict=True):
+                    compared += 1
+                    if a == b:
+                        continue
+                    differing += 1
+                    if max(a.rows, b.rows) <= leaf_rows:
+                        leaves.append(part)
+                        continue
+                    fuller = source if a.rows >= b.rows else state
+                    inner = fuller.split(part, fanout)
+                    out.rows_transferred += len(inner)
+                    if inner:
+                        next_groups.append((part, inner))
+                    else:  # a single key (or nothing to cut at): compare it row by row
+                        leaves.append(part)
+            out.segments += compared
+            if on_level is not None:
+                on_level(level, compared, differing)
+            groups = next_groups
+        if leaves:
+            mine, theirs = both(lambda side: side.rows(leaves))
+            out.rows_transferred += len(mine) + len(theirs)
+            classify(out, mine, theirs, pool, source, state)
+    finally:
+        pool.shutdown()
+    return out
+
+
+def classify(
+    out: Difference,
+    mine: Mapping[Key, int],
+    theirs: Mapping[Key, int],
+    pool: ThreadPoolExecutor,
+    source: Side,
+    state: Side,
+) -> None:
+    """Missing, extra and different keys from both sides' row hashes; the columns that differ."""
+    out.missing = sorted((k for k in mine if k not in theirs), key=sort_key)
+    out.extra = sorted((k for k in theirs if k not in mine), key=sort_key)
+    changed = sorted((k for k in mine if k in theirs and mine[k] != theirs[k]), key=sort_key)
+    out.different = {}
+    if changed:
+        a = pool.submit(source.column_hashes, changed)
+        b = pool.submit(state.column_hashes, changed)
+        left, right = a.result(), b.result()
+        out.rows_transferred += len(left) + len(right)
+        for k in changed:
+            x, y = left.get(k, {}), right.get(k, {})
+            out.different[k] = sorted(c for c in {*x, *y} if x.get(c) != y.get(c))
+
+
+def recheck(source: Side, state: Side, keys: Sequence[Key]) -> Difference:
+    """Compare only ``keys`` (point lookups), e.g. at a later snapshot: a key that differed only
+    because a change was in flight compares equal now."""
+    out = Difference()
+    if not keys:
+        return out
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a, b = pool.submit(source.lookup, keys), pool.submit(state.lookup, keys)
+        mine, theirs = a.result(), b.result()
+        out.rows_transferred += len(mine) + len(theirs)
+        classify(out, mine, theirs, pool, source, state)
+    return out
+
+
+# --------------------------------------------------------------------------- SQL plans
+
+
+def normalize(value: Any) -> Any:
+    """A key value as every side returns it (UUIDs as text, buffers as bytes)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, memoryview | bytearray):
+        return bytes(value)
+    return value
+
+
+def literal(value: Any, type_sql: exp.DataType | None = None) -> exp.Expr:
+    """A key value as a SQL literal (cast to the key column's type when one is given)."""
+    if value is None:
+        return exp.Null()
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, int | Decimal):
+        node: exp.Expr = exp.Literal.number(str(value))
+    elif isinstance(value, float):
+        node = exp.Literal.number(repr(value))
+    elif isinstance(value, dt.datetime | dt.date | dt.time):
+        node = exp.Literal.string(
+            value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()
+        )
+    elif isinstance(value, bytes):
+        raise ValueError(
+            "binary key columns are not compared yet (reconcile needs text or numbers)"
+        )
+    else:
+        node = exp.Literal.string(str(value))
+    return exp.cast(node, type_sql) if type_sql is not None else node
+
+
+@dataclass
+class RelationShape:
+    """What one side's plans need: where the rows are, how keys and rows render, which dialect.
+
+    ``relation``: a table or a subquery (the state's live rows as of a position); ``keys``: the key
+    column expressions in key order (with ``COLLATE "C"`` on PostgreSQL text keys);
+    ``key_types``: their types for literals; ``columns``: compared column name -> canonical text
+    expression; ``row_hash``: the row's 60-bit hash expression."""
+
+    dialect: str
+    relation: exp.Expr
+    keys: list[exp.Expr]
+    key_types: list[exp.DataType | None]
+    columns: dict[str, exp.Expr]
+    row_hash: exp.Expr
+    column_hash: Callable[[exp.Expr], exp.Expr]
+
+    def _lit(self, i: int, value: Any) -> exp.Expr:
+        return literal(value, self.key_types[i])
+
+    def _cmp(self, key: Key, strict: bool, greater: bool) -> exp.Expr:
+        """Lexicographic ``keys > key`` (or ``>=``, ``<``, ``<=``)."""
+        terms = []
+        n = len(self.keys)
+        for i in range(n):
+            eqs = [
+                exp.EQ(this=self.keys[j].copy(), expression=self._lit(j, key[j])) for j in range(i)
+            ]
+            last = i == n - 1
+            op: type[exp.Expr]
+            if greater:
+                op = exp.GT if (strict or not last) else exp.GTE
+            else:
+                op = exp.LT if (strict or not last) else exp.LTE
+            terms.append(
+                exp.and_(*eqs, op(this=self.keys[i].copy(), expression=self._lit(i, key[i])))
+            )
+        return exp.or_(*terms) if len(terms) > 1 else terms[0]
+
+    def within(self, segment: Segment) -> exp.Expr | None:
+        parts = []
+        if segment.lo is not None:
+            parts.append(self._cmp(segment.lo, strict=False, greater=True))
+        if segment.hi is not None:
+            parts.append(self._cmp(segment.hi, strict=True, greater=False))
+        if not parts:
+            return None
+        return exp.and_(*parts) if len(parts) > 1 else parts[0]
+
+    def key_in(self, keys: Sequence[Key]) -> exp.Expr:
+        return exp.or_(
+            *[
+                exp.and_(
+                    *[
+                        exp.EQ(this=self.keys[i].copy(), expression=self._lit(i, v))
+                        for i, v in enumerate(key)
+                    ]
+                )
+                for key in keys
+            ]
+        )
+
+    def _base(self, *fields: exp.Expr, where: exp.Expr | None) -> exp.Select:
+        q = exp.select(*fields).from_(self.relation.copy())
+        return q.where(where) if where is not None else q
+
+    def _key_fields(self) -> list[exp.Expr]:
+        return [exp.alias_(k.copy(), f"__k{i}", quoted=True) for i, k in enumerate(self.keys)]
+
+    def plan_digests(self, parent: Segment, bounds: Sequence[Key]) -> exp.Select:
+        case = exp.Case()
+        for i, b in enumerate(bounds):
+            case = case.when(self._cmp(b, strict=True, greater=False), exp.Literal.number(i))
+        seg: exp.Expr = (
+            case.else_(exp.Literal.number(len(bounds))) if bounds else exp.Literal.number(0)
+        )
+        inner = self._base(
+            exp.alias_(seg, SEGMENT, quoted=True),
+            exp.alias_(self.row_hash.copy(), ROW_HASH, quoted=True),
+            where=self.within(parent),
+        )
+        col = lambda n: exp.column(exp.Identifier(this=n, quoted=True))  # noqa: E731
+        return (
+            exp.select(
+                col(SEGMENT),
+                exp.alias_(exp.Count(this=exp.Star()), ROWS, quoted=True),
+                exp.alias_(
+                    exp.Anonymous(this="BIT_XOR", expressions=[col(ROW_HASH)]), DIGEST, quoted=True
+                ),
+            )
+            .from_(inner.subquery("s"))
+            .group_by(col(SEGMENT))
+        )
+
+    def plan_split(self, segment: Segment, parts: int) -> exp.Select:
+        """The first key of each of ``parts`` equal runs after the first (a single scan)."""
+        order = exp.Order(expressions=[exp.Ordered(this=k.copy()) for k in self.keys])
+        inner = self._base(
+            *self._key_fields(),
+            exp.alias_(
+                exp.Window(this=exp.Anonymous(this="ROW_NUMBER", expressions=[]), order=order),
+                RANK,
+                quoted=True,
+            ),
+            exp.alias_(exp.Window(this=exp.Count(this=exp.Star())), TOTAL, quoted=True),
+            where=self.within(segment),
+        )
+        col = lambda n: exp.column(exp.Identifier(this=n, quoted=True))  # noqa: E731
+        n = exp.Literal.number(parts)
+
+        def bucket(rank: exp.Expr) -> exp.Expr:
+            return exp.IntDiv(this=exp.Mul(this=rank, expression=n.copy()), expression=col(TOTAL))
+
+        rank0 = exp.Sub(this=col(RANK), expression=exp.Literal.number(1))
+        rank1 = exp.Sub(this=col(RANK), expression=exp.Literal.number(2))
+        return (
+            exp.select(*[col(f"__k{i}") for i in range(len(self.keys))])
+            .from_(inner.subquery("s"))
+            .where(
+                exp.and_(
+                    exp.GT(this=col(RANK), expression=exp.Literal.number(1)),
+                    exp.NEQ(this=bucket(rank0), expression=bucket(rank1)),
+                )
+            )
+            .order_by(col(RANK))
+        )
+
+    def plan_rows(self, where: exp.Expr | None) -> exp.Select:
+        return self._base(
+            *self._key_fields(),
+            exp.alias_(self.row_hash.copy(), ROW_HASH, quoted=True),
+            where=where,
+        )
+
+    def plan_column_hashes(self, keys: Sequence[Key]) -> exp.Select:
+        return self._base(
+            *self._key_fields(),
+            *[
+                exp.alias_(self.column_hash(text.copy()), f"__c{i}", quoted=True)
+                for i, text in enumerate(self.columns.values())
+            ],
+            where=self.key_in(keys),
+        )
+
+
+def rows_where(shape: RelationShape, segments: Sequence[Segment]) -> exp.Expr | None:
+    conditions = [shape.within(s) for s in segments]
+    if any(c is None for c in conditions):
+        return None
+    return exp.or_(*[c for c in conditions if c is not None])
+
+
+def read_keys(row: Mapping[str, Any], width: int) -> Key:
+    return tuple(normalize(row[f"__k{i}"]) for i in range(width))
+
+
+def digests_of(rows: Iterable[Mapping[str, Any]], parts: int) -> list[Digest]:
+    out = [Digest()] * parts
+    for r in rows:
+        out[int(r[SEGMENT])] = Digest(int(r[ROWS]), int(r[DIGEST]) & ((1 << 64) - 1))
+    return out
