@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, Protocol
 
 from sqlglot import exp
@@ -139,7 +140,7 @@ def compare(
             compared = differing = 0
             next_groups: list[tuple[Segment, list[Key]]] = []
             for parent, cuts in groups:
-                mine, theirs = both(lambda side, p=parent, c=cuts: side.digests(p, c))
+                mine, theirs = both(partial(_digests, parent=parent, bounds=cuts))
                 for part, a, b in zip(cut(parent, cuts), mine, theirs, strict=True):
                     compared += 1
                     if a == b:
@@ -166,6 +167,10 @@ def compare(
     finally:
         pool.shutdown()
     return out
+
+
+def _digests(side: Side, *, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
+    return side.digests(parent, bounds)
 
 
 def classify(
@@ -321,7 +326,7 @@ class RelationShape:
             exp.alias_(self.row_hash.copy(), ROW_HASH, quoted=True),
             where=self.within(parent),
         )
-        col = lambda n: exp.column(exp.Identifier(this=n, quoted=True))  # noqa: E731
+        col = _named
         return (
             exp.select(
                 col(SEGMENT),
@@ -347,7 +352,7 @@ class RelationShape:
             exp.alias_(exp.Window(this=exp.Count(this=exp.Star())), TOTAL, quoted=True),
             where=self.within(segment),
         )
-        col = lambda n: exp.column(exp.Identifier(this=n, quoted=True))  # noqa: E731
+        col = _named
         n = exp.Literal.number(parts)
 
         def bucket(rank: exp.Expr) -> exp.Expr:
@@ -383,6 +388,10 @@ class RelationShape:
             ],
             where=self.key_in(keys),
         )
+
+
+def _named(name: str) -> exp.Column:
+    return exp.column(exp.Identifier(this=name, quoted=True))
 
 
 def rows_where(shape: RelationShape, segments: Sequence[Segment]) -> exp.Expr | None:
