@@ -355,6 +355,12 @@ class Source(_Model):
     )
     tables: list[TableSpec] = Field(default_factory=list)
     snapshot: SnapshotMode = "initial"
+    on_position_lost: Literal["stop", "resnapshot"] = Field(
+        default="stop",
+        description="when the source can no longer serve our position (slot dropped or "
+        "recreated, binlog purged): stop and say why, or record the loss window, take a new "
+        "snapshot and go on (engine pgoutput); either way `cdc reconcile --repair` closes it",
+    )
     slot: str | None = Field(
         default=None, description="PostgreSQL replication slot (default cdc_<source>)"
     )
@@ -394,6 +400,11 @@ class Source(_Model):
         if (self.gtid or self.server_id is not None) and self.engine != "binlog":
             raise ValueError(
                 f"gtid and server_id apply to engine: binlog only (engine is {self.engine!r})"
+            )
+        if self.on_position_lost == "resnapshot" and self.engine != "pgoutput":
+            raise ValueError(
+                f"on_position_lost: resnapshot is built for engine: pgoutput only (engine is "
+                f"{self.engine!r}); keep the default (stop) and re-snapshot by hand"
             )
         if self.datastream is not None:
             if self.engine != "datastream":

@@ -108,6 +108,7 @@ def _monitoring_usage(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from connectors.deadletter import DeadLetterStore, default_folder
+    from connectors.loss_windows import LossWindows
     from connectors.warehouse import open_warehouse
 
     cfg = load(args)
@@ -125,6 +126,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for letter in letters:
             waiting[letter.table] = waiting.get(letter.table, 0) + 1
         progress = {r["table_id"]: r for r in warehouse.progress()}
+        windows = LossWindows(cfg.state_dir)
         now = time.time()
         results: list[CheckResult] = []
         for t in registered:
@@ -147,6 +149,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 )
             )
             results.extend(_registry_checks(cfg, t, table, warehouse, progress.get(t.id), now))
+            results.append(_loss_windows(windows, t.id))
         results.extend(_freshness_checks(cfg))
         at = dt.datetime.now(dt.UTC)
         warehouse.record_checks(results, at)
@@ -186,6 +189,21 @@ def _remember(state_dir: Path, results: list[CheckResult], at: dt.datetime) -> N
     tmp = state_dir / (LAST_CHECK_FILE + ".tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(state_dir / LAST_CHECK_FILE)
+
+
+def _loss_windows(windows: Any, table_id: str) -> CheckResult:
+    """Stretches of the source's log that may be missing from the table, until reconciled."""
+    found = windows.open_for(table_id)
+    return CheckResult(
+        table_id,
+        "loss_window",
+        "error",
+        "fail" if found else "pass",
+        len(found),
+        detail="; ".join(
+            f"{w.id}: {w.describe()}; fix: cdc reconcile {table_id} --repair" for w in found
+        ),
+    )
 
 
 def _registry_checks(

@@ -323,11 +323,20 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
         )
     if letters:
         warnings.append(f"{len(letters)} dead letter(s) waiting: `cdc dead-letters ls`")
+    from connectors.loss_windows import LossWindows, as_json
+
+    windows = [w for w in LossWindows(cfg.state_dir).all() if w.open_tables()]
+    for w in windows:
+        warnings.append(
+            f"loss window {w.id}: {w.describe()}; check and fix: cdc reconcile "
+            f"{' '.join(w.open_tables())} --repair"
+        )
     return {
         "runtime": runtime,
         "warehouse_note": note,
         "tables": tables,
         "captures": captures,
+        "loss_windows": [as_json(w) for w in windows],
         "warnings": warnings,
     }
 

@@ -44,6 +44,7 @@ from connectors.capture.base import (
     Capture,
     CaptureError,
     EventSink,
+    PositionLostError,
     unreadable_change,
 )
 from connectors.capture.envelope import EnvelopeColumn, TableEnvelope
@@ -57,12 +58,13 @@ from connectors.capture.slots import (
     read_slot,
 )
 from connectors.deadletter import NewDeadLetter
+from connectors.loss_windows import LossWindow, LossWindows
 from connectors.preflight import default_publication, default_slot
 from connectors.sources import libpq_dsn, require_dsn
 from state_models.errors import SourceUnavailableError
 from state_models.events import ChangeEvent, Op, make_event_id
 from state_models.registry import Source
-from state_models.seq import make_seq
+from state_models.seq import int_to_pg_lsn, make_seq
 from state_models.tables import TableInfo
 
 log = logging.getLogger("cdc.capture.pgoutput")
@@ -372,7 +374,9 @@ class PgoutputDecoder:
             )
         )
 
-    def _source(self, rel: Relation, lsn: int, snapshot: str | None) -> str:
+    def _source(
+        self, rel: Relation, lsn: int, snapshot: str | None, ordering: int | None = None
+    ) -> str:
         """Debezium's ``source`` block as JSON. In a transaction only the LSNs change from one event
         to the next, so the rest is rendered once per table and transaction (emptied by Begin and
         Relation messages)."""
@@ -381,7 +385,9 @@ class PgoutputDecoder:
         if template is None:
             template = self._sources[cache_key] = self._source_template(rel, snapshot)
         head, middle = template
-        if self.last_commit is not None and snapshot is None:
+        if ordering is not None:  # a snapshot taken again: ordered at its consistent point
+            sequence = f'"[\\"{ordering}\\",\\"{lsn}\\"]"'
+        elif self.last_commit is not None and snapshot is None:
             sequence = f'"[\\"{self.last_commit}\\",\\"{lsn}\\"]"'
         else:
             sequence = f'"[null,\\"{lsn}\\"]"'
@@ -412,18 +418,28 @@ class PgoutputDecoder:
         return head[:-1] + ',"sequence":', "," + middle[1:-1] + ',"lsn":'
 
     def snapshot_event(
-        self, rel: Relation, row: dict[str, Any], lsn: int, ts: int, xid: int
+        self, rel: Relation, row: dict[str, Any], lsn: int, ts: int, xid: int, again: bool = False
     ) -> ChangeEvent:
-        """A snapshot read of one row: seq (0, the slot's consistent point), like Debezium's."""
+        """A snapshot read of one row: seq (0, the slot's consistent point), like Debezium's.
+
+        ``again``: a snapshot taken after the position was lost, over a history that already
+        holds versions: seq (consistent point, 0), after every change committed before it and,
+        since the stream then starts with ``last_commit`` at the consistent point, before every
+        change committed after it."""
         assert rel.info is not None
-        seq = make_seq(0, lsn)
+        seq = make_seq(lsn, 0) if again else make_seq(0, lsn)
         key = {k: row[k] for k in rel.key}
         raw = None
         if self.keep_raw and rel.envelope is not None:
             if (self.commit_ts, self.xid_int) != (ts, xid):
                 self.commit_ts, self.xid_int = ts, xid
                 self._sources.clear()
-            raw = rel.envelope.render("r", None, row, self._source(rel, lsn, snapshot="true"), ts)
+            source = (
+                self._source(rel, 0, snapshot="true", ordering=lsn)
+                if again
+                else self._source(rel, lsn, snapshot="true")
+            )
+            raw = rel.envelope.render("r", None, row, source, ts)
         return ChangeEvent(
             table=rel.info.id,
             op=Op.READ,
@@ -587,7 +603,19 @@ class PgoutputCapture(Capture):
             position = self.offsets.load()
             slot = read_slot(meta, self.slot)
             if position is not None:
-                check_resumable(self.source_name, slot, int(position["flushed"]))
+                try:
+                    check_resumable(self.source_name, slot, int(position["flushed"]))
+                except PositionLostError as exc:
+                    self._lost(exc, position)  # raises unless on_position_lost: resnapshot
+                    if slot.exists and slot.active:
+                        raise CaptureError(
+                            f"replication slot {self.slot} is in use by another consumer; stop "
+                            f"it or set `slot:` for source {self.source_name!r}"
+                        ) from exc
+                    if slot.exists:
+                        meta.execute("SELECT pg_drop_replication_slot(%s)", (self.slot,))
+                    self.offsets.delete()
+                    position = None
             elif slot.exists:
                 # no position of ours: an interrupted first snapshot (or offsets deleted to re-snapshot)
                 if slot.active:
@@ -608,13 +636,47 @@ class PgoutputCapture(Capture):
                     position=position,
                 )
                 if position is None:
-                    position = self._start_fresh(repl, catalog, decoder, sink, stop)
+                    window = self._unhealed_window()
+                    position = self._start_fresh(
+                        repl, catalog, decoder, sink, stop, again=window is not None
+                    )
                     if position is None:
                         return  # stopped during the snapshot; it restarts from scratch next time
+                    if window is not None:
+                        LossWindows(self.state_dir).resnapshotted(
+                            window.id, int_to_pg_lsn(int(position["snapshot_lsn"]))
+                        )
                 self.backoff.reset()
                 self._stream(repl, decoder, position, sink, stop)
             finally:
                 repl.finish()
+
+    def _lost(self, exc: PositionLostError, position: dict[str, Any]) -> None:
+        """Record the loss window; go on (a new snapshot) only with on_position_lost: resnapshot."""
+        window = LossWindows(self.state_dir).record(
+            self.source_name,
+            [t.id for t in self.tables],
+            str(exc).split(". ")[0],
+            int_to_pg_lsn(int(position["flushed"])),
+        )
+        if self.source.on_position_lost != "resnapshot":
+            raise PositionLostError(
+                f"{exc} (recorded as loss window {window.id}; with on_position_lost: resnapshot "
+                "the capture takes a new snapshot and goes on; then `cdc reconcile --repair`)"
+            ) from exc
+        log.warning(
+            "%s; loss window %s recorded, taking a new snapshot (on_position_lost: resnapshot)",
+            exc,
+            window.id,
+        )
+
+    def _unhealed_window(self) -> LossWindow | None:
+        """An open loss window of this source whose new snapshot is not taken yet: the next
+        snapshot is taken *again*, over the history the state tables hold."""
+        for w in LossWindows(self.state_dir).all():
+            if w.source == self.source_name and w.to_position is None and w.open_tables():
+                return w
+        return None
 
     def _check_tables(self, catalog: Catalog) -> None:
         for info in self.tables:
@@ -679,17 +741,23 @@ class PgoutputCapture(Capture):
         decoder: PgoutputDecoder,
         sink: EventSink,
         stop: threading.Event,
+        *,
+        again: bool = False,
     ) -> dict[str, Any] | None:
-        snapshot = self.source.snapshot == "initial"
+        snapshot = self.source.snapshot == "initial" or again
         res = self._command(
             repl,
             f'CREATE_REPLICATION_SLOT "{self.slot}" LOGICAL pgoutput '
             + ("(SNAPSHOT 'export')" if snapshot else "(SNAPSHOT 'nothing')"),
         )
         consistent_point = _lsn(res.get_value(0, 1))
+        if again:  # the first transaction after the snapshot sorts after its rows (snapshot_event)
+            decoder.last_commit = consistent_point
         if snapshot:
             name = (res.get_value(0, 2) or b"").decode()
-            if not self._snapshot(name, consistent_point, catalog, decoder, sink, stop):
+            if not self._snapshot(
+                name, consistent_point, catalog, decoder, sink, stop, again=again
+            ):
                 return None
         decoder.flushed = consistent_point
         position = {**decoder.position(), "slot": self.slot, "snapshot_lsn": consistent_point}
@@ -704,6 +772,8 @@ class PgoutputCapture(Capture):
         decoder: PgoutputDecoder,
         sink: EventSink,
         stop: threading.Event,
+        *,
+        again: bool = False,
     ) -> bool:
         self._update(phase="snapshot")
         try:
@@ -733,7 +803,9 @@ class PgoutputCapture(Capture):
                                     c: None if v is None else p(v)
                                     for c, p, v in zip(names, parsers, values, strict=True)
                                 }
-                                batch.append(decoder.snapshot_event(rel, image, lsn, ts, xid))
+                                batch.append(
+                                    decoder.snapshot_event(rel, image, lsn, ts, xid, again)
+                                )
                             except UNREADABLE as exc:
                                 decoder.unreadable.append(
                                     unreadable_change(

@@ -77,6 +77,7 @@ def test_a_clean_table_passes_every_check(warehouse, capsys):
         "validity_chained",
         "key_not_null",
         "dead_letters",
+        "loss_window",
     }
 
 
@@ -144,7 +145,7 @@ def test_results_are_kept_and_dead_letters_are_a_warning(warehouse, capsys):
         kept = con.sql(
             "SELECT check_name, status, observed FROM cdc_check_results ORDER BY checked_at, check_name"
         ).fetchall()
-    assert ("dead_letters", "fail", 1) in kept and len(kept) == 10
+    assert ("dead_letters", "fail", 1) in kept and len(kept) == 12
 
 
 def test_a_killed_cdc_run_fails_the_freshness_check(warehouse, capsys):
@@ -332,3 +333,21 @@ def test_the_last_results_are_left_for_the_metrics(warehouse, capsys):
     doc = json.loads((warehouse / "state" / "last_check.json").read_text())
     failed = {(r["check"], r["level"]) for r in doc["results"] if r["status"] == "fail"}
     assert ("one_current", "error") in failed and doc["at"] > 0
+
+
+def test_an_open_loss_window_fails_the_check_until_a_reconcile_closes_it(warehouse, capsys):
+    import time
+
+    from connectors.loss_windows import LossWindows
+
+    windows = LossWindows(warehouse / "state")
+    w = windows.record("billing", [TABLE], "replication slot cdc_billing is gone", "0/16B3748")
+    assert windows.record("billing", [TABLE], "again", "0/16B3748").id == w.id  # one per position
+    code, report = check(warehouse, capsys)
+    lost = result(report, "loss_window")
+    assert code == 1 and lost["status"] == "fail" and lost["observed"] == 1
+    assert "after 0/16B3748 may be missing" in lost["detail"]
+    assert f"cdc reconcile {TABLE} --repair" in lost["detail"]
+    assert [c.id for c in windows.close(TABLE, time.time())] == [w.id]
+    code, report = check(warehouse, capsys)
+    assert code == 0 and result(report, "loss_window")["status"] == "pass"
