@@ -195,7 +195,9 @@ class Runtime:
 
     def _run(self, stop: threading.Event) -> RunSummary:
         self.prepare()
-        self._warehouse = open_warehouse(self.cfg.warehouse_url)
+        # another process (`cdc status`, `cdc history`) may be reading the file this moment: wait
+        # a little (opening and reopening after `release`), then a merge is postponed, not lost
+        self._warehouse = open_warehouse(self.cfg.warehouse_url, lock_wait_s=2.0)
         self._writer = ChangelogWriter(self.cfg.changelog_root)
         capture_stop = threading.Event()
         archive_stop = threading.Event()

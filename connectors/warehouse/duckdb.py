@@ -61,6 +61,7 @@ class DuckDBWarehouse(SqlWarehouse):
         self._path = duckdb_path(url)
         self._threads = threads
         self._owned = connection is None and self._path != ":memory:"
+        self._lock_wait_s = lock_wait_s  # also when reopening after ``release``
         if self._owned:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._con: Any = connection if connection is not None else self._connect(lock_wait_s)
@@ -98,7 +99,7 @@ class DuckDBWarehouse(SqlWarehouse):
     def con(self) -> Any:
         """The connection, reopened if ``release`` let go of the file."""
         if self._con is None:
-            self._con = self._connect()
+            self._con = self._connect(self._lock_wait_s)
         return self._con
 
     def release(self) -> None:
