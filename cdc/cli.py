@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "cdc.commands.capture",
     "cdc.commands.job",
     "cdc.commands.checks",
+    "cdc.commands.reconcile",
     "cdc.commands.pii",
 ]
 

@@ -358,8 +358,8 @@ class RelationShape:
         def bucket(rank: exp.Expr) -> exp.Expr:
             return exp.IntDiv(this=exp.Mul(this=rank, expression=n.copy()), expression=col(TOTAL))
 
-        rank0 = exp.Sub(this=col(RANK), expression=exp.Literal.number(1))
-        rank1 = exp.Sub(this=col(RANK), expression=exp.Literal.number(2))
+        rank0 = exp.Paren(this=exp.Sub(this=col(RANK), expression=exp.Literal.number(1)))
+        rank1 = exp.Paren(this=exp.Sub(this=col(RANK), expression=exp.Literal.number(2)))
         return (
             exp.select(*[col(f"__k{i}") for i in range(len(self.keys))])
             .from_(inner.subquery("s"))

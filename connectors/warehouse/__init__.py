@@ -46,6 +46,7 @@ class Warehouse(Protocol):
     """Where state tables live. Implementations: DuckDB, BigQuery (and a fake for unit tests)."""
 
     url: str
+    caps: Any  # state_models.dialects.Capabilities: the dialect its plans render for
 
     def ensure_table(
         self, table: TableDef, events: Sequence[ChangeEvent] = ()
@@ -85,6 +86,14 @@ class Warehouse(Protocol):
 
     def last_record(self, table_id: str, check: str) -> str | None:  # pragma: no cover
         """The ``detail`` the last recorded result of one check of one table kept."""
+        ...
+
+    def names(self, state_table: str) -> Any:  # pragma: no cover - protocol
+        """Where a state table and its companions live (``state_models.plans.TableNames``)."""
+        ...
+
+    def query(self, plan: Any) -> list[dict[str, Any]]:  # pragma: no cover - protocol
+        """Run a read-only sqlglot plan, rendered for this warehouse."""
         ...
 
     def record_progress(

@@ -401,6 +401,14 @@ class SqlWarehouse:
         rows = self._query(plan_last_record(names.state, table_id, check))
         return str(rows[0]["detail"]) if rows and rows[0]["detail"] is not None else None
 
+    def names(self, state_table: str) -> TableNames:
+        """Where a state table and its companions live in this warehouse (qualified)."""
+        return self._names(state_table)
+
+    def query(self, plan: exp.Expr) -> list[dict[str, Any]]:
+        """Run a read-only plan (``cdc reconcile``'s segment digests) and return its rows."""
+        return self._query(plan)
+
     def record_progress(self, rows: Sequence[Progress], at: dt.datetime) -> None:
         """Upsert rows of ``cdc_progress`` (created on first use); values only move forward."""
         if not rows:

@@ -1,0 +1,362 @@
+"""``cdc reconcile``: does the state table still match its source? (and ``--repair``)
+
+Per table: take a consistent snapshot of the source at a known log position P
+(``connectors.reconcile.PostgresSnapshot``), wait until the state table has applied through P
+(``cdc_progress``), compare the source rows in the snapshot with the state's live rows as of P by
+segment checksums computed inside each database (``state_models.reconcile.compare``), then
+re-check the differing keys at a newer snapshot: a key that differed only because its change was
+in flight around P (one transaction at most) compares equal there. ``--repair`` reads the keys
+still differing from the source at a new snapshot and sends them through the normal path (the
+changelog, then the merge) as snapshot reads (deletes for keys the source does not have), so the
+repair is history like any change; then it compares again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
+from cdc.commands.common import LOCK_WAIT_S, load
+from state_models.errors import ConfigError
+
+RECHECKS = 3
+
+
+def add_commands(add: AddCommand) -> None:
+    p = add(
+        "reconcile",
+        "compare state tables with their source at one consistent position (segment checksums "
+        "computed in each database, bisected down to the keys); --repair fixes what differs",
+        cmd_reconcile,
+    )
+    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait for the state to reach the snapshot's position (300); "
+        "`cdc run` must be running",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="feed what differs through the changelog and the merge as snapshot reads, then "
+        "compare again",
+    )
+
+
+@dataclass
+class Report:
+    table: str
+    status: str = "equal"  # equal | different | incomplete
+    position: str = ""
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    extra: list[dict[str, Any]] = field(default_factory=list)
+    different: list[dict[str, Any]] = field(default_factory=list)
+    repaired: int = 0
+    rows_transferred: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    not_compared: dict[str, str] = field(default_factory=dict)
+    detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "status": self.status,
+            "position": self.position,
+            "missing": self.missing,
+            "extra": self.extra,
+            "different": self.different,
+            "repaired": self.repaired,
+            "rows_transferred": self.rows_transferred,
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "not_compared": self.not_compared,
+            **({"detail": self.detail} if self.detail else {}),
+        }
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from connectors.warehouse import open_warehouse
+
+    cfg = load(args, writes=args.repair)
+    if args.wait < 0:
+        raise ConfigError(f"--wait {args.wait}: expected 0 or more seconds")
+    registered = [cfg.registry.table(t) for t in args.tables]
+    for t in registered:
+        if t.source.kind != "postgres" or t.source.engine == "datastream":
+            raise ConfigError(
+                f"{t.id}: cdc reconcile reads PostgreSQL sources captured by cdc run for now "
+                f"(source {t.source_name!r} is {t.source.kind}, engine {t.source.engine})"
+            )
+    reports = []
+    warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
+    try:
+        for t in registered:
+            reports.append(_reconcile(cfg, t, warehouse, args))
+    finally:
+        warehouse.close()
+    if args.format == "json":
+        print(json.dumps([r.as_json() for r in reports], default=str))
+    else:
+        for r in reports:
+            _print(r)
+    return EXIT_OK if all(r.status == "equal" for r in reports) else EXIT_FAILED
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Report:
+    from connectors.reconcile import (
+        PostgresSnapshot,
+        QuerySide,
+        plan_columns,
+        source_shape,
+        state_shape,
+    )
+    from state_models.reconcile import compare, recheck
+    from state_models.scd2 import TableDef
+
+    started = time.monotonic()
+    report = Report(t.id)
+    schema_table = _schema_table(cfg, t)
+    table = TableDef.from_registered(t)
+    state = warehouse.state_table(table)
+    if state is None:
+        report.status, report.detail = "incomplete", "no state table yet"
+        return report
+    names = warehouse.names(state.name)
+
+    def warehouse_query(plan: Any) -> list[dict[str, Any]]:
+        try:
+            return warehouse.query(plan)
+        finally:
+            warehouse.release()  # let `cdc run` merge between our queries
+
+    def sides(snapshot: Any) -> tuple[Any, Any, Any]:
+        source_types = snapshot.columns(*schema_table)
+        compared = plan_columns(table, state, source_types, [warehouse.caps.dialect])
+        src = QuerySide(
+            source_shape(table, state, schema_table, source_types, compared),
+            snapshot.query,
+        )
+        seq = _as_of(snapshot.lsn)
+        dst = QuerySide(state_shape(state, names, warehouse.caps, seq, compared), warehouse_query)
+        return src, dst, compared
+
+    proven_at = [0.0]  # when the snapshot of the last comparison was taken
+
+    def at_position(what: str) -> Any:
+        snapshot = PostgresSnapshot(t.source_name, t.source).__enter__()
+        report.position = _lsn_text(snapshot.lsn)
+        proven_at[0] = snapshot.taken_at
+        if not _wait_applied(warehouse, t, snapshot, args.wait):
+            snapshot.__exit__(None, None, None)
+            report.status = "incomplete"
+            report.detail = (
+                f"the state table did not reach the source position {report.position} within "
+                f"{args.wait:g} s ({what}): is `cdc run` running?"
+            )
+            return None
+        return snapshot
+
+    transferred = [0]
+
+    def measure(what: str) -> Any:
+        """Compare at one snapshot, then re-check what differs at newer ones (in flight)."""
+        snapshot = at_position(what)
+        if snapshot is None:
+            return None
+        try:
+            src, dst, compared = sides(snapshot)
+            report.not_compared = compared.skipped
+            _say(f"{t.id}: {what} at {report.position} ({len(compared.columns)} columns)")
+            diff = compare(
+                src,
+                dst,
+                on_level=lambda level, n, bad: _say(
+                    f"{t.id}: level {level}: {n} segments, {bad} differ"
+                ),
+            )
+            report.rows = src.rows_seen
+        finally:
+            snapshot.__exit__(None, None, None)
+        transferred[0] += diff.rows_transferred
+        for _ in range(RECHECKS):
+            if diff.equal:
+                break
+            snapshot = at_position("re-checking")
+            if snapshot is None:
+                return None
+            try:
+                src, dst, _ = sides(snapshot)
+                diff = recheck(src, dst, diff.keys())
+            finally:
+                snapshot.__exit__(None, None, None)
+            transferred[0] += diff.rows_transferred
+            _say(f"{t.id}: re-checked at {report.position}: {len(diff.keys())} still differ")
+        return diff
+
+    diff = measure("comparing")
+    if diff is not None and not diff.equal and args.repair:
+        report.repaired = _repair(cfg, t, table, warehouse, diff, report)
+        diff = measure("checking the repair")
+    if diff is None:
+        report.seconds = time.monotonic() - started
+        return report
+    report.rows_transferred = transferred[0]
+    key_names = list(state.key)
+    report.missing = [dict(zip(key_names, k, strict=True)) for k in diff.missing]
+    report.extra = [dict(zip(key_names, k, strict=True)) for k in diff.extra]
+    report.different = [
+        {"key": dict(zip(key_names, k, strict=True)), "columns": cols}
+        for k, cols in diff.different.items()
+    ]
+    if report.status != "incomplete":
+        report.status = "equal" if diff.equal else "different"
+    if report.status == "equal":  # proven whole at that snapshot: its loss windows close
+        from connectors.loss_windows import LossWindows
+
+        for w in LossWindows(cfg.state_dir).close(t.id, proven_at[0]):
+            _say(f"{t.id}: loss window {w.id} closed (the table equals its source)")
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _schema_table(cfg: Any, t: Any) -> tuple[str, str]:
+    from state_models.registry import table_infos
+
+    [info] = [i for i in table_infos(cfg.registry, t.source_name) if i.id == t.id]
+    return tuple(info.schema_table)  # type: ignore[return-value]
+
+
+def _as_of(lsn: int) -> str:
+    """The seq the state is read at for a snapshot at ``lsn``: every version whose ordering LSN
+    (the commit before its transaction) is at or before it. It takes in the snapshot's
+    transactions and, at most, the first one that committed after it: its keys are re-checked."""
+    from state_models.seq import make_seq
+
+    return make_seq(lsn, (1 << 64) - 1)
+
+
+def _lsn_text(lsn: int) -> str:
+    from state_models.seq import int_to_pg_lsn
+
+    return int_to_pg_lsn(lsn)
+
+
+def _wait_applied(warehouse: Any, t: Any, snapshot: Any, wait_s: float) -> bool:
+    """Whether the state table holds every change before the snapshot, within ``wait_s``: a
+    table of the same source (merged in log order by `cdc run`) applied a change ordered after
+    the snapshot, or the table was caught up with its source after the snapshot was taken."""
+    from cdc.commands.runtime import _epoch
+
+    bound = _as_of(snapshot.lsn)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            rows = warehouse.progress()
+        finally:
+            warehouse.release()
+        for r in rows:
+            if r["source"] != t.source_name or r["writer"] != "cdc run":
+                continue
+            if r["applied_seq"] and r["applied_seq"] > bound:
+                return True
+            caught = _epoch(r["caught_up_at"])
+            if r["table_id"] == t.id and caught is not None and caught > snapshot.taken_at:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _repair(cfg: Any, t: Any, table: Any, warehouse: Any, diff: Any, report: Report) -> int:
+    """Read the differing keys at a new snapshot; write them to the changelog; merge them."""
+    from connectors.changelog.writer import ChangelogWriter
+    from connectors.deadletter import DeadLetterStore, Sealing, default_folder
+    from connectors.reconcile import PostgresSnapshot, read_source_rows, source_shape
+    from merge_jobs.apply import apply_events
+    from state_models.events import ChangeEvent, Op
+    from state_models.registry import table_infos
+    from state_models.seq import make_seq
+
+    state = warehouse.state_table(table)
+    infos = table_infos(cfg.registry, t.source_name)
+    [info] = [i for i in infos if i.id == t.id]
+    schema_table = info.schema_table
+    wanted = [*diff.missing, *diff.different]
+    with PostgresSnapshot(t.source_name, t.source) as snapshot:
+        source_types = snapshot.columns(*schema_table)
+        from connectors.reconcile import Compared
+
+        keys_only = Compared(list(state.key), {})
+        shape = source_shape(table, state, schema_table, source_types, keys_only)
+        rows = read_source_rows(snapshot, t.source_name, infos, info, shape, wanted)
+        seq = make_seq(snapshot.lsn, 0)
+        at_us = int(snapshot.taken_at * 1_000_000)
+    source_keys = [table.source_column(k) for k in state.key]
+    events = [
+        ChangeEvent(t.id, Op.READ, {k: row[k] for k in source_keys}, None, row, seq, at_us)
+        for row in rows
+    ]
+    found = {tuple(e.key[k] for k in source_keys) for e in events}
+    gone = [k for k in diff.missing + list(diff.different) if k not in found]
+    for key in [*diff.extra, *gone]:  # not in the source (any more): a delete
+        image = dict(zip(source_keys, key, strict=True))
+        events.append(ChangeEvent(t.id, Op.DELETE, image, image, None, seq, at_us))
+    with ChangelogWriter(cfg.changelog_root) as writer:
+        writer.append(events)
+    letters = DeadLetterStore(default_folder(cfg.state_dir), sealing=Sealing.of(cfg.registry))
+    try:
+        result = apply_events(
+            warehouse,
+            {t.id: table},
+            events,
+            ingested_at=dt.datetime.now(dt.UTC),
+            dead_letters=letters,
+            batch_size=10_000,
+            context_of=None,
+        )
+    finally:
+        warehouse.release()
+    _say(f"{t.id}: repaired {len(events)} keys at {_lsn_text(snapshot.lsn)} (changelog + merge)")
+    if result.dead_letters:
+        report.detail = (
+            f"{len(result.dead_letters)} repair event(s) dead-lettered: cdc dead-letters ls"
+        )
+    return len(events)
+
+
+def _print(r: Report) -> None:
+    print(
+        f"{r.table}: {r.status.upper()} at {r.position or '-'} ({r.seconds:.1f} s, "
+        f"{r.rows_transferred:,} rows left the databases)"
+    )
+    for k in r.missing:
+        print(f"  missing  {_key(k)}")
+    for k in r.extra:
+        print(f"  extra    {_key(k)}")
+    for d in r.different:
+        print(f"  differs  {_key(d['key'])}: {', '.join(d['columns'])}")
+    if r.repaired:
+        print(f"  repaired {r.repaired} key(s)")
+    for c, why in r.not_compared.items():
+        print(f"  not compared: {c} ({why})")
+    if r.detail:
+        print(f"  {r.detail}")
+
+
+def _key(key: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in key.items())

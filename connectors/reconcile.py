@@ -1,0 +1,329 @@
+"""The two sides ``cdc reconcile`` compares (``state_models.reconcile``), and the source snapshot.
+
+- ``PostgresSnapshot``: a consistent read of a PostgreSQL source at a known log position: a
+  temporary logical slot created with an exported snapshot (its consistent point is the position;
+  the slot goes with the replication connection), imported by a ``REPEATABLE READ`` read-only
+  transaction in which every source query runs. Nothing is written to the source.
+- ``QuerySide``: any relation whose plans a callable runs (the snapshot's connection, or the
+  warehouse), rendered for its dialect.
+- ``source_side`` / ``state_side``: the shapes: the source table with its columns rendered from its
+  own types, the state table's live rows as of a seq with theirs (``state_models.canonical``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import pq, sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+from sqlglot import exp
+
+from connectors.sources import libpq_dsn, require_dsn
+from state_models.errors import CdcError, SourceUnavailableError
+from state_models.plans import plan_as_of
+from state_models.reconcile import (
+    Digest,
+    Key,
+    RelationShape,
+    Segment,
+    digests_of,
+    read_keys,
+    rows_where,
+)
+from state_models.scd2 import StateTable, TableDef
+from state_models.seq import pg_lsn_to_int
+
+_slots = itertools.count()
+
+
+class ReconcileError(CdcError):
+    """The comparison cannot run (a column or key it cannot compare, a source it cannot read)."""
+
+
+@dataclass
+class QuerySide:
+    """A ``Side`` whose plans ``run`` executes; counts the queries it ran."""
+
+    shape: RelationShape
+    run: Callable[[exp.Expr], list[dict[str, Any]]]
+    queries: int = 0
+    rows_seen: int = 0  # rows of the whole relation, once its top-level digests were taken
+
+    def _run(self, plan: exp.Expr) -> list[dict[str, Any]]:
+        self.queries += 1
+        return self.run(plan)
+
+    def digests(self, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
+        out = digests_of(self._run(self.shape.plan_digests(parent, bounds)), len(bounds) + 1)
+        if parent == Segment():
+            self.rows_seen = sum(d.rows for d in out)
+        return out
+
+    def split(self, segment: Segment, parts: int) -> list[Key]:
+        width = len(self.shape.keys)
+        return [read_keys(r, width) for r in self._run(self.shape.plan_split(segment, parts))]
+
+    def rows(self, segments: Sequence[Segment]) -> dict[Key, int]:
+        return self._hashes(self.shape.plan_rows(rows_where(self.shape, segments)))
+
+    def lookup(self, keys: Sequence[Key]) -> dict[Key, int]:
+        out: dict[Key, int] = {}
+        for chunk in _chunks(keys, 500):
+            out.update(self._hashes(self.shape.plan_rows(self.shape.key_in(chunk))))
+        return out
+
+    def _hashes(self, plan: exp.Expr) -> dict[Key, int]:
+        width = len(self.shape.keys)
+        return {read_keys(r, width): int(r["__row_hash"]) for r in self._run(plan)}
+
+    def column_hashes(self, keys: Sequence[Key]) -> dict[Key, dict[str, int]]:
+        width = len(self.shape.keys)
+        names = list(self.shape.columns)
+        out: dict[Key, dict[str, int]] = {}
+        for chunk in _chunks(keys, 500):
+            for r in self._run(self.shape.plan_column_hashes(chunk)):
+                out[read_keys(r, width)] = {n: int(r[f"__c{i}"]) for i, n in enumerate(names)}
+        return out
+
+
+def _chunks(items: Sequence[Key], n: int) -> list[Sequence[Key]]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@dataclass
+class PostgresSnapshot:
+    """A read-only transaction on the source at ``lsn`` (see the module doc). Use as a context."""
+
+    source_name: str
+    source: Any
+    lsn: int = 0
+    taken_at: float = 0.0
+    conn: psycopg.Connection[Any] | None = field(default=None, repr=False)
+
+    def __enter__(self) -> PostgresSnapshot:
+        from state_models.canonical import session_settings
+
+        dsn = libpq_dsn(require_dsn(self.source, self.source_name))
+        repl = pq.PGconn.connect(
+            make_conninfo(dsn, replication="database", connect_timeout=5).encode()
+        )
+        try:
+            if repl.status != pq.ConnStatus.OK:
+                raise SourceUnavailableError(
+                    f"cannot open a replication connection to source {self.source_name!r}: "
+                    + (repl.error_message or b"").decode(errors="replace").strip()
+                )
+            slot = f"cdc_reconcile_{os.getpid()}_{next(_slots)}"
+            res = repl.exec_(
+                f'CREATE_REPLICATION_SLOT "{slot}" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT'.encode()
+            )
+            if res.status != pq.ExecStatus.TUPLES_OK:
+                reason = (res.error_message or repl.error_message or b"").decode(errors="replace")
+                raise ReconcileError(
+                    f"source {self.source_name!r}: cannot take a consistent snapshot (a temporary "
+                    f"replication slot with an exported snapshot): {reason.strip()}"
+                )
+            self.lsn = pg_lsn_to_int((res.get_value(0, 1) or b"").decode())
+            name = (res.get_value(0, 2) or b"").decode()
+            self.taken_at = time.time()
+            conn = psycopg.connect(dsn, connect_timeout=5)
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(name)))
+            for statement in session_settings("postgres"):
+                conn.execute(statement.encode())
+            self.conn = conn
+        finally:
+            repl.finish()  # the imported snapshot lives on; the temporary slot goes
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            self.conn.rollback()
+            self.conn.close()
+            self.conn = None
+
+    def query(self, plan: exp.Expr) -> list[dict[str, Any]]:
+        assert self.conn is not None
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return list(cur.execute(plan.sql(dialect="postgres").encode()).fetchall())
+
+    def columns(self, schema: str, table: str) -> dict[str, str]:
+        """Column name -> ``format_type`` of the source table (in table order)."""
+        assert self.conn is not None
+        rows = (
+            self.conn.cursor(row_factory=dict_row)
+            .execute(
+                "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type "
+                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                "AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                (schema, table),
+            )
+            .fetchall()
+        )
+        return {r["name"]: r["type"] for r in rows}
+
+
+_TEXT_TYPES = ("text", "character varying", "character", "citext", "name")
+
+
+def _ident(name: str) -> exp.Identifier:
+    return exp.Identifier(this=name, quoted=True)
+
+
+@dataclass
+class Compared:
+    """Which columns a comparison covers, and which it leaves out and why."""
+
+    columns: list[str]  # state-table names
+    skipped: dict[str, str]  # state-table name -> why it is not compared
+
+
+def plan_columns(
+    table: TableDef, state: StateTable, source_types: dict[str, str], dialects: Sequence[str]
+) -> Compared:
+    """The state's business columns both sides can render canonically; keys must be among them."""
+    from state_models.canonical import render
+
+    compared, skipped = [], {}
+    protected = set(table.pii.columns) if table.pii is not None else set()
+    for column in state.columns:
+        source_name = table.source_column(column.name)
+        if source_name in protected:
+            skipped[column.name] = "pii: stored protected, not compared"
+            continue
+        if source_name not in source_types:
+            skipped[column.name] = "not in the source table (dropped?)"
+            continue
+        try:
+            for dialect in dialects:
+                render(exp.column("x"), column.type, dialect, source_types[source_name])
+            render(exp.column("x"), column.type, "postgres", source_types[source_name])
+        except ValueError as exc:
+            skipped[column.name] = str(exc)
+            continue
+        compared.append(column.name)
+    lost = [k for k in state.key if k not in compared]
+    if lost:
+        raise ReconcileError(
+            f"{table.table_id}: key column(s) {lost} cannot be compared: "
+            + "; ".join(f"{k}: {skipped.get(k, '?')}" for k in lost)
+        )
+    return Compared(compared, skipped)
+
+
+def _shape(
+    dialect: str,
+    relation: exp.Expr,
+    keys: list[exp.Expr],
+    key_types: list[exp.DataType | None],
+    texts: dict[str, exp.Expr],
+) -> RelationShape:
+    from state_models.canonical import row_hash, row_text
+
+    return RelationShape(
+        dialect=dialect,
+        relation=relation,
+        keys=keys,
+        key_types=key_types,
+        columns=texts,
+        row_hash=row_hash(row_text(list(texts.values()), dialect), dialect),
+        column_hash=lambda text: row_hash(row_text([text], dialect), dialect),
+    )
+
+
+def source_shape(
+    table: TableDef,
+    state: StateTable,
+    schema_table: tuple[str, str],
+    source_types: dict[str, str],
+    compared: Compared,
+) -> RelationShape:
+    """The source table as PostgreSQL renders it (text keys in code point order)."""
+    from state_models.canonical import render
+
+    def col(state_name: str) -> exp.Column:
+        return exp.column(_ident(table.source_column(state_name)))
+
+    keys: list[exp.Expr] = []
+    key_types: list[exp.DataType | None] = []
+    for k in state.key:
+        source_type = source_types[table.source_column(k)]
+        node: exp.Expr = col(k)
+        if source_type.split("(")[0] in _TEXT_TYPES:
+            node = exp.Collate(this=node, expression=_ident("C"))
+        keys.append(node)
+        try:
+            key_types.append(exp.DataType.build(source_type, dialect="postgres"))
+        except Exception:  # a type sqlglot cannot name: the literal goes uncast
+            key_types.append(None)
+    texts = {
+        c: render(col(c), state.column_type(c), "postgres", source_types[table.source_column(c)])
+        for c in compared.columns
+    }
+    relation = exp.Table(this=_ident(schema_table[1]), db=_ident(schema_table[0]))
+    return _shape("postgres", relation, keys, key_types, texts)
+
+
+def state_shape(
+    state: StateTable, names: Any, caps: Any, seq: str, compared: Compared
+) -> RelationShape:
+    """The state table's live rows as of ``seq``, as the warehouse renders them."""
+    from state_models.canonical import render
+
+    dialect = caps.dialect
+    relation = plan_as_of(state, names, caps, seq=seq).subquery("live")
+    keys: list[exp.Expr] = [exp.column(_ident(k)) for k in state.key]
+    key_types: list[exp.DataType | None] = [state.column_type(k).to_sql(dialect) for k in state.key]
+    texts = {
+        c: render(exp.column(_ident(c)), state.column_type(c), dialect) for c in compared.columns
+    }
+    return _shape(dialect, relation, keys, key_types, texts)
+
+
+def read_source_rows(
+    snapshot: PostgresSnapshot,
+    source_name: str,
+    infos: Sequence[Any],
+    info: Any,
+    shape: RelationShape,
+    keys: Sequence[Key],
+) -> list[dict[str, Any]]:
+    """The source rows of ``keys`` in the snapshot, each value typed exactly as the capture types
+    it (the capture's own catalog and parsers over ``COPY`` text)."""
+    from connectors.capture.pgoutput import Catalog
+
+    assert snapshot.conn is not None
+    catalog = Catalog(snapshot.conn, source_name, infos)
+    schema, table = info.schema_table
+    columns = catalog.columns(schema, table)
+    rel = catalog.describe(schema, table, [(c[0], c[1], c[2]) for c in columns], [])
+    parsers = [t.parse for t in rel.types]
+    out: list[dict[str, Any]] = []
+    for chunk in _chunks(keys, 500):
+        where = shape.key_in(chunk).sql(dialect="postgres")
+        query = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(
+            sql.SQL(", ").join(sql.Identifier(n) for n in rel.names),
+            sql.Identifier(schema, table),
+            sql.SQL(where),
+        )
+        with snapshot.conn.cursor().copy(query) as copy:
+            for values in copy.rows():
+                out.append(
+                    {
+                        n: None if v is None else p(v)
+                        for n, p, v in zip(rel.names, parsers, values, strict=True)
+                    }
+                )
+    return out
