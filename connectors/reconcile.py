@@ -38,7 +38,7 @@ from state_models.reconcile import (
     rows_where,
 )
 from state_models.scd2 import StateTable, TableDef
-from state_models.seq import pg_lsn_to_int
+from state_models.seq import binlog_seq, int_to_pg_lsn, make_seq, pg_lsn_to_int
 
 _slots = itertools.count()
 
@@ -55,10 +55,15 @@ class QuerySide:
     run: Callable[[exp.Expr], list[dict[str, Any]]]
     queries: int = 0
     rows_seen: int = 0  # rows of the whole relation, once its top-level digests were taken
+    seconds: float = 0.0  # spent in its queries
 
     def _run(self, plan: exp.Expr) -> list[dict[str, Any]]:
         self.queries += 1
-        return self.run(plan)
+        started = time.monotonic()
+        try:
+            return self.run(plan)
+        finally:
+            self.seconds += time.monotonic() - started
 
     def digests(self, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
         out = digests_of(self._run(self.shape.plan_digests(parent, bounds)), len(bounds) + 1)
@@ -158,6 +163,23 @@ class PostgresSnapshot:
         with self.conn.cursor(row_factory=dict_row) as cur:
             return list(cur.execute(plan.sql(dialect="postgres").encode()).fetchall())
 
+    dialect = "postgres"
+
+    @property
+    def position(self) -> str:
+        return int_to_pg_lsn(self.lsn)
+
+    @property
+    def as_of(self) -> str:
+        """The seq the state is read at: every version whose ordering LSN (the commit before its
+        transaction) is at or before the snapshot. It takes in the snapshot's transactions and,
+        at most, the first one that committed after it, whose keys the caller re-checks."""
+        return make_seq(self.lsn, (1 << 64) - 1)
+
+    @property
+    def repair_seq(self) -> str:
+        return make_seq(self.lsn, 0)
+
     def columns(self, schema: str, table: str) -> dict[str, str]:
         """Column name -> ``format_type`` of the source table (in table order)."""
         assert self.conn is not None
@@ -175,7 +197,11 @@ class PostgresSnapshot:
         return {r["name"]: r["type"] for r in rows}
 
 
-_TEXT_TYPES = ("text", "character varying", "character", "citext", "name")
+#: text key types, compared in code point order on every side
+_TEXT_KEYS = {
+    "postgres": ("text", "character varying", "character", "citext", "name"),
+    "mysql": ("char", "varchar", "text", "tinytext", "mediumtext", "longtext"),
+}
 
 
 def _ident(name: str) -> exp.Identifier:
@@ -191,7 +217,11 @@ class Compared:
 
 
 def plan_columns(
-    table: TableDef, state: StateTable, source_types: dict[str, str], dialects: Sequence[str]
+    table: TableDef,
+    state: StateTable,
+    source_types: dict[str, str],
+    dialects: Sequence[str],
+    source_dialect: str = "postgres",
 ) -> Compared:
     """The state's business columns both sides can render canonically; keys must be among them."""
     from state_models.canonical import render
@@ -208,8 +238,8 @@ def plan_columns(
             continue
         try:
             for dialect in dialects:
-                render(exp.column("x"), column.type, dialect, source_types[source_name])
-            render(exp.column("x"), column.type, "postgres", source_types[source_name])
+                render(exp.column("x"), column.type, dialect)
+            render(exp.column("x"), column.type, source_dialect, source_types[source_name])
         except ValueError as exc:
             skipped[column.name] = str(exc)
             continue
@@ -249,8 +279,9 @@ def source_shape(
     schema_table: tuple[str, str],
     source_types: dict[str, str],
     compared: Compared,
+    dialect: str = "postgres",
 ) -> RelationShape:
-    """The source table as PostgreSQL renders it (text keys in code point order)."""
+    """The source table as its database renders it (text keys in code point order)."""
     from state_models.canonical import render
 
     def col(state_name: str) -> exp.Column:
@@ -261,19 +292,23 @@ def source_shape(
     for k in state.key:
         source_type = source_types[table.source_column(k)]
         node: exp.Expr = col(k)
-        if source_type.split("(")[0] in _TEXT_TYPES:
-            node = exp.Collate(this=node, expression=_ident("C"))
+        if source_type.split("(")[0].strip().lower() in _TEXT_KEYS[dialect]:
+            binary = _ident("C") if dialect == "postgres" else exp.var("utf8mb4_bin")
+            node = exp.Collate(this=node, expression=binary)
         keys.append(node)
+        if dialect == "mysql":  # MySQL converts a literal to the column's type by itself
+            key_types.append(None)
+            continue
         try:
-            key_types.append(exp.DataType.build(source_type, dialect="postgres"))
+            key_types.append(exp.DataType.build(source_type, dialect=dialect))
         except Exception:  # a type sqlglot cannot name: the literal goes uncast
             key_types.append(None)
     texts = {
-        c: render(col(c), state.column_type(c), "postgres", source_types[table.source_column(c)])
+        c: render(col(c), state.column_type(c), dialect, source_types[table.source_column(c)])
         for c in compared.columns
     }
     relation = exp.Table(this=_ident(schema_table[1]), db=_ident(schema_table[0]))
-    return _shape("postgres", relation, keys, key_types, texts)
+    return _shape(dialect, relation, keys, key_types, texts)
 
 
 def state_shape(
@@ -293,17 +328,21 @@ def state_shape(
 
 
 def read_source_rows(
-    snapshot: PostgresSnapshot,
+    snapshot: PostgresSnapshot | MySQLSnapshot,
     source_name: str,
     infos: Sequence[Any],
     info: Any,
     shape: RelationShape,
     keys: Sequence[Key],
+    key_columns: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """The source rows of ``keys`` in the snapshot, each value typed exactly as the capture types
-    it (the capture's own catalog and parsers over ``COPY`` text)."""
+    it (the capture's own catalog and parsers over ``COPY`` text; MySQL: the binlog capture's
+    snapshot conversion)."""
     from connectors.capture.pgoutput import Catalog
 
+    if isinstance(snapshot, MySQLSnapshot):
+        return snapshot.read_rows(info, shape, keys, key_columns)
     assert snapshot.conn is not None
     catalog = Catalog(snapshot.conn, source_name, infos)
     schema, table = info.schema_table
@@ -327,3 +366,112 @@ def read_source_rows(
                     }
                 )
     return out
+
+
+# --------------------------------------------------------------------------- MySQL / MariaDB
+
+
+@dataclass
+class MySQLSnapshot:
+    """A ``REPEATABLE READ`` transaction on a MySQL/MariaDB source at a known binlog position: the
+    capture's own consistent snapshot (MariaDB: ``binlog_snapshot_file/position`` of exactly that
+    view, no lock; MySQL: a read lock while the position is read, needing RELOAD). A transaction
+    is in the view exactly when its rows are before that position in the binlog, so the state is
+    read as of ``(file, position, 0)`` with no transaction in doubt."""
+
+    source_name: str
+    source: Any
+    file: str = ""
+    pos: int = 0
+    taken_at: float = 0.0
+    conn: Any = field(default=None, repr=False)
+    dialect = "mysql"
+
+    def __enter__(self) -> MySQLSnapshot:
+        import pymysql
+
+        from connectors.capture.binlog import consistent_snapshot
+        from connectors.sources import mysql_params
+        from state_models.canonical import session_settings
+
+        params = mysql_params(require_dsn(self.source, self.source_name))
+        try:
+            conn = pymysql.connect(
+                connect_timeout=5, read_timeout=3600, charset="utf8mb4", autocommit=False, **params
+            )
+        except pymysql.err.OperationalError as exc:
+            raise SourceUnavailableError(
+                f"cannot connect to source {self.source_name!r}: {exc.args[-1]}"
+            ) from exc
+        with conn.cursor() as cur:
+            for statement in session_settings("mysql"):
+                cur.execute(statement)
+            cur.execute("SELECT VERSION()")
+            mariadb = "mariadb" in str(cur.fetchone()[0]).lower()
+            self.file, self.pos, _ = consistent_snapshot(cur, mariadb, self.source_name)
+        self.taken_at = time.time()
+        self.conn = conn
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            self.conn.rollback()
+            self.conn.close()
+            self.conn = None
+
+    @property
+    def position(self) -> str:
+        return f"{self.file}:{self.pos}"
+
+    @property
+    def as_of(self) -> str:
+        return binlog_seq(self.file, self.pos, 0)
+
+    @property
+    def repair_seq(self) -> str:
+        """Where the capture's own snapshot rows sort: after every row before the position, before
+        the first one after it."""
+        return binlog_seq(self.file, self.pos, 0)
+
+    def query(self, plan: exp.Expr) -> list[dict[str, Any]]:
+        import pymysql
+
+        with self.conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute(plan.sql(dialect="mysql"))
+            return list(cur.fetchall())
+
+    def columns(self, schema: str, table: str) -> dict[str, str]:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT column_name, column_type FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                (schema, table),
+            )
+            return {str(n): str(t) for n, t in cur.fetchall()}
+
+    def read_rows(
+        self, info: Any, shape: RelationShape, keys: Sequence[Key], key: tuple[str, ...]
+    ) -> list[dict[str, Any]]:
+        """The rows of ``keys``, each value typed as the binlog capture's snapshot types it."""
+        from connectors.capture.binlog import make_shape, table_columns
+
+        db, table = info.schema_table
+        with self.conn.cursor() as cur:
+            names, types, optional = table_columns(cur, db, table)
+        image_of = make_shape(self.source_name, info, key, db, table, names, types, optional)
+        quoted = ", ".join(f"`{n}`" for n in names)
+        out: list[dict[str, Any]] = []
+        for chunk in _chunks(keys, 500):
+            where = shape.key_in(chunk).sql(dialect="mysql")
+            with self.conn.cursor() as cur:
+                cur.execute(f"SELECT {quoted} FROM `{db}`.`{table}` WHERE {where}")
+                for values in cur.fetchall():
+                    out.append(image_of.image(dict(zip(names, values, strict=True))))
+        return out
+
+
+def open_snapshot(source_name: str, source: Any) -> PostgresSnapshot | MySQLSnapshot:
+    """The consistent snapshot of a source, for its kind (use as a context manager)."""
+    if source.kind == "postgres":
+        return PostgresSnapshot(source_name, source)
+    return MySQLSnapshot(source_name, source)

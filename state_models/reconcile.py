@@ -90,6 +90,8 @@ class Difference:
     different: dict[Key, list[str]] = field(default_factory=dict)  # key -> differing columns
     rows_transferred: int = 0  # keys (and their hashes) that left a database
     segments: int = 0  # segments whose digests were compared
+    #: the differing keys' row hashes (source, state): tell a stable difference from a moving one
+    hashes: dict[Key, tuple[int | None, int | None]] = field(default_factory=dict)
 
     @property
     def equal(self) -> bool:
@@ -130,7 +132,9 @@ def compare(
             return a.result(), b.result()
 
         whole = Segment()
-        bounds = source.split(whole, fanout)
+        # the first cut at the state's keys: a warehouse scans a key column far faster than the
+        # source, whose one full pass is then the digests (a missing side splits later anyway)
+        bounds = state.split(whole, fanout)
         out.rows_transferred += len(bounds)
         groups: list[tuple[Segment, list[Key]]] = [(whole, bounds)]
         level = 0
@@ -183,6 +187,9 @@ def classify(
 ) -> None:
     """Missing, extra and different keys from both sides' row hashes; the columns that differ."""
     out.missing = sorted((k for k in mine if k not in theirs), key=sort_key)
+    out.hashes = {
+        k: (mine.get(k), theirs.get(k)) for k in {*mine, *theirs} if mine.get(k) != theirs.get(k)
+    }
     out.extra = sorted((k for k in theirs if k not in mine), key=sort_key)
     changed = sorted((k for k in mine if k in theirs and mine[k] != theirs[k]), key=sort_key)
     out.different = {}

@@ -65,6 +65,7 @@ class Report:
     rows_transferred: int = 0
     rows: int = 0
     seconds: float = 0.0
+    wait_s: float = 0.0  # of ``seconds``: waiting for the state to reach the snapshots
     not_compared: dict[str, str] = field(default_factory=dict)
     detail: str = ""
 
@@ -80,6 +81,7 @@ class Report:
             "rows_transferred": self.rows_transferred,
             "rows": self.rows,
             "seconds": round(self.seconds, 3),
+            "wait_s": round(self.wait_s, 3),
             "not_compared": self.not_compared,
             **({"detail": self.detail} if self.detail else {}),
         }
@@ -93,10 +95,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         raise ConfigError(f"--wait {args.wait}: expected 0 or more seconds")
     registered = [cfg.registry.table(t) for t in args.tables]
     for t in registered:
-        if t.source.kind != "postgres" or t.source.engine == "datastream":
+        if t.source.engine == "datastream":
             raise ConfigError(
-                f"{t.id}: cdc reconcile reads PostgreSQL sources captured by cdc run for now "
-                f"(source {t.source_name!r} is {t.source.kind}, engine {t.source.engine})"
+                f"{t.id}: cdc reconcile compares sources captured by cdc run for now (source "
+                f"{t.source_name!r} is engine datastream)"
             )
     reports = []
     warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
@@ -119,8 +121,8 @@ def _say(text: str) -> None:
 
 def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Report:
     from connectors.reconcile import (
-        PostgresSnapshot,
         QuerySide,
+        open_snapshot,
         plan_columns,
         source_shape,
         state_shape,
@@ -146,22 +148,27 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
 
     def sides(snapshot: Any) -> tuple[Any, Any, Any]:
         source_types = snapshot.columns(*schema_table)
-        compared = plan_columns(table, state, source_types, [warehouse.caps.dialect])
+        compared = plan_columns(
+            table, state, source_types, [warehouse.caps.dialect], snapshot.dialect
+        )
         src = QuerySide(
-            source_shape(table, state, schema_table, source_types, compared),
+            source_shape(table, state, schema_table, source_types, compared, snapshot.dialect),
             snapshot.query,
         )
-        seq = _as_of(snapshot.lsn)
+        seq = snapshot.as_of
         dst = QuerySide(state_shape(state, names, warehouse.caps, seq, compared), warehouse_query)
         return src, dst, compared
 
     proven_at = [0.0]  # when the snapshot of the last comparison was taken
 
     def at_position(what: str) -> Any:
-        snapshot = PostgresSnapshot(t.source_name, t.source).__enter__()
-        report.position = _lsn_text(snapshot.lsn)
+        snapshot = open_snapshot(t.source_name, t.source).__enter__()
+        report.position = snapshot.position
         proven_at[0] = snapshot.taken_at
-        if not _wait_applied(warehouse, t, snapshot, args.wait):
+        waited = time.monotonic()
+        applied = _wait_applied(warehouse, t, snapshot, args.wait)
+        report.wait_s += time.monotonic() - waited
+        if not applied:
             snapshot.__exit__(None, None, None)
             report.status = "incomplete"
             report.detail = (
@@ -190,9 +197,14 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
                 ),
             )
             report.rows = src.rows_seen
+            _say(
+                f"{t.id}: source {src.queries} queries {src.seconds:.2f} s, state "
+                f"{dst.queries} queries {dst.seconds:.2f} s"
+            )
         finally:
             snapshot.__exit__(None, None, None)
         transferred[0] += diff.rows_transferred
+        seen = (diff.missing, diff.extra, diff.different, diff.hashes)
         for _ in range(RECHECKS):
             if diff.equal:
                 break
@@ -206,6 +218,11 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
                 snapshot.__exit__(None, None, None)
             transferred[0] += diff.rows_transferred
             _say(f"{t.id}: re-checked at {report.position}: {len(diff.keys())} still differ")
+            # the same keys, differing the same way, twice running: not changes in flight
+            now = (diff.missing, diff.extra, diff.different, diff.hashes)
+            if now == seen:
+                break
+            seen = now
         return diff
 
     diff = measure("comparing")
@@ -241,28 +258,13 @@ def _schema_table(cfg: Any, t: Any) -> tuple[str, str]:
     return tuple(info.schema_table)  # type: ignore[return-value]
 
 
-def _as_of(lsn: int) -> str:
-    """The seq the state is read at for a snapshot at ``lsn``: every version whose ordering LSN
-    (the commit before its transaction) is at or before it. It takes in the snapshot's
-    transactions and, at most, the first one that committed after it: its keys are re-checked."""
-    from state_models.seq import make_seq
-
-    return make_seq(lsn, (1 << 64) - 1)
-
-
-def _lsn_text(lsn: int) -> str:
-    from state_models.seq import int_to_pg_lsn
-
-    return int_to_pg_lsn(lsn)
-
-
 def _wait_applied(warehouse: Any, t: Any, snapshot: Any, wait_s: float) -> bool:
     """Whether the state table holds every change before the snapshot, within ``wait_s``: a
     table of the same source (merged in log order by `cdc run`) applied a change ordered after
     the snapshot, or the table was caught up with its source after the snapshot was taken."""
     from cdc.commands.runtime import _epoch
 
-    bound = _as_of(snapshot.lsn)
+    bound = snapshot.as_of
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -286,25 +288,25 @@ def _repair(cfg: Any, t: Any, table: Any, warehouse: Any, diff: Any, report: Rep
     """Read the differing keys at a new snapshot; write them to the changelog; merge them."""
     from connectors.changelog.writer import ChangelogWriter
     from connectors.deadletter import DeadLetterStore, Sealing, default_folder
-    from connectors.reconcile import PostgresSnapshot, read_source_rows, source_shape
+    from connectors.reconcile import open_snapshot, read_source_rows, source_shape
     from merge_jobs.apply import apply_events
     from state_models.events import ChangeEvent, Op
     from state_models.registry import table_infos
-    from state_models.seq import make_seq
 
     state = warehouse.state_table(table)
     infos = table_infos(cfg.registry, t.source_name)
     [info] = [i for i in infos if i.id == t.id]
     schema_table = info.schema_table
     wanted = [*diff.missing, *diff.different]
-    with PostgresSnapshot(t.source_name, t.source) as snapshot:
+    with open_snapshot(t.source_name, t.source) as snapshot:
         source_types = snapshot.columns(*schema_table)
         from connectors.reconcile import Compared
 
         keys_only = Compared(list(state.key), {})
-        shape = source_shape(table, state, schema_table, source_types, keys_only)
-        rows = read_source_rows(snapshot, t.source_name, infos, info, shape, wanted)
-        seq = make_seq(snapshot.lsn, 0)
+        shape = source_shape(table, state, schema_table, source_types, keys_only, snapshot.dialect)
+        key_columns = tuple(table.source_column(k) for k in state.key)
+        rows = read_source_rows(snapshot, t.source_name, infos, info, shape, wanted, key_columns)
+        seq = snapshot.repair_seq
         at_us = int(snapshot.taken_at * 1_000_000)
     source_keys = [table.source_column(k) for k in state.key]
     events = [
@@ -331,7 +333,7 @@ def _repair(cfg: Any, t: Any, table: Any, warehouse: Any, diff: Any, report: Rep
         )
     finally:
         warehouse.release()
-    _say(f"{t.id}: repaired {len(events)} keys at {_lsn_text(snapshot.lsn)} (changelog + merge)")
+    _say(f"{t.id}: repaired {len(events)} keys at {snapshot.position} (changelog + merge)")
     if result.dead_letters:
         report.detail = (
             f"{len(result.dead_letters)} repair event(s) dead-lettered: cdc dead-letters ls"

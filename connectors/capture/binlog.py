@@ -487,6 +487,71 @@ class GtidState:
 # --------------------------------------------------------------------------- the capture
 
 
+def table_columns(cur: Any, db: str, table: str) -> tuple[list[str], list[MyType], list[bool]]:
+    """Names, types and nullability of a table's columns, in order (information_schema)."""
+    cur.execute(
+        "SELECT column_name, data_type, column_type, numeric_precision, numeric_scale, "
+        "datetime_precision, character_set_name, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (db, table),
+    )
+    names, types, optional = [], [], []
+    for name, data_type, column_type, precision, scale, fsp, charset, nullable in cur:
+        spec = spec_from_information_schema(
+            str(data_type),
+            str(column_type),
+            None if precision is None else int(precision),
+            None if scale is None else int(scale),
+            None if fsp is None else int(fsp),
+            charset,
+        )
+        t = my_type(spec)
+        if not t.supported:
+            log.warning(
+                "%s.%s.%s: type %s has no typed conversion; values pass as text",
+                db,
+                table,
+                name,
+                column_type,
+            )
+        names.append(str(name))
+        types.append(t)
+        optional.append(nullable == "YES")
+    return names, types, optional
+
+
+def consistent_snapshot(cur: Any, mariadb: bool, source_name: str) -> tuple[str, int, str | None]:
+    """Open the snapshot transaction and return the binlog position of exactly its view."""
+    cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    if mariadb:
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        status = {str(k).lower(): v for k, v in cur.fetchall()}
+        file = str(status["binlog_snapshot_file"])
+        pos = int(status["binlog_snapshot_position"])
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+        row = cur.fetchone()
+        return file, pos, (str(row[0]) if row and row[0] else None)
+    try:
+        cur.execute("FLUSH TABLES WITH READ LOCK")
+    except pymysql.err.MySQLError as exc:
+        raise CaptureError(
+            f"source {source_name!r}: cannot take the snapshot lock ({exc.args[-1]}); "
+            "the user needs the RELOAD privilege (GRANT RELOAD ON *.* TO ...)"
+        ) from exc
+    try:
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        at_file, at_pos = master_status(cur)
+        cur.execute("SELECT @@GLOBAL.gtid_executed")
+        row = cur.fetchone()
+    finally:
+        cur.execute("UNLOCK TABLES")
+    if at_file is None or at_pos is None:
+        raise CaptureError(f"source {source_name!r}: the binary log is off")
+    gtid = str(row[0]).replace("\n", "") if row and row[0] else None
+    return at_file, at_pos, gtid
+
+
 @dataclass(frozen=True)
 class Server:
     """What one session learned about the source server."""
@@ -654,35 +719,7 @@ class BinlogCapture(Capture):
         return [str(r[0]) for r in cur.fetchall()]
 
     def _columns(self, cur: Any, db: str, table: str) -> tuple[list[str], list[MyType], list[bool]]:
-        cur.execute(
-            "SELECT column_name, data_type, column_type, numeric_precision, numeric_scale, "
-            "datetime_precision, character_set_name, is_nullable FROM information_schema.columns "
-            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-            (db, table),
-        )
-        names, types, optional = [], [], []
-        for name, data_type, column_type, precision, scale, fsp, charset, nullable in cur:
-            spec = spec_from_information_schema(
-                str(data_type),
-                str(column_type),
-                None if precision is None else int(precision),
-                None if scale is None else int(scale),
-                None if fsp is None else int(fsp),
-                charset,
-            )
-            t = my_type(spec)
-            if not t.supported:
-                log.warning(
-                    "%s.%s.%s: type %s has no typed conversion; values pass as text",
-                    db,
-                    table,
-                    name,
-                    column_type,
-                )
-            names.append(str(name))
-            types.append(t)
-            optional.append(nullable == "YES")
-        return names, types, optional
+        return table_columns(cur, db, table)
 
     # -- first start: snapshot
 
@@ -717,34 +754,7 @@ class BinlogCapture(Capture):
 
     def _snapshot_position(self, cur: Any, server: Server) -> tuple[str, int, str | None]:
         """Open the snapshot transaction and return the binlog position of exactly its view."""
-        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        if server.mariadb:
-            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            status = {str(k).lower(): v for k, v in cur.fetchall()}
-            file = str(status["binlog_snapshot_file"])
-            pos = int(status["binlog_snapshot_position"])
-            cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
-            row = cur.fetchone()
-            return file, pos, (str(row[0]) if row and row[0] else None)
-        try:
-            cur.execute("FLUSH TABLES WITH READ LOCK")
-        except pymysql.err.MySQLError as exc:
-            raise CaptureError(
-                f"source {self.source_name!r}: cannot take the snapshot lock ({exc.args[-1]}); "
-                "the user needs the RELOAD privilege (GRANT RELOAD ON *.* TO ...)"
-            ) from exc
-        try:
-            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            at_file, at_pos = master_status(cur)
-            cur.execute("SELECT @@GLOBAL.gtid_executed")
-            row = cur.fetchone()
-        finally:
-            cur.execute("UNLOCK TABLES")
-        if at_file is None or at_pos is None:
-            raise CaptureError(f"source {self.source_name!r}: the binary log is off")
-        gtid = str(row[0]).replace("\n", "") if row and row[0] else None
-        return at_file, at_pos, gtid
+        return consistent_snapshot(cur, server.mariadb, self.source_name)
 
     def _snapshot(
         self,
