@@ -259,16 +259,35 @@ def _shape(
     keys: list[exp.Expr],
     key_types: list[exp.DataType | None],
     texts: dict[str, exp.Expr],
+    collations: Sequence[exp.Expr | None] = (),
 ) -> RelationShape:
+    """Keys, column texts and the row text are computed once, in a derived table; the plans
+    compare and hash its columns (``collations``: per key, how it compares, e.g. ``"C"``)."""
     from state_models.canonical import row_hash, row_text
 
+    derived = (
+        exp.select(
+            *[exp.alias_(k.copy(), f"__k{i}", quoted=True) for i, k in enumerate(keys)],
+            *[exp.alias_(t.copy(), f"__t{i}", quoted=True) for i, t in enumerate(texts.values())],
+            exp.alias_(row_text(list(texts.values()), dialect), "__row_text", quoted=True),
+        )
+        .from_(relation)
+        .subquery("rows")
+    )
+    outer_keys: list[exp.Expr] = []
+    for i in range(len(keys)):
+        node: exp.Expr = exp.column(_ident(f"__k{i}"))
+        collation = collations[i] if i < len(collations) else None
+        outer_keys.append(
+            node if collation is None else exp.Collate(this=node, expression=collation)
+        )
     return RelationShape(
         dialect=dialect,
-        relation=relation,
-        keys=keys,
+        relation=derived,
+        keys=outer_keys,
         key_types=key_types,
-        columns=texts,
-        row_hash=row_hash(row_text(list(texts.values()), dialect), dialect),
+        columns={c: exp.column(_ident(f"__t{i}")) for i, c in enumerate(texts)},
+        row_hash=row_hash(exp.column(_ident("__row_text")), dialect),
         column_hash=lambda text: row_hash(row_text([text], dialect), dialect),
     )
 
@@ -289,13 +308,14 @@ def source_shape(
 
     keys: list[exp.Expr] = []
     key_types: list[exp.DataType | None] = []
+    collations: list[exp.Expr | None] = []
     for k in state.key:
         source_type = source_types[table.source_column(k)]
-        node: exp.Expr = col(k)
+        keys.append(col(k))
+        binary: exp.Expr | None = None
         if source_type.split("(")[0].strip().lower() in _TEXT_KEYS[dialect]:
             binary = _ident("C") if dialect == "postgres" else exp.var("utf8mb4_bin")
-            node = exp.Collate(this=node, expression=binary)
-        keys.append(node)
+        collations.append(binary)
         if dialect == "mysql":  # MySQL converts a literal to the column's type by itself
             key_types.append(None)
             continue
@@ -308,7 +328,7 @@ def source_shape(
         for c in compared.columns
     }
     relation = exp.Table(this=_ident(schema_table[1]), db=_ident(schema_table[0]))
-    return _shape(dialect, relation, keys, key_types, texts)
+    return _shape(dialect, relation, keys, key_types, texts, collations)
 
 
 def state_shape(
@@ -327,14 +347,27 @@ def state_shape(
     return _shape(dialect, relation, keys, key_types, texts)
 
 
+def key_condition(key_columns: Sequence[str], keys: Sequence[Key]) -> exp.Expr:
+    """``WHERE`` these keys, on the source table's own key columns (exact equality)."""
+    shape = RelationShape(
+        dialect="",
+        relation=exp.Null(),
+        keys=[exp.column(_ident(c)) for c in key_columns],
+        key_types=[None] * len(key_columns),
+        columns={},
+        row_hash=exp.Null(),
+        column_hash=lambda text: text,
+    )
+    return shape.key_in(keys)
+
+
 def read_source_rows(
     snapshot: PostgresSnapshot | MySQLSnapshot,
     source_name: str,
     infos: Sequence[Any],
     info: Any,
-    shape: RelationShape,
+    key_columns: tuple[str, ...],
     keys: Sequence[Key],
-    key_columns: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """The source rows of ``keys`` in the snapshot, each value typed exactly as the capture types
     it (the capture's own catalog and parsers over ``COPY`` text; MySQL: the binlog capture's
@@ -342,7 +375,7 @@ def read_source_rows(
     from connectors.capture.pgoutput import Catalog
 
     if isinstance(snapshot, MySQLSnapshot):
-        return snapshot.read_rows(info, shape, keys, key_columns)
+        return snapshot.read_rows(info, key_columns, keys)
     assert snapshot.conn is not None
     catalog = Catalog(snapshot.conn, source_name, infos)
     schema, table = info.schema_table
@@ -351,7 +384,7 @@ def read_source_rows(
     parsers = [t.parse for t in rel.types]
     out: list[dict[str, Any]] = []
     for chunk in _chunks(keys, 500):
-        where = shape.key_in(chunk).sql(dialect="postgres")
+        where = key_condition(key_columns, chunk).sql(dialect="postgres")
         query = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(
             sql.SQL(", ").join(sql.Identifier(n) for n in rel.names),
             sql.Identifier(schema, table),
@@ -450,7 +483,7 @@ class MySQLSnapshot:
             return {str(n): str(t) for n, t in cur.fetchall()}
 
     def read_rows(
-        self, info: Any, shape: RelationShape, keys: Sequence[Key], key: tuple[str, ...]
+        self, info: Any, key: tuple[str, ...], keys: Sequence[Key]
     ) -> list[dict[str, Any]]:
         """The rows of ``keys``, each value typed as the binlog capture's snapshot types it."""
         from connectors.capture.binlog import make_shape, table_columns
@@ -462,7 +495,7 @@ class MySQLSnapshot:
         quoted = ", ".join(f"`{n}`" for n in names)
         out: list[dict[str, Any]] = []
         for chunk in _chunks(keys, 500):
-            where = shape.key_in(chunk).sql(dialect="mysql")
+            where = key_condition(key, chunk).sql(dialect="mysql")
             with self.conn.cursor() as cur:
                 cur.execute(f"SELECT {quoted} FROM `{db}`.`{table}` WHERE {where}")
                 for values in cur.fetchall():

@@ -288,7 +288,7 @@ def _repair(cfg: Any, t: Any, table: Any, warehouse: Any, diff: Any, report: Rep
     """Read the differing keys at a new snapshot; write them to the changelog; merge them."""
     from connectors.changelog.writer import ChangelogWriter
     from connectors.deadletter import DeadLetterStore, Sealing, default_folder
-    from connectors.reconcile import open_snapshot, read_source_rows, source_shape
+    from connectors.reconcile import open_snapshot, read_source_rows
     from merge_jobs.apply import apply_events
     from state_models.events import ChangeEvent, Op
     from state_models.registry import table_infos
@@ -296,16 +296,10 @@ def _repair(cfg: Any, t: Any, table: Any, warehouse: Any, diff: Any, report: Rep
     state = warehouse.state_table(table)
     infos = table_infos(cfg.registry, t.source_name)
     [info] = [i for i in infos if i.id == t.id]
-    schema_table = info.schema_table
     wanted = [*diff.missing, *diff.different]
+    key_columns = tuple(table.source_column(k) for k in state.key)
     with open_snapshot(t.source_name, t.source) as snapshot:
-        source_types = snapshot.columns(*schema_table)
-        from connectors.reconcile import Compared
-
-        keys_only = Compared(list(state.key), {})
-        shape = source_shape(table, state, schema_table, source_types, keys_only, snapshot.dialect)
-        key_columns = tuple(table.source_column(k) for k in state.key)
-        rows = read_source_rows(snapshot, t.source_name, infos, info, shape, wanted, key_columns)
+        rows = read_source_rows(snapshot, t.source_name, infos, info, key_columns, wanted)
         seq = snapshot.repair_seq
         at_us = int(snapshot.taken_at * 1_000_000)
     source_keys = [table.source_column(k) for k in state.key]
