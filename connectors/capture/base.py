@@ -76,6 +76,9 @@ class PositionLostError(CaptureError):
     Continuing would silently skip changes, so the capture stops; the fix is a fresh snapshot.
     """
 
+    #: the loss window recorded for it, when the capture recorded one itself
+    window_id: str | None = None
+
 
 @dataclass(frozen=True)
 class CaptureStats:
@@ -186,9 +189,32 @@ class Capture(ABC):
         try:
             self._run(sink, stop)
         except BaseException as exc:
+            if isinstance(exc, PositionLostError) and exc.window_id is None:
+                self._record_loss(exc)
             self._update(phase="failed", last_error=f"{type(exc).__name__}: {exc}")
             raise
         self._update(phase="stopped")
+
+    def _record_loss(self, exc: PositionLostError) -> None:
+        """Changes after our stored position may be gone: a loss window, reported by `cdc status`
+        and `cdc check` until `cdc reconcile` proves the tables whole (the pgoutput capture records
+        its own, with its LSN, and may snapshot again)."""
+        from connectors.capture.offsets import OffsetStore
+        from connectors.loss_windows import LossWindows
+
+        try:
+            stored = OffsetStore(self.state_dir, self.source_name, self.engine).load() or {}
+        except Exception:  # an unreadable offset: the window is still worth recording
+            stored = {}
+        position = ", ".join(
+            f"{k}={stored[k]}" for k in ("file", "pos", "gtid", "lsn", "flushed") if stored.get(k)
+        )
+        LossWindows(self.state_dir).record(
+            self.source_name,
+            [t.id for t in self.tables],
+            str(exc).split(". ")[0],
+            position or "the stored position",
+        )
 
     @abstractmethod
     def _run(self, sink: EventSink, stop: threading.Event) -> None: ...

@@ -84,8 +84,9 @@ _I32 = struct.Struct(">i").unpack_from
 _U16 = struct.Struct(">H").unpack_from
 _STATUS = struct.Struct(">QQQqB").pack
 #: With no message from the server for this long, a status update asks it to answer at once (a
-#: keepalive): an idle stream still shows the source alive, a frozen one shows it stalled.
-HEARTBEAT_S = 5.0
+#: keepalive): an idle stream still shows the source alive, a frozen one shows it stalled, and the
+#: tables' caught-up time (``cdc_progress``) keeps within a few seconds of now.
+HEARTBEAT_S = 2.0
 
 
 # --------------------------------------------------------------------------- relations
@@ -660,10 +661,12 @@ class PgoutputCapture(Capture):
             int_to_pg_lsn(int(position["flushed"])),
         )
         if self.source.on_position_lost != "resnapshot":
-            raise PositionLostError(
+            lost = PositionLostError(
                 f"{exc} (recorded as loss window {window.id}; with on_position_lost: resnapshot "
                 "the capture takes a new snapshot and goes on; then `cdc reconcile --repair`)"
-            ) from exc
+            )
+            lost.window_id = window.id
+            raise lost from exc
         log.warning(
             "%s; loss window %s recorded, taking a new snapshot (on_position_lost: resnapshot)",
             exc,

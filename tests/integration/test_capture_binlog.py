@@ -324,8 +324,17 @@ def test_a_purged_binlog_stops_the_capture_with_the_fix(
     server.execute("INSERT INTO shop.subs VALUES (3, 'lost too')")
     server.execute("FLUSH BINARY LOGS")
     purge_binlogs(server)
-    with pytest.raises(PositionLostError, match=r"re-snapshot the source: .*delete its offsets"):
+    with pytest.raises(
+        PositionLostError, match=r"re-snapshot the source: .*delete its offsets"
+    ) as lost:
         _capture(dsn, tmp_path, gtid=gtid).run(MemorySink(), threading.Event())
+    # recorded as a loss window from our last position, until a reconcile proves the table whole
+    from connectors.loss_windows import LossWindows
+
+    [window] = LossWindows(tmp_path).all()
+    assert window.source == "pay" and window.open_tables() == ["pay.shop.subs"]
+    assert "file=mysql-bin." in window.from_position
+    assert window.reason == str(lost.value).split(". ")[0] and "binlog position" in window.reason
 
 
 def test_an_unreachable_source_is_retried_with_backoff_then_given_up(tmp_path: Path) -> None:
