@@ -63,7 +63,9 @@ class RuntimeOptions:
     max_latency_s: float = 0.2  # how long a journaled event may wait before it is merged
     archive_interval_s: float = 60.0  # how often journaled events are rolled into the changelog
     status_interval_s: float = 1.0
-    progress_interval_s: float = 5.0  # how often cdc_progress is written to the warehouse
+    #: how often cdc_progress is written (None: every second on DuckDB, every 10 s on BigQuery,
+    #: where each write is a DML statement)
+    progress_interval_s: float | None = None
     poll_s: float = 0.05
 
 
@@ -402,7 +404,10 @@ class Runtime:
         if now is not None and now < self._next_progress:
             return
         if now is not None:
-            self._next_progress = now + self.options.progress_interval_s
+            every = self.options.progress_interval_s
+            if every is None:
+                every = 1.0 if self.cfg.warehouse_url.startswith("duckdb:") else 10.0
+            self._next_progress = now + every
 
         def at(seconds: float | None) -> dt.datetime | None:
             return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC)
