@@ -15,8 +15,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -36,6 +36,7 @@ from state_models.reconcile import (
     digests_of,
     read_keys,
     rows_where,
+    text_hash,
 )
 from state_models.scd2 import StateTable, TableDef
 from state_models.seq import binlog_seq, int_to_pg_lsn, make_seq, pg_lsn_to_int
@@ -53,8 +54,12 @@ class QuerySide:
 
     shape: RelationShape
     run: Callable[[exp.Expr], list[dict[str, Any]]]
+    #: the source side of a table with pii: columns: (column, clear text) -> the protected text the
+    #: state table holds, computed here (the PII key never reaches a database); None: as stored
+    protect: Callable[[str, str | None], str | None] | None = None
     queries: int = 0
     rows_seen: int = 0  # rows of the whole relation, once its top-level digests were taken
+    pii_rows: int = 0  # rows whose pii: columns left the database to be protected here
     seconds: float = 0.0  # spent in its queries
 
     def _run(self, plan: exp.Expr) -> list[dict[str, Any]]:
@@ -67,9 +72,26 @@ class QuerySide:
 
     def digests(self, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
         out = digests_of(self._run(self.shape.plan_digests(parent, bounds)), len(bounds) + 1)
+        if self.shape.pii and self.protect is not None:
+            # the pii: columns' protected form is made here: their rows come out, per segment
+            pii = [0] * len(out)
+            for r in self._run(self.shape.plan_pii_rows(parent, bounds)):
+                pii[int(r["__segment"])] ^= self._pii_hash(r)
+                self.pii_rows += 1
+            out = [replace(d, pii=x) for d, x in zip(out, pii, strict=True)]
         if parent == Segment():
             self.rows_seen = sum(d.rows for d in out)
         return out
+
+    def _protected(self, row: dict[str, Any]) -> list[str | None]:
+        texts = [row[f"__p{i}"] for i in range(len(self.shape.pii))]
+        if self.protect is None:
+            return texts
+        return [self.protect(c, t) for c, t in zip(self.shape.pii, texts, strict=True)]
+
+    def _pii_hash(self, row: dict[str, Any]) -> int:
+        keys = [row[f"__kt{i}"] for i in range(len(self.shape.key_texts))]
+        return text_hash([*keys, *self._protected(row)])
 
     def split(self, segment: Segment, parts: int) -> list[Key]:
         width = len(self.shape.keys)
@@ -86,7 +108,13 @@ class QuerySide:
 
     def _hashes(self, plan: exp.Expr) -> dict[Key, int]:
         width = len(self.shape.keys)
-        return {read_keys(r, width): int(r["__row_hash"]) for r in self._run(plan)}
+        out = {}
+        for r in self._run(plan):
+            h = int(r["__row_hash"])
+            if self.shape.pii:
+                h ^= self._pii_hash(r)
+            out[read_keys(r, width)] = h
+        return out
 
     def column_hashes(self, keys: Sequence[Key]) -> dict[Key, dict[str, int]]:
         width = len(self.shape.keys)
@@ -95,6 +123,11 @@ class QuerySide:
         for chunk in _chunks(keys, 500):
             for r in self._run(self.shape.plan_column_hashes(chunk)):
                 out[read_keys(r, width)] = {n: int(r[f"__c{i}"]) for i, n in enumerate(names)}
+            if self.shape.pii:
+                for r in self._run(self.shape.plan_rows(self.shape.key_in(chunk))):
+                    hashes = out.setdefault(read_keys(r, width), {})
+                    for c, t in zip(self.shape.pii, self._protected(r), strict=True):
+                        hashes[c] = text_hash([t])
         return out
 
 
@@ -214,6 +247,7 @@ class Compared:
 
     columns: list[str]  # state-table names
     skipped: dict[str, str]  # state-table name -> why it is not compared
+    pii: list[str] = field(default_factory=list)  # compared by their protected form
 
 
 def plan_columns(
@@ -226,15 +260,22 @@ def plan_columns(
     """The state's business columns both sides can render canonically; keys must be among them."""
     from state_models.canonical import render
 
-    compared, skipped = [], {}
+    compared, skipped, pii = [], {}, []
     protected = set(table.pii.columns) if table.pii is not None else set()
     for column in state.columns:
         source_name = table.source_column(column.name)
-        if source_name in protected:
-            skipped[column.name] = "pii: stored protected, not compared"
-            continue
         if source_name not in source_types:
             skipped[column.name] = "not in the source table (dropped?)"
+            continue
+        if source_name in protected:
+            base = source_types[source_name].split("(")[0].strip().lower()
+            if base in _TEXT_KEYS[source_dialect] and column.name not in state.key:
+                pii.append(column.name)  # its protected form, made on our side per segment
+            else:
+                skipped[column.name] = (
+                    "pii: compared by its protected form only for text columns; "
+                    f"this is {source_types[source_name]}"
+                )
             continue
         try:
             for dialect in dialects:
@@ -250,7 +291,7 @@ def plan_columns(
             f"{table.table_id}: key column(s) {lost} cannot be compared: "
             + "; ".join(f"{k}: {skipped.get(k, '?')}" for k in lost)
         )
-    return Compared(compared, skipped)
+    return Compared(compared, skipped, pii)
 
 
 def _shape(
@@ -260,6 +301,9 @@ def _shape(
     key_types: list[exp.DataType | None],
     texts: dict[str, exp.Expr],
     collations: Sequence[exp.Expr | None] = (),
+    key_names: Sequence[str] = (),
+    pii: Mapping[str, exp.Expr] | None = None,
+    pii_in_sql: bool = False,
 ) -> RelationShape:
     """Keys, column texts and the row text are computed once, in a derived table; the plans
     compare and hash its columns (``collations``: per key, how it compares, e.g. ``"C"``)."""
@@ -270,9 +314,25 @@ def _shape(
             *[exp.alias_(k.copy(), f"__k{i}", quoted=True) for i, k in enumerate(keys)],
             *[exp.alias_(t.copy(), f"__t{i}", quoted=True) for i, t in enumerate(texts.values())],
             exp.alias_(row_text(list(texts.values()), dialect), "__row_text", quoted=True),
+            *[
+                exp.alias_(t.copy(), f"__pt{i}", quoted=True)
+                for i, t in enumerate((pii or {}).values())
+            ],
         )
         .from_(relation)
         .subquery("rows")
+    )
+    names = list(texts)
+    key_texts: list[exp.Expr] = (
+        [exp.column(_ident(f"__t{names.index(k)}")) for k in key_names] if pii else []
+    )
+    pii_columns: dict[str, exp.Expr] = {
+        c: exp.column(_ident(f"__pt{i}")) for i, c in enumerate(pii or {})
+    }
+    pii_hash = (
+        row_hash(row_text([*key_texts, *pii_columns.values()], dialect), dialect)
+        if pii and pii_in_sql
+        else None
     )
     outer_keys: list[exp.Expr] = []
     for i in range(len(keys)):
@@ -289,6 +349,9 @@ def _shape(
         columns={c: exp.column(_ident(f"__t{i}")) for i, c in enumerate(texts)},
         row_hash=row_hash(exp.column(_ident("__row_text")), dialect),
         column_hash=lambda text: row_hash(row_text([text], dialect), dialect),
+        pii=pii_columns,
+        key_texts=key_texts,
+        pii_hash=pii_hash,
     )
 
 
@@ -327,8 +390,12 @@ def source_shape(
         c: render(col(c), state.column_type(c), dialect, source_types[table.source_column(c)])
         for c in compared.columns
     }
+    pii = {
+        c: render(col(c), state.column_type(c), dialect, source_types[table.source_column(c)])
+        for c in compared.pii
+    }
     relation = exp.Table(this=_ident(schema_table[1]), db=_ident(schema_table[0]))
-    return _shape(dialect, relation, keys, key_types, texts, collations)
+    return _shape(dialect, relation, keys, key_types, texts, collations, list(state.key), pii)
 
 
 def state_shape(
@@ -344,7 +411,10 @@ def state_shape(
     texts = {
         c: render(exp.column(_ident(c)), state.column_type(c), dialect) for c in compared.columns
     }
-    return _shape(dialect, relation, keys, key_types, texts)
+    pii = {c: render(exp.column(_ident(c)), state.column_type(c), dialect) for c in compared.pii}
+    return _shape(
+        dialect, relation, keys, key_types, texts, (), list(state.key), pii, pii_in_sql=True
+    )
 
 
 def key_condition(key_columns: Sequence[str], keys: Sequence[Key]) -> exp.Expr:

@@ -38,6 +38,8 @@ from sqlglot import exp
 
 Key = tuple[Any, ...]
 ROW_HASH = "__row_hash"
+PII = "__pii_hash"
+PII_DIGEST = "__pii_digest"
 SEGMENT = "__segment"
 ROWS = "__rows"
 DIGEST = "__digest"
@@ -57,6 +59,7 @@ class Segment:
 class Digest:
     rows: int = 0
     xor: int = 0
+    pii: int = 0  # BIT_XOR of the rows' pii: hashes (protected form), when the table has pii:
 
 
 class Side(Protocol):
@@ -268,6 +271,12 @@ class RelationShape:
     columns: dict[str, exp.Expr]
     row_hash: exp.Expr
     column_hash: Callable[[exp.Expr], exp.Expr]
+    #: pii: columns: name -> the derived column holding its text (the warehouse: the stored
+    #: protected form; the source: the clear value, protected by the caller in Python) and the
+    #: key texts they are hashed with; ``pii_hash``: the warehouse's hash of both, in SQL
+    pii: dict[str, exp.Expr] = field(default_factory=dict)
+    key_texts: list[exp.Expr] = field(default_factory=list)
+    pii_hash: exp.Expr | None = None
 
     def _lit(self, i: int, value: Any) -> exp.Expr:
         return literal(value, self.key_types[i])
@@ -321,30 +330,49 @@ class RelationShape:
     def _key_fields(self) -> list[exp.Expr]:
         return [exp.alias_(k.copy(), f"__k{i}", quoted=True) for i, k in enumerate(self.keys)]
 
-    def plan_digests(self, parent: Segment, bounds: Sequence[Key]) -> exp.Select:
+    def _segment(self, bounds: Sequence[Key]) -> exp.Expr:
         case = exp.Case()
         for i, b in enumerate(bounds):
             case = case.when(self._cmp(b, strict=True, greater=False), exp.Literal.number(i))
-        seg: exp.Expr = (
-            case.else_(exp.Literal.number(len(bounds))) if bounds else exp.Literal.number(0)
-        )
-        inner = self._base(
-            exp.alias_(seg, SEGMENT, quoted=True),
+        return case.else_(exp.Literal.number(len(bounds))) if bounds else exp.Literal.number(0)
+
+    def plan_digests(self, parent: Segment, bounds: Sequence[Key]) -> exp.Select:
+        fields = [
+            exp.alias_(self._segment(bounds), SEGMENT, quoted=True),
             exp.alias_(self.row_hash.copy(), ROW_HASH, quoted=True),
+        ]
+        if self.pii_hash is not None:
+            fields.append(exp.alias_(self.pii_hash.copy(), PII, quoted=True))
+        inner = self._base(*fields, where=self.within(parent))
+        col = _named
+        aggregates = [
+            exp.alias_(exp.Count(this=exp.Star()), ROWS, quoted=True),
+            exp.alias_(
+                exp.Anonymous(this="BIT_XOR", expressions=[col(ROW_HASH)]), DIGEST, quoted=True
+            ),
+        ]
+        if self.pii_hash is not None:
+            aggregates.append(
+                exp.alias_(
+                    exp.Anonymous(this="BIT_XOR", expressions=[col(PII)]), PII_DIGEST, quoted=True
+                )
+            )
+        return (
+            exp.select(col(SEGMENT), *aggregates).from_(inner.subquery("s")).group_by(col(SEGMENT))
+        )
+
+    def plan_pii_rows(self, parent: Segment, bounds: Sequence[Key]) -> exp.Select:
+        """Per row of ``parent``: its segment, key texts and pii: texts (hashed by the caller)."""
+        return self._base(
+            exp.alias_(self._segment(bounds), SEGMENT, quoted=True),
+            *self._pii_fields(),
             where=self.within(parent),
         )
-        col = _named
-        return (
-            exp.select(
-                col(SEGMENT),
-                exp.alias_(exp.Count(this=exp.Star()), ROWS, quoted=True),
-                exp.alias_(
-                    exp.Anonymous(this="BIT_XOR", expressions=[col(ROW_HASH)]), DIGEST, quoted=True
-                ),
-            )
-            .from_(inner.subquery("s"))
-            .group_by(col(SEGMENT))
-        )
+
+    def _pii_fields(self) -> list[exp.Expr]:
+        return [
+            exp.alias_(t.copy(), f"__kt{i}", quoted=True) for i, t in enumerate(self.key_texts)
+        ] + [exp.alias_(t.copy(), f"__p{i}", quoted=True) for i, t in enumerate(self.pii.values())]
 
     def plan_split(self, segment: Segment, parts: int) -> exp.Select:
         """The first key of each of ``parts`` equal runs after the first (a single scan)."""
@@ -383,6 +411,7 @@ class RelationShape:
         return self._base(
             *self._key_fields(),
             exp.alias_(self.row_hash.copy(), ROW_HASH, quoted=True),
+            *self._pii_fields(),
             where=where,
         )
 
@@ -415,5 +444,19 @@ def read_keys(row: Mapping[str, Any], width: int) -> Key:
 def digests_of(rows: Iterable[Mapping[str, Any]], parts: int) -> list[Digest]:
     out = [Digest()] * parts
     for r in rows:
-        out[int(r[SEGMENT])] = Digest(int(r[ROWS]), int(r[DIGEST]) & ((1 << 64) - 1))
+        pii = r.get(PII_DIGEST)
+        out[int(r[SEGMENT])] = Digest(
+            int(r[ROWS]),
+            int(r[DIGEST]) & ((1 << 64) - 1),
+            0 if pii is None else int(pii) & ((1 << 64) - 1),
+        )
     return out
+
+
+def text_hash(texts: Sequence[str | None]) -> int:
+    """``row_hash(row_text(texts))`` computed here, as every database computes it
+    (``state_models.canonical``): for the pii: columns, protected on our side."""
+    import hashlib
+
+    text = "".join("N" if t is None else f"L{len(t)}:{t}" for t in texts)
+    return int(hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()[:15], 16)

@@ -67,6 +67,7 @@ class Report:
     seconds: float = 0.0
     wait_s: float = 0.0  # of ``seconds``: waiting for the state to reach the snapshots
     not_compared: dict[str, str] = field(default_factory=dict)
+    pii_compared: list[str] = field(default_factory=list)  # by their protected form
     detail: str = ""
 
     def as_json(self) -> dict[str, Any]:
@@ -83,6 +84,7 @@ class Report:
             "seconds": round(self.seconds, 3),
             "wait_s": round(self.wait_s, 3),
             "not_compared": self.not_compared,
+            "pii_compared": self.pii_compared,
             **({"detail": self.detail} if self.detail else {}),
         }
 
@@ -154,6 +156,7 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
         src = QuerySide(
             source_shape(table, state, schema_table, source_types, compared, snapshot.dialect),
             snapshot.query,
+            protect=_protector(table) if compared.pii else None,
         )
         seq = snapshot.as_of
         dst = QuerySide(state_shape(state, names, warehouse.caps, seq, compared), warehouse_query)
@@ -188,6 +191,7 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
         try:
             src, dst, compared = sides(snapshot)
             report.not_compared = compared.skipped
+            report.pii_compared = compared.pii
             _say(f"{t.id}: {what} at {report.position} ({len(compared.columns)} columns)")
             diff = compare(
                 src,
@@ -203,7 +207,7 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
             )
         finally:
             snapshot.__exit__(None, None, None)
-        transferred[0] += diff.rows_transferred
+        transferred[0] += diff.rows_transferred + src.pii_rows
         seen = (diff.missing, diff.extra, diff.different, diff.hashes)
         for _ in range(RECHECKS):
             if diff.equal:
@@ -256,6 +260,17 @@ def _schema_table(cfg: Any, t: Any) -> tuple[str, str]:
 
     [info] = [i for i in table_infos(cfg.registry, t.source_name) if i.id == t.id]
     return tuple(info.schema_table)  # type: ignore[return-value]
+
+
+def _protector(table: Any) -> Any:
+    """(state column, clear text) -> the protected text, with the table's pii: policy and key."""
+    key = table.pii.key  # from this process's environment, never sent to a database
+
+    def protect(column: str, text: str | None) -> str | None:
+        value = table.pii.protect_value(table.source_column(column), text, key)
+        return None if value is None else str(value)
+
+    return protect
 
 
 def _wait_applied(warehouse: Any, t: Any, snapshot: Any, wait_s: float) -> bool:
