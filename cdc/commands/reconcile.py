@@ -35,7 +35,12 @@ def add_commands(add: AddCommand) -> None:
         "computed in each database, bisected down to the keys); --repair fixes what differs",
         cmd_reconcile,
     )
-    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument(
+        "tables",
+        nargs="*",
+        metavar="TABLE",
+        help="tables to compare (default: every table of the sources cdc run captures)",
+    )
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument(
         "--wait",
@@ -95,7 +100,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     cfg = load(args, writes=args.repair)
     if args.wait < 0:
         raise ConfigError(f"--wait {args.wait}: expected 0 or more seconds")
-    registered = [cfg.registry.table(t) for t in args.tables]
+    registered = (
+        [cfg.registry.table(t) for t in args.tables]
+        if args.tables
+        else [t for t in cfg.registry.tables() if t.source.engine != "datastream"]
+    )
     for t in registered:
         if t.source.engine == "datastream":
             raise ConfigError(
