@@ -76,6 +76,17 @@ def cdc(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.Complete
     )
 
 
+def start_run(tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`cdc run` in the background, its log in run.log (shown when a test finds it ended)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run", "--config", str(tmp_path / "cdc.yaml")],
+        cwd=tmp_path,
+        env=env or dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "run.log").open("a"),
+    )
+
+
 def reconcile(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     out = cdc(tmp_path, "reconcile", TABLE, "--format", "json", "--wait", "60", *extra)
     assert out.returncode in (0, 1) and out.stdout, out.stdout + out.stderr
@@ -143,13 +154,7 @@ def test_reconcile_finds_what_was_broken_repairs_it_and_stays_exact_under_load(
     db = source_dsn.rsplit("/", 1)[1]
     postgres.execute(SCHEMA, database=db)
     (tmp_path / "cdc.yaml").write_text(REGISTRY.format(dsn=source_dsn, columns=COLUMNS))
-    run = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--config", str(tmp_path / "cdc.yaml")],
-        cwd=tmp_path,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "run.log").open("w"),
-    )
+    run = start_run(tmp_path)
     try:
         deadline = time.monotonic() + 120
         while True:  # the snapshot merged
@@ -198,13 +203,7 @@ def test_reconcile_finds_what_was_broken_repairs_it_and_stays_exact_under_load(
     )
     out = cdc(tmp_path, "rebuild", TABLE)
     assert out.returncode == 0, out.stdout + out.stderr
-    run = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--config", str(tmp_path / "cdc.yaml")],
-        cwd=tmp_path,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = start_run(tmp_path)
     try:
         code, report = reconcile(tmp_path)
         assert (code, report["status"]) == (0, "equal"), report
@@ -267,13 +266,7 @@ def test_a_dropped_and_recreated_slot_is_a_loss_window_until_reconcile_proves_it
     postgres.execute(
         "SELECT pg_create_logical_replication_slot('cdc_shop', 'pgoutput')", database=db
     )
-    run = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--config", str(tmp_path / "cdc.yaml")],
-        cwd=tmp_path,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = start_run(tmp_path)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -333,13 +326,7 @@ def test_pii_columns_compare_by_their_protected_form_made_on_our_side(
         )
     )
     env = {**os.environ, "CDC_PII_KEY": PII_KEY}
-    run = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--config", str(tmp_path / "cdc.yaml")],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = start_run(tmp_path, env)
 
     def reconcile_pii(*extra: str) -> tuple[int, dict[str, Any], str]:
         out = subprocess.run(

@@ -8,10 +8,7 @@ in doubt around it."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_reconcile_live import STATE, cdc, state_sql
+from tests.integration.test_reconcile_live import STATE, cdc, start_run, state_sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -112,14 +109,7 @@ def test_mariadb_reconciles_exactly_under_load_and_repairs(mariadb, mysql_databa
     mariadb.execute(fill(2000), database=db)
     (tmp_path / "cdc.yaml").write_text(REGISTRY.format(dsn=mariadb.dsn(db), db=db))
     table = f"shop.{db}.subscriptions"
-    log = (tmp_path / "run.log").open("w")
-    run = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--config", str(tmp_path / "cdc.yaml")],
-        cwd=tmp_path,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
+    run = start_run(tmp_path)
     try:
         deadline = time.monotonic() + 120
         while True:
