@@ -152,11 +152,10 @@ def _as_text(value: exp.Expr, dialect: str) -> exp.Expr:
 # --------------------------------------------------------------------------- decimals
 
 
-def _decimal(value: exp.Expr, dialect: str, numeric: exp.Expr | None = None) -> exp.Expr:
-    """Plain decimal text without trailing fraction zeros; ``numeric`` is the value as a number
-    when ``value`` is not one yet (PostgreSQL money)."""
-    number = numeric if numeric is not None else value
-    text = _as_text(number.copy(), dialect)
+def _decimal(value: exp.Expr, dialect: str) -> exp.Expr:
+    """Plain decimal text without trailing fraction zeros (a number's text never has an exponent
+    here: PostgreSQL, MySQL, DuckDB and BigQuery print decimals plainly)."""
+    text = _as_text(value.copy(), dialect)
     trimmed = exp.Trim(
         this=exp.Trim(this=text.copy(), expression=_str("0"), position="TRAILING"),
         expression=_str("."),
@@ -164,8 +163,8 @@ def _decimal(value: exp.Expr, dialect: str, numeric: exp.Expr | None = None) -> 
     )
     return exp.Case(
         ifs=[
-            exp.If(this=exp.Is(this=number.copy(), expression=exp.Null()), true=exp.Null()),
-            exp.If(this=exp.EQ(this=number.copy(), expression=_num(0)), true=_str("0")),
+            exp.If(this=exp.Is(this=value.copy(), expression=exp.Null()), true=exp.Null()),
+            exp.If(this=exp.EQ(this=value.copy(), expression=_num(0)), true=_str("0")),
             exp.If(
                 this=exp.GT(
                     this=exp.StrPosition(this=text.copy(), substr=_str(".")), expression=_num(0)
@@ -175,6 +174,16 @@ def _decimal(value: exp.Expr, dialect: str, numeric: exp.Expr | None = None) -> 
         ],
         default=text,
     )
+
+
+def _mysql_decimal(scale: int) -> Rule:
+    """MySQL ``DECIMAL(p, s)``: MySQL prints exactly s fraction digits, so with s > 0 the text
+    always has a point and is trimmed without looking for one (the text is computed once), and
+    with s = 0 it is the text. Zero stays ``0`` whatever its sign."""
+    text = "CAST(__v AS CHAR)"
+    if scale > 0:
+        text = f"TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM {text}))"
+    return _template(mysql=f"CASE WHEN __v = 0 THEN '0' ELSE {text} END")
 
 
 # --------------------------------------------------------------------------- floats
@@ -429,13 +438,54 @@ def _mysql_bits(width: int) -> Rule:
 
 _TEXT_SQL = {"postgres": "CAST(__v AS TEXT)", "mysql": "CAST(__v AS CHAR)"}
 _BOOL_SQL = "CASE WHEN __v IS NULL THEN NULL WHEN __v THEN 'true' ELSE 'false' END"
-#: JSON text, spaces outside strings removed (a string token is matched whole, so its inside is
-#: kept), then fraction zeros trimmed the way Python prints the floats the capture reads
-_PG_JSON_COMPACT = (
-    "REGEXP_REPLACE(REGEXP_REPLACE(CAST(__v AS TEXT), "
-    + r"""'("(?:[^"\\]|\\.)*")|[[:space:]]+', '\1', 'g'), """
-    + r"""'("(?:[^"\\]|\\.)*")|(\.[0-9]*[1-9])0+\M|(\.0)0+\M', '\1\2\3', 'g')"""
+#: PostgreSQL JSON text, compacted by two regexes (PostgreSQL AREs, standard strings): whitespace
+#: outside strings removed (a string is matched whole and put back, so its inside is kept), then
+#: fraction zeros trimmed the way Python prints the floats the capture reads (1.50 -> 1.5,
+#: 2.000 -> 2.0). Each costs about a microsecond a value, ten times the rest of the rendering, so
+#: each runs only where it can change the text (:func:`_pg_json_compact`).
+_PG_JSON_SPACES_RE = r"""("(?:[^"\\]|\\.)*")|[[:space:]]+"""
+_PG_JSON_ZEROS_RE = r"""("(?:[^"\\]|\\.)*")|(\.[0-9]*[1-9])0+\M|(\.0)0+\M"""
+#: what every number the zero-trim changes holds: a point, digits, a 0 ending the word
+_PG_JSON_ZEROS_TEST = r"\.[0-9]*0\M"
+#: From the start, whole tokens (characters outside strings, whole strings), then a string that
+#: holds ", " or ": ". (A match without captures is one pass of a DFA, a replace is not.)
+_PG_JSON_SPACED_STRING = r"""^(?:[^"]|"(?:[^"\\]|\\.)*")*"(?:[^"\\]|\\.)*[,:] """
+#: ... or, outside strings, a tab, newline or return (inside one they are escaped), or whitespace
+#: at the start, after a string or after anything but "," and ":" (another whitespace too).
+_PG_JSON_IRREGULAR = (
+    r"""^(?:[^"]|"(?:[^"\\]|\\.)*")*(?:"(?:[^"\\]|\\.)*[,:] |[\t\n\r]"""
+    r"""|(?:^|[^",:]|"(?:[^"\\]|\\.)*")[[:space:]])"""
 )
+
+
+def _pg_json_compact(irregular: str) -> str:
+    """The compact text of a PostgreSQL JSON value, as the two regexes make it, with each regex
+    run only where it can change the text.
+
+    Where the only whitespace outside strings is one space after each "," and ":" and no string
+    holds ", " or ": ", dropping the space of every ", " and ": " (two REPLACEs) is removing the
+    whitespace outside strings; ``irregular`` matches the other texts. ``jsonb`` text is always
+    spaced that way outside strings (:data:`_PG_JSON_SPACED_STRING`), ``json`` text keeps what was
+    written (:data:`_PG_JSON_IRREGULAR`). The zero-trim runs only on a text that holds
+    :data:`_PG_JSON_ZEROS_TEST` (the whitespace removal never makes one: numbers hold none);
+    where that is inside a string, the regex keeps the string as it is."""
+    text = "CAST(__v AS TEXT)"
+
+    def spaces(t: str) -> str:
+        return rf"REGEXP_REPLACE({t}, '{_PG_JSON_SPACES_RE}', '\1', 'g')"
+
+    def zeros(t: str) -> str:
+        return rf"REGEXP_REPLACE({t}, '{_PG_JSON_ZEROS_RE}', '\1\2\3', 'g')"
+
+    dropped = f"REPLACE(REPLACE({text}, ', ', ','), ': ', ':')"
+    has_zeros = f"STRPOS({text}, '.') > 0 AND {text} ~ '{_PG_JSON_ZEROS_TEST}'"
+    return (
+        f"CASE WHEN {text} ~ '{irregular}' THEN CASE WHEN {has_zeros} THEN "
+        f"{zeros(spaces(text))} ELSE {spaces(text)} END "
+        f"WHEN {has_zeros} THEN {zeros(dropped)} ELSE {dropped} END"
+    )
+
+
 #: Debezium's MicroDuration: months of 30.4375 days, in doubles in this order, truncated
 _PG_INTERVAL_MICROS = (
     "CAST(CAST(TRUNC(((((CAST(EXTRACT(YEAR FROM __v) * 12 + EXTRACT(MONTH FROM __v) AS DOUBLE "
@@ -486,10 +536,14 @@ _WAREHOUSE_RULES: dict[str, dict[Kind, Rule]] = {
 #: source dialect -> type family -> state-table kind -> rule
 _SOURCE_RULES: dict[str, dict[str, dict[Kind, Rule]]] = {
     "postgres": {
-        "int": {Kind.INT64: _plain_text, Kind.DECIMAL: _decimal, Kind.STRING: _plain_text},
-        "numeric": {Kind.DECIMAL: _decimal, Kind.STRING: _plain_text},
+        # an integer's text has no point; TRIM_SCALE (PostgreSQL 13+) drops fraction zeros
+        "int": {Kind.INT64: _plain_text, Kind.DECIMAL: _plain_text, Kind.STRING: _plain_text},
+        "numeric": {
+            Kind.DECIMAL: _template(postgres="CAST(TRIM_SCALE(__v) AS TEXT)"),
+            Kind.STRING: _plain_text,
+        },
         "money": {
-            Kind.DECIMAL: lambda v, d: _decimal(v, d, _fill("CAST(__v AS NUMERIC)", d, v)),
+            Kind.DECIMAL: _template(postgres="CAST(TRIM_SCALE(CAST(__v AS NUMERIC)) AS TEXT)")
         },
         # real: its own shortest text is what the capture read (a double cannot print it)
         "float4": {Kind.FLOAT64: _float_native},
@@ -531,7 +585,8 @@ _SOURCE_RULES: dict[str, dict[str, dict[Kind, Rule]]] = {
             Kind.INT64: _template(postgres=_PG_INTERVAL_MICROS),
             Kind.STRING: _template(postgres=_PG_INTERVAL_MICROS),
         },
-        "json": {Kind.JSON: _template(postgres=_PG_JSON_COMPACT)},
+        "json": {Kind.JSON: _template(postgres=_pg_json_compact(_PG_JSON_IRREGULAR))},
+        "jsonb": {Kind.JSON: _template(postgres=_pg_json_compact(_PG_JSON_SPACED_STRING))},
         "array": {Kind.JSON: _template(postgres="CAST(ARRAY_TO_JSON(__v) AS TEXT)")},
     },
     "mysql": {
@@ -621,7 +676,8 @@ _PG_FAMILIES = {
     **dict.fromkeys(["timestamp", "timestamp without time zone"], "timestamp"),
     **dict.fromkeys(["timestamptz", "timestamp with time zone"], "timestamptz"),
     "interval": "interval",
-    **dict.fromkeys(["json", "jsonb"], "json"),
+    "json": "json",
+    "jsonb": "jsonb",
 }  # fmt: skip
 #: anything else (text, varchar, uuid, enums, domains, cidr, macaddr, ranges...) is its text
 _PG_DEFAULT = "text"
@@ -750,6 +806,8 @@ def _source_rule(wtype: WarehouseType, dialect: str, source_type: str | None) ->
             )
         if dialect == "mysql":
             return _mysql_bits(width)
+    if dialect == "mysql" and family == "decimal" and kind is Kind.DECIMAL and source_type:
+        return _mysql_decimal(params[1] if len(params) > 1 else 0)  # DECIMAL is DECIMAL(10, 0)
     if refused is not None:
         raise NotComparableError(f"{dialect} {named}: {refused}")
     rule = _SOURCE_RULES[dialect].get(family, {}).get(kind)

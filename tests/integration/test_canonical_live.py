@@ -17,9 +17,11 @@ its maximum, JSON numbers with exponents.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import random
+import re
 import struct
 import uuid
 from collections.abc import Callable
@@ -39,8 +41,13 @@ from state_models import canonical
 from state_models.canonical import NotComparableError, render, row_hash, row_text, session_settings
 from state_models.registry import Registry, Source, TableSpec, table_infos
 from state_models.scd2 import TableDef
-from state_models.types import FLOAT64, Kind
+from state_models.types import FLOAT64, JSON, Kind, decimal, map_source_type
 from tests.integration.capture_support import running
+from tests.unit.test_canonical import JSON_GUARD_CASES, JSONB_GUARD_CASES, _python_re
+
+SPACED = _python_re(canonical._PG_JSON_SPACED_STRING)
+IRREGULAR = _python_re(canonical._PG_JSON_IRREGULAR)
+ZEROS_TEST = _python_re(canonical._PG_JSON_ZEROS_TEST)
 
 pytestmark = pytest.mark.integration
 
@@ -425,6 +432,152 @@ def test_mariadb_values_render_the_same_in_the_state_table(
         list(state.columns), declared, "mysql", query, warehouse, table.state_table,
         MY_NOT_COMPARABLE, MY_EXPECTED, n,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- JSON and decimals
+
+#: the PostgreSQL JSON rendering without its guards (both regexes on every value)
+_PG_JSON_REGEXES = (
+    "REGEXP_REPLACE(REGEXP_REPLACE(CAST(v AS TEXT), "
+    + r"""'("(?:[^"\\]|\\.)*")|[[:space:]]+', '\1', 'g'), """
+    + r"""'("(?:[^"\\]|\\.)*")|(\.[0-9]*[1-9])0+\M|(\.0)0+\M', '\1\2\3', 'g')"""
+)
+_JSON_PIECES = [" ", ",", ":", ", ", ": ", ".", "0", "1.50", "a", "é", "\\", '"', "\t", "\n", "x y"]
+_JSON_NUMBERS = ["0", "-1", "1.50", "2.000", "0.10", "100", "10.5", "1.0", "-7.250", "0.000", "1e2"]
+
+
+def _random_json(rng: random.Random, space: Callable[[], str], depth: int = 0) -> str:
+    """A JSON text with strings of separators, quotes and backslashes, numbers with fraction
+    zeros, and ``space()`` between the tokens."""
+    k = rng.random()
+    if depth > 2 or k < 0.4:
+        if k < 0.15:
+            return rng.choice(_JSON_NUMBERS)
+        if k < 0.2:
+            return rng.choice(["true", "false", "null"])
+        piece = "".join(rng.choices(_JSON_PIECES, k=rng.randint(0, 5)))
+        return json.dumps(piece, ensure_ascii=rng.random() < 0.2)
+    n = rng.randint(0, 4)
+    if k < 0.7:
+        items = [_random_json(rng, space, depth + 1) for _ in range(n)]
+        return "[" + space() + ("," + space()).join(items) + space() + "]"
+    pairs = [
+        json.dumps("".join(rng.choices(_JSON_PIECES, k=rng.randint(0, 3))))
+        + space() + ":" + space() + _random_json(rng, space, depth + 1)
+        for _ in range(n)
+    ]  # fmt: skip
+    return "{" + space() + ("," + space()).join(pairs) + space() + "}"
+
+
+def _json_texts(n: int = 3000) -> list[str]:
+    rng = random.Random(11)
+    layouts: list[Callable[[], str]] = [
+        lambda: "",
+        lambda: " ",  # jsonb's layout, json.dumps' too
+        lambda: rng.choice(["", " ", "  ", "\n", "\t", "\r\n  "]),
+    ]
+    texts = [_random_json(rng, rng.choice(layouts)) for _ in range(n)]
+    return texts + [case[0] for case in (*JSONB_GUARD_CASES, *JSON_GUARD_CASES)]
+
+
+def test_postgres_json_guards_keep_what_the_regexes_make(pg_database: str) -> None:
+    """The rendering runs its regexes only behind cheap guards: its text must be what the regexes
+    alone make, for json and jsonb; for jsonb also the capture's compact text. And PostgreSQL's
+    guards decide as their Python translation does (tests/unit/test_canonical.py)."""
+    texts = _json_texts()
+    with psycopg.connect(pg_database, autocommit=True) as c:
+        for s in session_settings("postgres"):
+            c.execute(s)
+        c.execute("CREATE TABLE j (i int PRIMARY KEY, js json, jb jsonb)")
+        with c.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO j VALUES (%s, %s, %s::jsonb)", [(i, t, t) for i, t in enumerate(texts)]
+            )
+        for column, source_type in (("js", "json"), ("jb", "jsonb"), ("jb", "json")):
+            guarded = render(exp.column("v"), JSON, "postgres", source_type).sql("postgres")
+            rows = c.execute(
+                f"SELECT i, t, {guarded}, {_PG_JSON_REGEXES}, "
+                f"t ~ '{canonical._PG_JSON_SPACED_STRING}', t ~ '{canonical._PG_JSON_IRREGULAR}', "
+                f"t ~ '{canonical._PG_JSON_ZEROS_TEST}' "
+                f"FROM (SELECT i, {column} AS v, CAST({column} AS TEXT) AS t FROM j) AS x ORDER BY i"
+            ).fetchall()
+            assert len(rows) == len(texts)
+            assert [r[2] for r in rows] == [r[3] for r in rows], (column, source_type)
+            for _, text, _, _, spaced, irregular, zeros in rows:
+                assert spaced == bool(SPACED.search(text)), text
+                assert irregular == bool(IRREGULAR.search(text)), text
+                if not re.search(r"[0-9][^\x00-\x7f]", text):  # a word's end: by the locale
+                    assert zeros == bool(ZEROS_TEST.search(text)), text
+            if column == "jb":  # the capture's text: Python's, without spaces
+                for _, text, rendered, *_ in rows:
+                    compact = json.dumps(
+                        json.loads(text), separators=(",", ":"), ensure_ascii=False
+                    )
+                    assert rendered == compact, text
+            fast = sum(not (r[5] if source_type == "json" else r[4]) for r in rows)
+            assert 0.2 * len(rows) < fast < 0.9 * len(rows)  # both paths are taken
+
+
+def _expected_decimal(text: str) -> str:
+    plain = format(Decimal(text), "f")  # (normalize() would round to 28 digits)
+    plain = plain.rstrip("0").rstrip(".") if "." in plain else plain
+    return "0" if Decimal(text) == 0 else plain
+
+
+DECIMAL_VALUES = ["0", "0.00", "-0.00", "1.50", "-0.01", "100", "100.10", "9999999999.99", "0.5"]
+
+
+def test_postgres_numeric_is_its_text_without_fraction_zeros(pg_database: str) -> None:
+    cases = {
+        "numeric(12,2)": DECIMAL_VALUES,
+        "numeric(12,0)": ["0", "-0", "1", "-123456789012", "100"],
+        "numeric(20,9)": ["0.000000001", "-12345678901.123456789", "1.000000000", "0"],
+        "numeric": [*DECIMAL_VALUES, "12e20", "3.14159000", "1e-9", "-0.0000000001", "0.000"],
+        "money": ["0", "-1234.56", "1.50", "100"],
+        "bigint": ["0", "-9223372036854775808", "100"],
+    }
+    with psycopg.connect(pg_database, autocommit=True) as c:
+        for s in session_settings("postgres"):
+            c.execute(s)
+        for source_type, values in cases.items():
+            wtype = map_source_type(source_type, "postgres")
+            assert wtype.kind is Kind.DECIMAL or source_type == "bigint"
+            rendered = render(exp.column("v"), decimal(38, 9), "postgres", source_type)
+            rows = c.execute(
+                f"SELECT {rendered.sql('postgres')} FROM unnest(%s::text[]) WITH ORDINALITY "
+                f"AS x(t, i), LATERAL (SELECT CAST(t AS {source_type}) AS v) AS y ORDER BY i",
+                [values],
+            ).fetchall()
+            assert [r[0] for r in rows] == [_expected_decimal(v) for v in values], source_type
+        special = render(exp.column("v"), decimal(38, 9), "postgres", "numeric").sql("postgres")
+        rows = c.execute(
+            f"SELECT {special} FROM (VALUES (CAST('NaN' AS numeric)), (NULL)) AS x(v)"
+        ).fetchall()
+        assert rows == [("NaN",), (None,)]
+
+
+def test_mariadb_decimal_is_its_text_without_fraction_zeros(
+    mariadb: Any, mysql_database: str
+) -> None:
+    cases = {
+        "decimal(12,2)": DECIMAL_VALUES,
+        "decimal(12,2) unsigned": ["0", "1.50", "100.10", "0.01"],
+        "decimal(12,0)": ["0", "-0", "1", "-123456789012", "100"],
+        "decimal": ["0", "10", "-1000"],
+        "decimal(20,9)": ["0.000000001", "-12345678901.123456789", "1.000000000", "0", "-0.0"],
+        "decimal(65,30)": ["0", "1.5", "-12345678901234567890.000000000000000000000000000001"],
+    }
+    params = mysql_params(mariadb.dsn(mysql_database))
+    with pymysql.connect(autocommit=True, **params) as conn, conn.cursor() as cur:
+        for s in session_settings("mysql"):
+            cur.execute(s)
+        for n, (source_type, values) in enumerate(cases.items()):
+            cur.execute(f"CREATE TABLE d{n} (i int PRIMARY KEY, v {source_type})")
+            cur.executemany(f"INSERT INTO d{n} VALUES (%s, %s)", [*enumerate(values), (-1, None)])
+            rendered = render(exp.column("v"), decimal(38, 9), "mysql", source_type).sql("mysql")
+            cur.execute(f"SELECT {rendered} FROM d{n} ORDER BY i")
+            expected = [None, *(_expected_decimal(v) for v in values)]
+            assert [r[0] for r in cur.fetchall()] == expected, source_type
 
 
 # --------------------------------------------------------------------------- floats, many of them

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 import random
+import re
 import struct
 from decimal import Decimal
 from typing import Any
@@ -131,7 +133,15 @@ def duck(sql_type: str, values: list[Any], wtype: WarehouseType) -> list[Any]:
         (JSON, "postgres", "text[]", "CAST(ARRAY_TO_JSON(v) AS TEXT)"),
         (JSON, "duckdb", None, "CAST(v AS TEXT)"),
         (JSON, "bigquery", None, "TO_JSON_STRING(v)"),
-        (decimal(12, 2), "mysql", "decimal(12,2)", "CASE WHEN v IS NULL THEN NULL WHEN v = 0 THEN '0' WHEN LOCATE('.', CAST(v AS CHAR)) > 0 THEN TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(v AS CHAR))) ELSE CAST(v AS CHAR) END"),
+        # MySQL prints exactly the declared scale: with one, the text always has a point
+        (decimal(12, 2), "mysql", "decimal(12,2)", "CASE WHEN v = 0 THEN '0' ELSE TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(v AS CHAR))) END"),
+        (decimal(12, 0), "mysql", "decimal(12,0) unsigned", "CASE WHEN v = 0 THEN '0' ELSE CAST(v AS CHAR) END"),
+        (decimal(10, 0), "mysql", "decimal", "CASE WHEN v = 0 THEN '0' ELSE CAST(v AS CHAR) END"),
+        (decimal(12, 2), "mysql", None, "CASE WHEN v IS NULL THEN NULL WHEN v = 0 THEN '0' WHEN LOCATE('.', CAST(v AS CHAR)) > 0 THEN TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(v AS CHAR))) ELSE CAST(v AS CHAR) END"),
+        (decimal(12, 2), "postgres", "numeric(12,2)", "CAST(TRIM_SCALE(v) AS TEXT)"),
+        (decimal(38, 9), "postgres", "numeric", "CAST(TRIM_SCALE(v) AS TEXT)"),
+        (decimal(19, 2), "postgres", "money", "CAST(TRIM_SCALE(CAST(v AS DECIMAL)) AS TEXT)"),
+        (decimal(20, 0), "postgres", "bigint", "CAST(v AS TEXT)"),
         (decimal(38, 9), "bigquery", None, "CASE WHEN v IS NULL THEN NULL WHEN v = 0 THEN '0' WHEN INSTR(CAST(v AS STRING), '.') > 0 THEN RTRIM(RTRIM(CAST(v AS STRING), '0'), '.') ELSE CAST(v AS STRING) END"),
     ],
 )  # fmt: skip
@@ -151,9 +161,185 @@ def test_jsonb_and_interval_renderings_on_postgres() -> None:
     # strings are matched whole, so spaces and zeros inside them are kept
     assert "'(\"(?:[^\"\\\\]|\\\\.)*\")|[[:space:]]+', '\\1', 'g'" in jsonb
     assert "(\\.[0-9]*[1-9])0+\\M|(\\.0)0+\\M', '\\1\\2\\3', 'g'" in jsonb
+    # each regex runs behind its guard; otherwise two REPLACEs make the text
+    assert jsonb.startswith(
+        f"CASE WHEN CAST(v AS TEXT) ~ '{canonical._PG_JSON_SPACED_STRING}' THEN"
+    )
+    assert jsonb.endswith("ELSE REPLACE(REPLACE(CAST(v AS TEXT), ', ', ','), ': ', ':') END")
+    assert (
+        jsonb.count("REGEXP_REPLACE(") == 4
+        and jsonb.count("POSITION('.' IN CAST(v AS TEXT)) > 0") == 2
+    )
+    json = render(V, JSON, "postgres", "json").sql("postgres")
+    assert json == jsonb.replace(canonical._PG_JSON_SPACED_STRING, canonical._PG_JSON_IRREGULAR)
+    assert render(V, JSON, "postgres").sql("postgres") == json  # no source type: the general one
     interval = render(V, STRING, "postgres", "interval").sql("postgres")
     assert "* 30.4375" in interval and interval.startswith("CAST(CAST(TRUNC(")
     assert render(V, INT64, "postgres", "interval").sql("postgres") == interval
+
+
+# --------------------------------------------------------------------------- PostgreSQL JSON guards
+# The PostgreSQL JSON rendering runs each of its two regexes only behind a guard. Here the guards'
+# logic runs in Python (the module's own regexes, translated): the guarded text must be what the
+# two regexes make of every text. tests/integration/test_canonical_live.py runs the SQL itself.
+
+
+def _python_re(are: str) -> re.Pattern[str]:
+    r"""One of canonical.py's PostgreSQL regexes in Python's syntax: ``[[:space:]]`` as JSON's
+    whitespace (all there is outside strings, and these regexes look at none inside them), ``\M``
+    (a word's end, each after a digit) as no word character next (whether a letter such as é is
+    one depends on PostgreSQL's locale; it matters only inside strings, which stay as they are)."""
+    python = are.replace("[[:space:]]", r"[ \t\n\r]").replace(r"\M", r"(?!\w)")
+    return re.compile(python, re.DOTALL)
+
+
+_SPACES_RE = _python_re(canonical._PG_JSON_SPACES_RE)
+_ZEROS_RE = _python_re(canonical._PG_JSON_ZEROS_RE)
+_ZEROS_TEST = _python_re(canonical._PG_JSON_ZEROS_TEST)
+
+
+def _no_spaces(text: str) -> str:
+    return _SPACES_RE.sub(lambda m: m[1] or "", text)
+
+
+def _no_zeros(text: str) -> str:
+    return _ZEROS_RE.sub(lambda m: "".join(g or "" for g in m.groups()), text)
+
+
+def _guarded(text: str, irregular: str) -> tuple[str, bool, bool]:
+    """The rendering's CASE: (its text, whether the space regex ran, whether the zero regex ran)."""
+    spaces = _python_re(irregular).search(text) is not None
+    zeros = "." in text and _ZEROS_TEST.search(text) is not None
+    compact = _no_spaces(text) if spaces else text.replace(", ", ",").replace(": ", ":")
+    return (_no_zeros(compact) if zeros else compact), spaces, zeros
+
+
+#: jsonb text as PostgreSQL prints it: (text, space regex runs, zero regex runs, compact text)
+JSONB_GUARD_CASES = [
+    ('{"g": 123}', False, False, '{"g":123}'),
+    ('{"a": "x y", "b": [1, true, null]}', False, False, '{"a":"x y","b":[1,true,null]}'),
+    ('{"a": 10, "b": 2.5}', False, False, '{"a":10,"b":2.5}'),  # a point and a 0, no such number
+    ('{"a": 1.50}', False, True, '{"a":1.5}'),
+    ("[1.0, 2.000, 0.10, 100, 1.05, -3.00]", False, True, "[1.0,2.0,0.1,100,1.05,-3.0]"),
+    ('{"a": "1.50", "b": 2}', False, True, '{"a":"1.50","b":2}'),  # zeros in a string stay
+    ('{"a": "x, y"}', True, False, '{"a":"x, y"}'),
+    ('{"a": "x: y"}', True, False, '{"a":"x: y"}'),
+    ('{"a, b": 1, "c": 2}', True, False, '{"a, b":1,"c":2}'),
+    ('"one, two: three"', True, False, '"one, two: three"'),
+    ('{"a": "é,", "b": ":", "c": ",:"}', False, False, '{"a":"é,","b":":","c":",:"}'),
+    ('{"a": "x\\\\", "b": "y z"}', False, False, '{"a":"x\\\\","b":"y z"}'),  # "\\" ends it
+    ('{"a": "\\", ", "b": 1}', True, False, '{"a":"\\", ","b":1}'),  # '", ' inside a string
+    ('{"a": "\\"", "b": "c: d"}', True, False, '{"a":"\\"","b":"c: d"}'),
+    ('{"a": "\\"x, y"}', True, False, '{"a":"\\"x, y"}'),  # only escapes tell it is inside
+    ('{"a": {"b": [1.10, "2.50, 3"]}}', True, True, '{"a":{"b":[1.1,"2.50, 3"]}}'),
+    ('{"a": "\u00a0,\u00a0"}', False, False, '{"a":"\u00a0,\u00a0"}'),
+    ("[]", False, False, "[]"),
+    ("{}", False, False, "{}"),
+    ("null", False, False, "null"),
+    ("0.000", False, True, "0.0"),
+]
+#: json text as written
+JSON_GUARD_CASES = [
+    ('{"a":1,"b":"c d"}', False, False, '{"a":1,"b":"c d"}'),  # compact, a space in a string
+    ('{"a": 1, "b": "c d"}', False, False, '{"a":1,"b":"c d"}'),  # as json.dumps writes it
+    ('{"a" : 1}', True, False, '{"a":1}'),
+    (' {"a":1}', True, False, '{"a":1}'),
+    ('{"a":1} ', True, False, '{"a":1}'),
+    ('{"a":\t1}', True, False, '{"a":1}'),
+    ('{"a":\n1}', True, False, '{"a":1}'),
+    ('{"a":\r\n1}', True, False, '{"a":1}'),
+    ('{"a":  1}', True, False, '{"a":1}'),
+    ("[1,2 ]", True, False, "[1,2]"),
+    ('["x" ,1]', True, False, '["x",1]'),
+    ('["x", "y z"]', False, False, '["x","y z"]'),
+    ('{"a": "x, y"}', True, False, '{"a":"x, y"}'),
+    ('{"a":1.50 ,"b":2}', True, True, '{"a":1.5,"b":2}'),
+    ("[1.50, 2.00]", False, True, "[1.5,2.0]"),
+    ("[1.50e2, 2.500E1]", False, False, "[1.50e2,2.500E1]"),  # a 0 before an exponent stays
+]
+
+
+@pytest.mark.parametrize("text, spaces, zeros, compact", JSONB_GUARD_CASES)
+def test_jsonb_regexes_run_only_where_they_change_the_text(
+    text: str, spaces: bool, zeros: bool, compact: str
+) -> None:
+    assert _no_zeros(_no_spaces(text)) == compact
+    assert _guarded(text, canonical._PG_JSON_SPACED_STRING) == (compact, spaces, zeros)
+    assert _guarded(text, canonical._PG_JSON_IRREGULAR) == (compact, spaces, zeros)
+
+
+@pytest.mark.parametrize("text, spaces, zeros, compact", JSON_GUARD_CASES)
+def test_json_regexes_run_only_where_they_change_the_text(
+    text: str, spaces: bool, zeros: bool, compact: str
+) -> None:
+    assert _no_zeros(_no_spaces(text)) == compact
+    assert _guarded(text, canonical._PG_JSON_IRREGULAR) == (compact, spaces, zeros)
+
+
+_JSON_STRINGS = (
+    st.lists(
+        st.sampled_from(
+            [" ", ",", ":", ", ", ": ", ".", "0", "1", "a", "é", "\\", '"', "\t", "\n", "\xa0", "/"]
+        ),
+        max_size=6,
+    )
+    .map("".join)
+    .map(lambda s: json.dumps(s, ensure_ascii=False))
+)
+_JSON_LEAVES = st.one_of(
+    _JSON_STRINGS,
+    st.sampled_from(["0", "-1", "1.50", "2.000", "0.10", "100", "10.5", "1.0", "-7.250", "5.05"]),
+    st.sampled_from(["0.000", "1e2", "2.50E+3", "true", "false", "null"]),
+)
+#: a JSON value: a leaf's text, a list (an array) or a tuple of (key text, value) (an object)
+_JSON_TREES = st.recursive(
+    _JSON_LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(st.tuples(_JSON_STRINGS, inner), max_size=4).map(tuple),
+    ),
+    max_leaves=12,
+)
+
+
+def _json_text(tree: Any, space: Any = lambda: " ") -> str:
+    """jsonb's layout (", " and ": "), or json text with ``space()`` around every token."""
+    if isinstance(tree, str):
+        return tree
+    if isinstance(tree, list):
+        inner = ["".join((space(), _json_text(v, space), space())) for v in tree]
+        return "[" + ",".join(inner) + "]" if inner else "[" + space() + "]"
+    inner = [f"{k}{space()}:{space()}{_json_text(v, space)}" for k, v in tree]
+    return "{" + ",".join(space() + i + space() for i in inner) + "}" if inner else "{}"
+
+
+def _jsonb_text(tree: Any) -> str:
+    if isinstance(tree, str):
+        return tree
+    if isinstance(tree, list):
+        return "[" + ", ".join(map(_jsonb_text, tree)) + "]"
+    return "{" + ", ".join(f"{k}: {_jsonb_text(v)}" for k, v in tree) + "}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_TREES)
+def test_guarded_jsonb_text_is_what_the_regexes_make(tree: Any) -> None:
+    text = _jsonb_text(tree)
+    json.loads(text)  # a valid text
+    expected = _no_zeros(_no_spaces(text))
+    assert _guarded(text, canonical._PG_JSON_SPACED_STRING)[0] == expected
+    assert _guarded(text, canonical._PG_JSON_IRREGULAR)[0] == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_TREES, st.randoms(use_true_random=False))
+def test_guarded_json_text_is_what_the_regexes_make(tree: Any, rnd: random.Random) -> None:
+    def space() -> str:
+        return rnd.choice(["", "", " ", " ", "  ", "\n", "\t", "\r\n  "])
+
+    for text in (_json_text(tree, space), space() + _json_text(tree, lambda: "") + space()):
+        json.loads(text)
+        assert _guarded(text, canonical._PG_JSON_IRREGULAR)[0] == _no_zeros(_no_spaces(text))
 
 
 def test_row_hash_sql_per_dialect() -> None:
