@@ -309,19 +309,37 @@ def _shape(
     compare and hash its columns (``collations``: per key, how it compares, e.g. ``"C"``)."""
     from state_models.canonical import row_hash, row_text
 
-    derived = (
-        exp.select(
+    filter_keys: list[exp.Expr] = []
+    for i, k in enumerate(keys):
+        collation = collations[i] if i < len(collations) else None
+        filter_keys.append(k if collation is None else exp.Collate(this=k, expression=collation))
+    text_columns = [exp.column(_ident(f"__t{i}")) for i in range(len(texts))]
+
+    def make_relation(where: exp.Expr | None) -> exp.Expr:
+        """The rows in ``where`` (on the key columns), rendered once each, then their row text."""
+        rendered = exp.select(
             *[exp.alias_(k.copy(), f"__k{i}", quoted=True) for i, k in enumerate(keys)],
             *[exp.alias_(t.copy(), f"__t{i}", quoted=True) for i, t in enumerate(texts.values())],
-            exp.alias_(row_text(list(texts.values()), dialect), "__row_text", quoted=True),
             *[
                 exp.alias_(t.copy(), f"__pt{i}", quoted=True)
                 for i, t in enumerate((pii or {}).values())
             ],
+        ).from_(relation.copy())
+        if where is not None:
+            rendered = rendered.where(where)
+        if dialect == "postgres":
+            # a fence: PostgreSQL would fold this query into the next one and render each column
+            # twice per row (the row text names each text twice); OFFSET 0 keeps it apart
+            rendered = rendered.offset(0)
+        return (
+            exp.select(
+                exp.Star(), exp.alias_(row_text(text_columns, dialect), "__row_text", quoted=True)
+            )
+            .from_(rendered.subquery("rendered"))
+            .subquery("rows")
         )
-        .from_(relation)
-        .subquery("rows")
-    )
+
+    derived = make_relation(None)
     names = list(texts)
     key_texts: list[exp.Expr] = (
         [exp.column(_ident(f"__t{names.index(k)}")) for k in key_names] if pii else []
@@ -352,6 +370,8 @@ def _shape(
         pii=pii_columns,
         key_texts=key_texts,
         pii_hash=pii_hash,
+        make_relation=make_relation,
+        filter_keys=filter_keys,
     )
 
 

@@ -277,27 +277,33 @@ class RelationShape:
     pii: dict[str, exp.Expr] = field(default_factory=dict)
     key_texts: list[exp.Expr] = field(default_factory=list)
     pii_hash: exp.Expr | None = None
+    #: when set, the relation is built per query around its conditions (``make_relation(where)``),
+    #: which are written on ``filter_keys`` (the key columns inside it), so each query reads and
+    #: renders only the rows of its segments (PostgreSQL does not push a condition into a fenced
+    #: subquery by itself)
+    make_relation: Callable[[exp.Expr | None], exp.Expr] | None = None
+    filter_keys: list[exp.Expr] = field(default_factory=list)
 
     def _lit(self, i: int, value: Any) -> exp.Expr:
         return literal(value, self.key_types[i])
 
-    def _cmp(self, key: Key, strict: bool, greater: bool) -> exp.Expr:
-        """Lexicographic ``keys > key`` (or ``>=``, ``<``, ``<=``)."""
+    def _cmp(
+        self, key: Key, strict: bool, greater: bool, keys: Sequence[exp.Expr] | None = None
+    ) -> exp.Expr:
+        """Lexicographic ``keys > key`` (or ``>=``, ``<``, ``<=``), on the filter keys unless
+        ``keys`` says which."""
+        keys = keys if keys is not None else (self.filter_keys or self.keys)
         terms = []
-        n = len(self.keys)
+        n = len(keys)
         for i in range(n):
-            eqs = [
-                exp.EQ(this=self.keys[j].copy(), expression=self._lit(j, key[j])) for j in range(i)
-            ]
+            eqs = [exp.EQ(this=keys[j].copy(), expression=self._lit(j, key[j])) for j in range(i)]
             last = i == n - 1
             op: type[exp.Expr]
             if greater:
                 op = exp.GT if (strict or not last) else exp.GTE
             else:
                 op = exp.LT if (strict or not last) else exp.LTE
-            terms.append(
-                exp.and_(*eqs, op(this=self.keys[i].copy(), expression=self._lit(i, key[i])))
-            )
+            terms.append(exp.and_(*eqs, op(this=keys[i].copy(), expression=self._lit(i, key[i]))))
         return exp.or_(*terms) if len(terms) > 1 else terms[0]
 
     def within(self, segment: Segment) -> exp.Expr | None:
@@ -315,7 +321,10 @@ class RelationShape:
             *[
                 exp.and_(
                     *[
-                        exp.EQ(this=self.keys[i].copy(), expression=self._lit(i, v))
+                        exp.EQ(
+                            this=(self.filter_keys or self.keys)[i].copy(),
+                            expression=self._lit(i, v),
+                        )
                         for i, v in enumerate(key)
                     ]
                 )
@@ -324,6 +333,8 @@ class RelationShape:
         )
 
     def _base(self, *fields: exp.Expr, where: exp.Expr | None) -> exp.Select:
+        if self.make_relation is not None:
+            return exp.select(*fields).from_(self.make_relation(where))
         q = exp.select(*fields).from_(self.relation.copy())
         return q.where(where) if where is not None else q
 
@@ -333,7 +344,9 @@ class RelationShape:
     def _segment(self, bounds: Sequence[Key]) -> exp.Expr:
         case = exp.Case()
         for i, b in enumerate(bounds):
-            case = case.when(self._cmp(b, strict=True, greater=False), exp.Literal.number(i))
+            case = case.when(
+                self._cmp(b, strict=True, greater=False, keys=self.keys), exp.Literal.number(i)
+            )
         return case.else_(exp.Literal.number(len(bounds))) if bounds else exp.Literal.number(0)
 
     def plan_digests(self, parent: Segment, bounds: Sequence[Key]) -> exp.Select:
