@@ -72,7 +72,7 @@ def reconcile(folder: Path, label: str, rows: int) -> dict:
         f"({100 * report['rows_transferred'] / rows:.3f}%)  status {report['status']} "
         f"(exit {code})  peak RSS {rss_mib():.0f} MiB"
     )
-    return {"seconds": seconds, **report}
+    return {**report, "seconds": seconds}
 
 
 def main() -> int:
