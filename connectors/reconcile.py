@@ -304,6 +304,7 @@ def _shape(
     key_names: Sequence[str] = (),
     pii: Mapping[str, exp.Expr] | None = None,
     pii_in_sql: bool = False,
+    precomputed: Mapping[str, exp.Expr] | None = None,
 ) -> RelationShape:
     """Keys, column texts and the row text are computed once, in a derived table; the plans
     compare and hash its columns (``collations``: per key, how it compares, e.g. ``"C"``)."""
@@ -324,9 +325,18 @@ def _shape(
                 exp.alias_(t.copy(), f"__pt{i}", quoted=True)
                 for i, t in enumerate((pii or {}).values())
             ],
-        ).from_(relation.copy())
-        if where is not None:
-            rendered = rendered.where(where)
+        )
+        if precomputed:  # computed once per row below the renderings that name them repeatedly
+            base = exp.select(
+                exp.Star(), *[exp.alias_(e.copy(), n, quoted=True) for n, e in precomputed.items()]
+            ).from_(relation.copy())
+            if where is not None:
+                base = base.where(where)
+            rendered = rendered.from_(base.offset(0).subquery("base"))
+        else:
+            rendered = rendered.from_(relation.copy())
+            if where is not None:
+                rendered = rendered.where(where)
         if dialect == "postgres":
             # a fence: PostgreSQL would fold this query into the next one and render each column
             # twice per row (the row text names each text twice); OFFSET 0 keeps it apart
@@ -406,8 +416,20 @@ def source_shape(
             key_types.append(exp.DataType.build(source_type, dialect=dialect))
         except Exception:  # a type sqlglot cannot name: the literal goes uncast
             key_types.append(None)
+    # PostgreSQL JSON: its text, made once per row, which the rendering tests and edits (it names
+    # the value several times, and PostgreSQL would convert the JSON to text each time)
+    precomputed: dict[str, exp.Expr] = {}
+
+    def value(c: str) -> exp.Expr:
+        source_type = source_types[table.source_column(c)]
+        if dialect == "postgres" and source_type in ("json", "jsonb"):
+            name = f"__json{len(precomputed)}"
+            precomputed[name] = exp.cast(col(c), "TEXT")
+            return exp.column(_ident(name))
+        return col(c)
+
     texts = {
-        c: render(col(c), state.column_type(c), dialect, source_types[table.source_column(c)])
+        c: render(value(c), state.column_type(c), dialect, source_types[table.source_column(c)])
         for c in compared.columns
     }
     pii = {
@@ -415,7 +437,17 @@ def source_shape(
         for c in compared.pii
     }
     relation = exp.Table(this=_ident(schema_table[1]), db=_ident(schema_table[0]))
-    return _shape(dialect, relation, keys, key_types, texts, collations, list(state.key), pii)
+    return _shape(
+        dialect,
+        relation,
+        keys,
+        key_types,
+        texts,
+        collations,
+        list(state.key),
+        pii,
+        precomputed=precomputed,
+    )
 
 
 def state_shape(

@@ -14,10 +14,12 @@ repair is history like any change; then it compares again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,31 +175,30 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
 
     proven_at = [0.0]  # when the snapshot of the last comparison was taken
 
-    def at_position(what: str) -> Any:
-        snapshot = open_snapshot(t.source_name, t.source).__enter__()
-        report.position = snapshot.position
-        proven_at[0] = snapshot.taken_at
-        waited = time.monotonic()
-        applied = _wait_applied(warehouse, t, snapshot, args.wait)
-        report.wait_s += time.monotonic() - waited
-        if not applied:
-            snapshot.__exit__(None, None, None)
-            report.status = "incomplete"
-            report.detail = (
-                f"the state table did not reach the source position {report.position} within "
-                f"{args.wait:g} s ({what}): is `cdc run` running?"
-            )
-            return None
-        return snapshot
+    @contextlib.contextmanager
+    def at_position(what: str) -> Iterator[Any]:
+        """A source snapshot the state has caught up with, or None (the report says why)."""
+        with open_snapshot(t.source_name, t.source) as snapshot:
+            report.position = snapshot.position
+            proven_at[0] = snapshot.taken_at
+            waited = time.monotonic()
+            applied = _wait_applied(warehouse, t, snapshot, args.wait)
+            report.wait_s += time.monotonic() - waited
+            if not applied:
+                report.status = "incomplete"
+                report.detail = (
+                    f"the state table did not reach the source position {report.position} "
+                    f"within {args.wait:g} s ({what}): is `cdc run` running?"
+                )
+            yield snapshot if applied else None
 
     transferred = [0]
 
     def measure(what: str) -> Any:
         """Compare at one snapshot, then re-check what differs at newer ones (in flight)."""
-        snapshot = at_position(what)
-        if snapshot is None:
-            return None
-        try:
+        with at_position(what) as snapshot:
+            if snapshot is None:
+                return None
             src, dst, compared = sides(snapshot)
             report.not_compared = compared.skipped
             report.pii_compared = compared.pii
@@ -214,21 +215,16 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
                 f"{t.id}: source {src.queries} queries {src.seconds:.2f} s, state "
                 f"{dst.queries} queries {dst.seconds:.2f} s"
             )
-        finally:
-            snapshot.__exit__(None, None, None)
         transferred[0] += diff.rows_transferred + src.pii_rows
         seen = (diff.missing, diff.extra, diff.different, diff.hashes)
         for _ in range(RECHECKS):
             if diff.equal:
                 break
-            snapshot = at_position("re-checking")
-            if snapshot is None:
-                return None
-            try:
+            with at_position("re-checking") as snapshot:
+                if snapshot is None:
+                    return None
                 src, dst, _ = sides(snapshot)
                 diff = recheck(src, dst, diff.keys())
-            finally:
-                snapshot.__exit__(None, None, None)
             transferred[0] += diff.rows_transferred
             _say(f"{t.id}: re-checked at {report.position}: {len(diff.keys())} still differ")
             # the same keys, differing the same way, twice running: not changes in flight
