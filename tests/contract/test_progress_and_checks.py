@@ -104,3 +104,31 @@ def test_a_dry_run_reads_nothing_and_bigquery_estimates_the_bytes(warehouse):
         assert all(isinstance(b, int) and b >= 0 for b in estimates.values()), estimates
     else:
         assert set(estimates.values()) == {None}
+
+
+def test_check_results_are_kept_and_the_last_record_read_back(warehouse):
+    from state_models.checks import CheckResult
+
+    table = table_def()
+    tid = f"{table.table_id}#{table.state_table}"
+    at = dt.datetime(2026, 12, 7, 1, tzinfo=dt.UTC)
+    first = CheckResult(
+        tid, "schema_drift", "warn", "pass", 0, record='{"columns": {"a": "int64"}}'
+    )
+    warehouse.record_checks([first], at)
+    later = CheckResult(
+        tid,
+        "schema_drift",
+        "warn",
+        "fail",
+        1,
+        keys=[{"column": "b"}],
+        record='{"columns": {"a": "int64", "b": "string"}}',
+    )
+    warehouse.record_checks(
+        [later, CheckResult(tid, "one_current", "error", "pass", 0)], at + dt.timedelta(hours=1)
+    )
+    assert (
+        warehouse.last_record(tid, "schema_drift") == '{"columns": {"a": "int64", "b": "string"}}'
+    )
+    assert warehouse.last_record(tid, "nothing_like_it") is None
