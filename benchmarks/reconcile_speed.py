@@ -1,7 +1,7 @@
 """How fast `cdc reconcile` compares a PostgreSQL table with its DuckDB state table (issue 16).
 
 A throwaway PostgreSQL gets a table of ``--rows`` rows (several types); a `cdc run` captures it
-into DuckDB and keeps running. Then, in this process: one plain md5 scan of the table on the
+into DuckDB and keeps running. Once it has archived the snapshot (steady state), in this process: one plain md5 scan of the table on the
 source (the yardstick), the reconcile of the equal table, and the reconcile after ``--differ``
 scattered keys were changed in the state table. Printed per run: seconds, rows/s, rows that left
 the databases, peak RSS of this process. Targets: at most 2x the md5 scan, under 300 MiB, fewer
@@ -28,6 +28,7 @@ import duckdb
 
 from cdc.cli import main as cdc_main
 from connectors.local_servers import PostgresServer
+from connectors.warehouse.duckdb import DuckDBWarehouse
 
 TABLE = "bench.public.subscriptions"
 STATE = "bench_subscriptions"
@@ -50,6 +51,21 @@ sources:
 
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def idle(folder: Path, rows: int) -> bool:
+    """cdc run has archived every event and holds no unmerged journal segment."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cdc", "status", "--config", "cdc.yaml", "--format", "json"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
+    try:
+        runtime = json.loads(out.stdout)["runtime"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return runtime.get("events_archived", 0) >= rows and runtime.get("journal_segments") == 0
 
 
 def reconcile(folder: Path, label: str, rows: int) -> dict:
@@ -111,6 +127,9 @@ def main() -> int:
                     break
             except duckdb.Error:
                 continue
+        print("waiting for cdc run to finish archiving the snapshot ...", flush=True)
+        while not idle(folder, args.rows):  # measured with the service steady, not mid-backfill
+            time.sleep(2)
         started = time.perf_counter()
         server.execute(
             "SELECT count(*), sum(length(md5(s::text))) FROM public.subscriptions s",
@@ -122,11 +141,14 @@ def main() -> int:
         )
         equal = reconcile(folder, "reconcile, equal", args.rows)
         keys = random.Random(1).sample(range(1, args.rows + 1), args.differ)
-        with duckdb.connect(str(folder / "warehouse.duckdb")) as con:
-            con.execute(
+        wh = DuckDBWarehouse(f"duckdb:///{folder / 'warehouse.duckdb'}", lock_wait_s=60)
+        try:  # cdc run holds the file between its merges: wait for a turn
+            wh.con.execute(
                 f"UPDATE {STATE} SET plan = 'changed' WHERE _is_current AND id IN "
                 f"({', '.join(map(str, keys))})"
             )
+        finally:
+            wh.close()
         differ = reconcile(folder, f"reconcile, {args.differ} differ", args.rows)
         found = sorted(d["key"]["id"] for d in differ["different"])
         print(

@@ -180,6 +180,18 @@ class PostgresSnapshot:
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(name)))
             for statement in session_settings("postgres"):
                 conn.execute(statement.encode())
+            encoding = conn.execute("SHOW server_encoding").fetchone()
+            if encoding is None or encoding[0] != "UTF8":
+                conn.close()
+                raise ReconcileError(
+                    f"source {self.source_name!r}: reconcile compares UTF-8 text, and this "
+                    f"database's server_encoding is {encoding[0] if encoding else '?'}"
+                )
+            # a digest is one long scan: JIT compilation costs more than it saves here; and the
+            # planner takes a GROUP BY of a segment CASE for a million groups (there are 64 at
+            # most), and sorts the rows instead of hashing them unless the hash fits in work_mem
+            conn.execute("SET jit = off")
+            conn.execute("SET work_mem = '64MB'")
             self.conn = conn
         finally:
             repl.finish()  # the imported snapshot lives on; the temporary slot goes
@@ -294,6 +306,17 @@ def plan_columns(
     return Compared(compared, skipped, pii)
 
 
+def _fence(dialect: str, name: str) -> list[exp.Expr]:
+    """A column that keeps PostgreSQL from folding a derived table into the query above it, which
+    would compute each rendering as often as the query above names it (the row text names each
+    text twice). A volatile function in the select list is such a fence, and ``clock_timestamp()``
+    is parallel-safe, so the scan below it still runs in parallel workers (``OFFSET 0``, the usual
+    fence, would not)."""
+    if dialect != "postgres":
+        return []
+    return [exp.alias_(exp.Anonymous(this="CLOCK_TIMESTAMP", expressions=[]), name, quoted=True)]
+
+
 def _shape(
     dialect: str,
     relation: exp.Expr,
@@ -328,19 +351,18 @@ def _shape(
         )
         if precomputed:  # computed once per row below the renderings that name them repeatedly
             base = exp.select(
-                exp.Star(), *[exp.alias_(e.copy(), n, quoted=True) for n, e in precomputed.items()]
+                exp.Star(),
+                *[exp.alias_(e.copy(), n, quoted=True) for n, e in precomputed.items()],
+                *_fence(dialect, "__fence0"),
             ).from_(relation.copy())
             if where is not None:
                 base = base.where(where)
-            rendered = rendered.from_(base.offset(0).subquery("base"))
+            rendered = rendered.from_(base.subquery("base"))
         else:
             rendered = rendered.from_(relation.copy())
             if where is not None:
                 rendered = rendered.where(where)
-        if dialect == "postgres":
-            # a fence: PostgreSQL would fold this query into the next one and render each column
-            # twice per row (the row text names each text twice); OFFSET 0 keeps it apart
-            rendered = rendered.offset(0)
+        rendered = rendered.select(*_fence(dialect, "__fence1"), copy=False)
         return (
             exp.select(
                 exp.Star(), exp.alias_(row_text(text_columns, dialect), "__row_text", quoted=True)
@@ -457,7 +479,7 @@ def state_shape(
     from state_models.canonical import render
 
     dialect = caps.dialect
-    relation = plan_as_of(state, names, caps, seq=seq).subquery("live")
+    relation = plan_as_of(state, names, caps, seq=seq, ordered=False).subquery("live")
     keys: list[exp.Expr] = [exp.column(_ident(k)) for k in state.key]
     key_types: list[exp.DataType | None] = [state.column_type(k).to_sql(dialect) for k in state.key]
     texts = {

@@ -70,7 +70,7 @@ Known residual differences, where :func:`render` still renders (they show up as 
   binlog (the snapshot keeps them; this renders the padded bytes); an empty MySQL ``SET`` arrives
   as NULL from the binlog.
 
-Requires PostgreSQL 14+ (``EXTRACT(EPOCH ...)`` exact) and a UTF-8 client encoding.
+Requires PostgreSQL 14+ (``EXTRACT(EPOCH ...)`` exact) and a UTF-8 database (``server_encoding``).
 """
 
 from __future__ import annotations
@@ -850,7 +850,9 @@ def row_text(columns: Sequence[exp.Expr], dialect: str) -> exp.Expr:
 
 
 _ROW_HASH = _template(
-    postgres="CAST(CAST('x' || LPAD(SUBSTRING(MD5(CONVERT_TO(__v, 'UTF8')), 1, 15), 16, '0') AS BIT(64)) AS BIGINT)",
+    # the database's text is UTF-8 (the snapshot checks server_encoding), so MD5 hashes the
+    # same bytes as everywhere else without a CONVERT_TO copy
+    postgres="CAST(CAST('x' || SUBSTRING(MD5(__v), 1, 15) AS BIT(60)) AS BIGINT)",
     mysql="CAST(CONV(SUBSTRING(MD5(CONVERT(__v USING utf8mb4)), 1, 15), 16, 10) AS SIGNED)",
     duckdb="CAST('0x' || SUBSTRING(MD5(__v), 1, 15) AS BIGINT)",
     bigquery="CAST(CONCAT('0x', SUBSTRING(TO_HEX(MD5(__v)), 1, 15)) AS INT64)",

@@ -959,8 +959,10 @@ def plan_as_of(
     *,
     at: dt.datetime | None = None,
     seq: str | None = None,
+    ordered: bool = True,
 ) -> exp.Select:
-    """The live rows at a commit time (``at``) or a source position (``seq``), ordered by key.
+    """The live rows at a commit time (``at``) or a source position (``seq``), ordered by key
+    unless ``ordered`` is false (for a caller that aggregates them: no sort of the whole table).
 
     A version is live at T when ``_valid_from <= T < _valid_to`` (or it is current) and it is not
     a tombstone; at seq S when ``_seq <= S < _next_seq``.
@@ -971,9 +973,8 @@ def plan_as_of(
         condition = _as_of_time_condition(literal_for(at, TIMESTAMP, caps))
     else:
         condition = _as_of_seq_condition(exp.Literal.string(str(seq)))
-    return _live_rows(table, names, condition).order_by(
-        *_order_by_key(table, with_seq=False), copy=False
-    )
+    rows = _live_rows(table, names, condition)
+    return rows.order_by(*_order_by_key(table, with_seq=False), copy=False) if ordered else rows
 
 
 def plan_current(table: StateTable, names: TableNames, caps: Capabilities) -> exp.Select:

@@ -384,3 +384,26 @@ def test_pii_columns_compare_by_their_protected_form_made_on_our_side(
         ).fetchall()
     assert email.startswith("h1:") and email != "h1:forged" and "@" not in email
     assert phone.endswith("0003") and phone.startswith("*")
+
+
+def test_a_database_whose_text_is_not_utf8_is_refused_with_its_encoding(postgres: Any) -> None:
+    """The digests hash the database's own text bytes, which are UTF-8 only in a UTF8 database:
+    any other encoding is refused up front instead of reporting every non-ASCII row as different."""
+    from connectors.reconcile import PostgresSnapshot, ReconcileError
+    from state_models.registry import Source
+
+    name = f"t_latin1_{os.getpid()}_{random.randrange(1 << 30)}"
+    postgres.execute(
+        f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' TEMPLATE template0 "
+        "LC_COLLATE 'C' LC_CTYPE 'C'"
+    )
+    source = Source(kind="postgres", engine="pgoutput", dsn=postgres.dsn(name))
+    with (
+        pytest.raises(ReconcileError, match="server_encoding is LATIN1"),
+        PostgresSnapshot("latin", source),
+    ):
+        pass
+    # the temporary slot went with its connection: nothing is left behind on the server
+    with psycopg.connect(postgres.dsn(name), autocommit=True) as conn:
+        slots = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()
+    assert slots is not None and slots[0] == 0
