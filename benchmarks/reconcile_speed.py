@@ -86,7 +86,9 @@ def reconcile(folder: Path, label: str, rows: int) -> dict:
         f"(+{report['wait_s']:.1f} s waiting for the state)  "
         f"{report['rows_transferred']:>8,} rows transferred "
         f"({100 * report['rows_transferred'] / rows:.3f}%)  status {report['status']} "
-        f"(exit {code})  peak RSS {rss_mib():.0f} MiB"
+        f"(exit {code})  peak RSS {rss_mib():.0f} MiB\n{'':<28} of which in the source's "
+        f"queries {report['source_s']:.2f} s, in the warehouse's {report['state_s']:.2f} s "
+        "(the two sides run at the same time)"
     )
     return {**report, "seconds": seconds}
 
@@ -153,7 +155,9 @@ def main() -> int:
         found = sorted(d["key"]["id"] for d in differ["different"])
         print(
             f"\nratio to one md5 scan: equal {equal['seconds'] / md5_s:.2f}x, "
-            f"{args.differ} differ {differ['seconds'] / md5_s:.2f}x (target <= 2x); "
+            f"{args.differ} differ {differ['seconds'] / md5_s:.2f}x (target <= 2x); the source's "
+            f"queries alone: equal {equal['source_s'] / md5_s:.2f}x, {args.differ} differ "
+            f"{differ['source_s'] / md5_s:.2f}x; "
             f"found the {args.differ} changed keys: {found == sorted(keys)}"
         )
         return 0 if equal["status"] == "equal" and found == sorted(keys) else 1

@@ -73,6 +73,8 @@ class Report:
     rows: int = 0
     seconds: float = 0.0
     wait_s: float = 0.0  # of ``seconds``: waiting for the state to reach the snapshots
+    source_s: float = 0.0  # of ``seconds``: in the source's queries (they overlap the state's)
+    state_s: float = 0.0  # of ``seconds``: in the warehouse's queries
     not_compared: dict[str, str] = field(default_factory=dict)
     pii_compared: list[str] = field(default_factory=list)  # by their protected form
     detail: str = ""
@@ -90,6 +92,8 @@ class Report:
             "rows": self.rows,
             "seconds": round(self.seconds, 3),
             "wait_s": round(self.wait_s, 3),
+            "source_s": round(self.source_s, 3),
+            "state_s": round(self.state_s, 3),
             "not_compared": self.not_compared,
             "pii_compared": self.pii_compared,
             **({"detail": self.detail} if self.detail else {}),
@@ -211,6 +215,8 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
                 ),
             )
             report.rows = src.rows_seen
+            report.source_s += src.seconds
+            report.state_s += dst.seconds
             _say(
                 f"{t.id}: source {src.queries} queries {src.seconds:.2f} s, state "
                 f"{dst.queries} queries {dst.seconds:.2f} s"
@@ -225,6 +231,8 @@ def _reconcile(cfg: Any, t: Any, warehouse: Any, args: argparse.Namespace) -> Re
                     return None
                 src, dst, _ = sides(snapshot)
                 diff = recheck(src, dst, diff.keys())
+                report.source_s += src.seconds
+                report.state_s += dst.seconds
             transferred[0] += diff.rows_transferred
             _say(f"{t.id}: re-checked at {report.position}: {len(diff.keys())} still differ")
             # the same keys, differing the same way, twice running: not changes in flight
