@@ -66,9 +66,6 @@ Known residual differences, where :func:`render` still renders (they show up as 
   keys that the capture decodes and merges.
 - BigQuery's JSON type: verified against bqemulator, which keeps the loaded text. Real BigQuery
   may re-serialise a JSON value (object key order, number text); such a value then differs.
-- Capture losses (reported, not hidden): MySQL ``binary(n)`` loses trailing 0x00 bytes in the
-  binlog (the snapshot keeps them; this renders the padded bytes); an empty MySQL ``SET`` arrives
-  as NULL from the binlog.
 
 Requires PostgreSQL 14+ (``EXTRACT(EPOCH ...)`` exact) and a UTF-8 database (``server_encoding``).
 """

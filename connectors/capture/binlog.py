@@ -48,6 +48,7 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.constants import NONE_SOURCE
 from pymysqlreplication.event import (
     GtidEvent,
     HeartbeatLogEvent,
@@ -278,8 +279,22 @@ class BinlogDecoder:
                     f"{ev.schema}.{ev.table}: set binlog_row_metadata = FULL on the server "
                     "(SET GLOBAL binlog_row_metadata = 'FULL'; and in my.cnf) and re-snapshot"
                 )
+            specs = [spec_from_binlog(c) for c in columns]
+            unlabelled = [
+                n
+                for n, spec in zip(names, specs, strict=True)
+                if spec.data_type in ("enum", "set") and not spec.labels
+            ]
+            if unlabelled:
+                # without its members mysql-replication reads every ENUM value as NULL and every
+                # SET value as the empty set
+                raise CaptureError(
+                    f"the binlog of source {self.source_name!r} carries no members for the "
+                    f"ENUM/SET column(s) {unlabelled} of {ev.schema}.{ev.table}: set "
+                    "binlog_row_metadata = FULL on the server and re-snapshot"
+                )
             info, key = registered
-            types = [my_type(spec_from_binlog(c)) for c in columns]
+            types = [my_type(spec) for spec in specs]
             shape = make_shape(self.source_name, info, key, ev.schema, ev.table, names, types)
             self._shapes[signature] = shape
         return shape
@@ -330,12 +345,14 @@ class BinlogDecoder:
     ) -> None:
         """One row of a rows event as its change event(s)."""
         if isinstance(ev, WriteRowsEvent):
-            self._emit(out, shape, Op.INSERT, None, shape.image(row["values"]), seq, ts, source)
+            after = shape.image(_row_image(row, ""))
+            self._emit(out, shape, Op.INSERT, None, after, seq, ts, source)
         elif isinstance(ev, DeleteRowsEvent):
-            self._emit(out, shape, Op.DELETE, shape.image(row["values"]), None, seq, ts, source)
+            before = shape.image(_row_image(row, ""))
+            self._emit(out, shape, Op.DELETE, before, None, seq, ts, source)
         else:
-            before = shape.image(row["before_values"])
-            after = shape.image(row["after_values"])
+            before = shape.image(_row_image(row, "before_"))
+            after = shape.image(_row_image(row, "after_"))
             if any(before[k] != after[k] for k in shape.key):
                 # a primary-key change: Debezium emits a delete of the old key, then a create
                 self._emit(out, shape, Op.DELETE, before, None, seq, ts, source)
@@ -408,10 +425,24 @@ def source_block(
     }
 
 
+def _row_image(row: dict[str, Any], image: str) -> dict[str, Any]:
+    """One image of a mysql-replication row (``image``: "", "before_" or "after_"), a SET with no
+    member as the empty set: the library reads it as None, as it reads NULL, and tells the two
+    apart only in the image's ``none_sources``."""
+    values: dict[str, Any] = row[f"{image}values"]
+    empty = [
+        name
+        for name, why in row.get(f"{image}none_sources", {}).items()
+        if why == NONE_SOURCE.EMPTY_SET
+    ]
+    return {**values, **dict.fromkeys(empty, frozenset())} if empty else values
+
+
 def _column_signature(c: Any) -> tuple[Any, ...]:
     return (
         c.name,
         c.type,
+        getattr(c, "max_length", None),
         getattr(c, "fsp", None),
         getattr(c, "precision", None),
         getattr(c, "decimals", None),
@@ -491,12 +522,13 @@ def table_columns(cur: Any, db: str, table: str) -> tuple[list[str], list[MyType
     """Names, types and nullability of a table's columns, in order (information_schema)."""
     cur.execute(
         "SELECT column_name, data_type, column_type, numeric_precision, numeric_scale, "
-        "datetime_precision, character_set_name, is_nullable FROM information_schema.columns "
+        "datetime_precision, character_set_name, is_nullable, character_octet_length "
+        "FROM information_schema.columns "
         "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
         (db, table),
     )
     names, types, optional = [], [], []
-    for name, data_type, column_type, precision, scale, fsp, charset, nullable in cur:
+    for name, data_type, column_type, precision, scale, fsp, charset, nullable, octets in cur:
         spec = spec_from_information_schema(
             str(data_type),
             str(column_type),
@@ -504,6 +536,7 @@ def table_columns(cur: Any, db: str, table: str) -> tuple[list[str], list[MyType
             None if scale is None else int(scale),
             None if fsp is None else int(fsp),
             charset,
+            None if octets is None else int(octets),
         )
         t = my_type(spec)
         if not t.supported:
@@ -770,9 +803,9 @@ class BinlogCapture(Capture):
         for (db, table), (info, key) in self._keys.items():
             names, types, optional = self._columns(cur, db, table)
             shape = make_shape(self.source_name, info, key, db, table, names, types, optional)
-            quoted = ", ".join(_quote(n) for n in names)
+            selected = ", ".join(_selected(n, t) for n, t in zip(names, types, strict=True))
             with conn.cursor(pymysql.cursors.SSCursor) as rows:
-                rows.execute(f"SELECT {quoted} FROM {_quote(db)}.{_quote(table)}")
+                rows.execute(f"SELECT {selected} FROM {_quote(db)}.{_quote(table)}")
                 while True:
                     chunk = rows.fetchmany(self.batch_size)
                     if not chunk:
@@ -922,3 +955,11 @@ class BinlogCapture(Capture):
 
 def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
+
+
+def _selected(name: str, t: MyType) -> str:
+    """A column as the snapshot selects it. The text protocol prints a FLOAT with 6 digits, which
+    is another 32-bit value (16777216 reads back as 16777200); as a DOUBLE it is printed exactly."""
+    if t.name == "float":
+        return f"CAST({_quote(name)} AS DOUBLE)"
+    return _quote(name)

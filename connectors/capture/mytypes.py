@@ -22,11 +22,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
 import re
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -54,6 +55,7 @@ class ColumnSpec:
     fsp: int = 0  # fractional seconds of datetime/timestamp/time
     labels: tuple[str, ...] = ()  # enum / set members in definition order
     binary: bool = False  # binary/varbinary/blob: bytes, not text
+    length: int | None = None  # bytes of a fixed binary(n), whose values have exactly n
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,34 @@ def _int(v: Any) -> int:
 
 def _float32(v: Any) -> float:
     """The shortest decimal that is the same 32-bit float: the binlog's 1.100000023841858 and the
-    snapshot's 1.1 both become 1.1, as Java prints the float Debezium sends."""
+    snapshot's 1.1 both become 1.1, as Java prints the float Debezium sends. Of the decimals of
+    that many digits, the nearest to the value (one past it rounds to another float: FLT_MAX's
+    3.403e38 would be infinite)."""
     f = float(v)
-    target = struct.pack("<f", f)
+    try:
+        target = struct.pack("<f", f)
+    except OverflowError as exc:
+        raise ValueError(f"{f!r} is outside the range of a 32-bit FLOAT") from exc
+    (value,) = struct.unpack("<f", target)
+    if value == 0 or not math.isfinite(value):
+        return value  # 0.0 / -0.0 keep their sign; inf and nan are no decimal
+    exact = Decimal(value)
     for digits in range(1, 10):
-        candidate = float(f"{f:.{digits}g}")
-        if struct.pack("<f", candidate) == target:
-            return candidate
-    return f
+        nearest = Decimal(f"{value:.{digits - 1}e}")
+        step = Decimal(1).scaleb(exact.adjusted() - digits + 1)
+        below = exact.quantize(step, ROUND_FLOOR)
+        other = exact.quantize(step, ROUND_CEILING) if nearest <= below else below
+        for candidate in (nearest, other):
+            if _is_float32(float(candidate), target):
+                return float(candidate)
+    return value  # not reached: 9 digits tell every float32 apart
+
+
+def _is_float32(candidate: float, target: bytes) -> bool:
+    try:
+        return struct.pack("<f", candidate) == target
+    except OverflowError:  # past FLT_MAX by more than half a step: infinite as a float
+        return False
 
 
 def _decimal(v: Any) -> Decimal:
@@ -97,9 +119,27 @@ def _text(v: Any) -> str:
     return v.decode("utf-8", errors="replace") if isinstance(v, bytes | bytearray) else str(v)
 
 
+def _raw(v: Any) -> bytes:
+    # mysql-replication hands an empty binary value over as '' (str)
+    return v.encode("latin-1") if isinstance(v, str) else bytes(v)
+
+
 def _bytes(v: Any) -> str:
-    raw = v.encode("latin-1") if isinstance(v, str) else bytes(v)
-    return base64.b64encode(raw).decode()
+    return base64.b64encode(_raw(v)).decode()
+
+
+def _fixed_bytes(length: int) -> Parse:
+    """A ``binary(n)`` holds exactly n bytes, padded with 0x00 on insert. The binlog drops the
+    trailing 0x00 bytes (the row image stores it like a ``char(n)``, whose pad it strips), the
+    snapshot keeps them: pad back to n, which changes nothing for a snapshot value."""
+
+    def parse(v: Any) -> str:
+        raw = _raw(v)
+        if len(raw) > length:
+            raise ValueError(f"{len(raw)} bytes in a binary({length}) column")
+        return base64.b64encode(raw.ljust(length, b"\0")).decode()
+
+    return parse
 
 
 def _zero(v: Any) -> str | None:
@@ -285,6 +325,8 @@ def my_type(spec: ColumnSpec) -> MyType:
         if nbits == 1:
             return MyType(t, _bit_one, s("boolean"))
         return MyType(t, _bits(nbits), s("bytes", "io.debezium.data.Bits", length=str(nbits)))
+    if t == "binary" and spec.length is not None:
+        return MyType(t, _fixed_bytes(spec.length), s("bytes"))
     if t in _BINARY or (t in _TEXT and spec.binary):
         return MyType(t, _bytes, s("bytes"))
     if t in _TEXT:
@@ -304,8 +346,10 @@ def spec_from_information_schema(
     numeric_scale: int | None,
     datetime_precision: int | None,
     character_set: str | None,
+    octet_length: int | None = None,
 ) -> ColumnSpec:
-    """A column as ``information_schema.columns`` describes it."""
+    """A column as ``information_schema.columns`` describes it (``octet_length``:
+    ``character_octet_length``, the n of a ``binary(n)``)."""
     t = data_type.lower()
     ct = column_type.lower()
     labels: tuple[str, ...] = ()
@@ -319,6 +363,7 @@ def spec_from_information_schema(
         fsp=datetime_precision or 0,
         labels=labels,
         binary=t in _BINARY or (t in _TEXT and character_set in (None, "binary")),
+        length=octet_length if t == "binary" else None,
     )
 
 
@@ -381,4 +426,6 @@ def spec_from_binlog(column: Any) -> ColumnSpec:
         fsp=int(getattr(column, "fsp", 0) or 0),
         labels=tuple(labels),
         binary=binary,
+        # a binary(n) is a fixed-length string of the binary charset: n bytes (one per character)
+        length=getattr(column, "max_length", None) if t == "binary" else None,
     )

@@ -134,3 +134,73 @@ def test_positions_inside_and_after_a_transaction_and_a_resume_skips_what_was_de
     for ev in _transaction("0-1-10", 1000, [1, 2, 3]):
         resumed.feed(ev, again)
     assert [e.key["id"] for e in again] == [3] and again[0] == out[2]
+
+
+def _set_column(name: str, members: list[str] | None) -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        name=name, type=248, unsigned=False, character_set_name="utf8mb4", enum_values=None,
+        set_values=members,
+    )  # fmt: skip
+
+
+def test_an_empty_set_is_the_empty_string_and_a_null_set_stays_null() -> None:
+    # mysql-replication reads both as None and tells them apart only in its none_sources
+    from pymysqlreplication.event import XidEvent
+    from pymysqlreplication.row_event import UpdateRowsEvent, WriteRowsEvent
+
+    from connectors.capture.binlog import BinlogDecoder
+    from state_models.events import ChangeEvent
+
+    id_column = _transaction("0-1-1", 0, [])[1].columns[0]  # type: ignore[attr-defined]
+    columns = [id_column, _set_column("st", ["x", "y"]), _set_column("sn", ["x", "y"])]
+    write = _event(
+        WriteRowsEvent, 1100, 60, schema="shop", table="t", columns=columns,
+        rows=[
+            {"values": {"id": 1, "st": None, "sn": None},
+             "none_sources": {"st": "empty set", "sn": "null"}},
+            {"values": {"id": 2, "st": {"y", "x"}, "sn": None}, "none_sources": {"sn": "null"}},
+        ],
+    )  # fmt: skip
+    update = _event(
+        UpdateRowsEvent, 1200, 60, schema="shop", table="t", columns=columns,
+        rows=[
+            {"before_values": {"id": 2, "st": {"x", "y"}, "sn": None},
+             "before_none_sources": {"sn": "null"},
+             "after_values": {"id": 2, "st": None, "sn": None},
+             "after_none_sources": {"st": "empty set", "sn": "empty set"}},
+        ],
+    )  # fmt: skip
+    tables = {("shop", "t"): (TableInfo("pay.shop.t", ("id",)), ("id",))}
+    decoder = BinlogDecoder("pay", tables, {"file": "mysql-bin.000002", "pos": 1000})
+    out: list[ChangeEvent] = []
+    for ev in (write, update, _event(XidEvent, 1230, 30)):
+        decoder.feed(ev, out)
+    assert [(e.before, e.after) for e in out] == [
+        (None, {"id": 1, "st": "", "sn": None}),
+        (None, {"id": 2, "st": "x,y", "sn": None}),
+        ({"id": 2, "st": "x,y", "sn": None}, {"id": 2, "st": "", "sn": ""}),
+    ]
+    resolve = resolver_for([TableInfo("pay.shop.t", ("id",))], "pay")
+    assert [decode_debezium(e.raw, resolve, record_key=dict(e.key)) for e in out] == out
+
+
+def test_a_set_without_its_members_in_the_binlog_stops_the_capture() -> None:
+    # without them mysql-replication reads every value as an empty set
+    import pytest
+    from pymysqlreplication.row_event import WriteRowsEvent
+
+    from connectors.capture.base import CaptureError
+    from connectors.capture.binlog import BinlogDecoder
+
+    id_column = _transaction("0-1-1", 0, [])[1].columns[0]  # type: ignore[attr-defined]
+    write = _event(
+        WriteRowsEvent, 1100, 60, schema="shop", table="t",
+        columns=[id_column, _set_column("st", None)],
+        rows=[{"values": {"id": 1, "st": None}, "none_sources": {"st": "empty set"}}],
+    )  # fmt: skip
+    tables = {("shop", "t"): (TableInfo("pay.shop.t", ("id",)), ("id",))}
+    decoder = BinlogDecoder("pay", tables, {"file": "mysql-bin.000002", "pos": 1000})
+    with pytest.raises(CaptureError, match="binlog_row_metadata = FULL"):
+        decoder.feed(write, [])
