@@ -475,17 +475,22 @@ class Catalog:
         self.types = TypeCatalog(self._type_row)
         self._warned: set[tuple[str, str, str]] = set()
 
-    def _type_row(self, oid: int) -> tuple[str, str, int, int, int, str | None] | None:
+    def _type_row(self, oid: int) -> tuple[str, str, int, int, int, str | None, str] | None:
         row = self.conn.execute(
-            "SELECT t.typname, t.typtype, t.typbasetype::int, t.typtypmod, t.typelem::int, "
+            # typelem only of a true array (variable length): point, line, lseg, box and name
+            # have one too (their fixed-length parts can be subscripted) but are not arrays
+            "SELECT t.typname, t.typtype, t.typbasetype::int, t.typtypmod, "
+            "CASE WHEN t.typlen = -1 THEN t.typelem::int ELSE 0 END, "
             "(SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e "
-            " WHERE e.enumtypid = t.oid) FROM pg_type t WHERE t.oid = %s",
+            " WHERE e.enumtypid = t.oid), "
+            "COALESCE((SELECT e.typdelim::text FROM pg_type e WHERE e.oid = t.typelem), ',') "
+            "FROM pg_type t WHERE t.oid = %s",
             (oid,),
         ).fetchone()
         if row is None:
             return None
-        name, typtype, base, base_typmod, elem, labels = row
-        return name, typtype, base, base_typmod, elem, labels
+        name, typtype, base, base_typmod, elem, labels, delimiter = row
+        return name, typtype, base, base_typmod, elem, labels, delimiter
 
     def primary_key(self, schema: str, table: str) -> list[str]:
         rows = self.conn.execute(

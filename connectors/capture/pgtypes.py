@@ -10,8 +10,13 @@ precision, schemas on). Each supported type therefore has three parts:
 - ``wire``: canonical value -> the JSON value Debezium would have sent.
 
 Measured against Debezium 3.6 on this machine (see tests/integration/test_capture_differential.py).
-Types without a rule here (geometric types, ranges, composites, ...) pass through as PostgreSQL text;
-``unsupported`` lists them so the capture can warn once per column.
+Types whose output text is the value, exactly and whatever the session (``xml``, ``tsvector``,
+``tsquery``, ranges and multiranges, geometric types printed with ``extra_float_digits=1``,
+``pg_lsn``, snapshots, ``tid``, ``xid``, ``jsonpath``), are that text (:data:`TEXT_TYPES`); Debezium
+sends the same text for ``xml``, ``tsvector`` and ranges and leaves the others out of its events
+(``cdc register`` refuses them for engine debezium). Types without a rule here (composites,
+extension types, ``reg*``) pass through as PostgreSQL text, marked unsupported so the capture can
+warn once per column.
 """
 
 from __future__ import annotations
@@ -235,8 +240,28 @@ _VSD_SCHEMA = {
 
 _STRING = PgType("text", str, _s("string"))
 
+#: OID -> name of the built-in types whose output text is the value (nothing to parse): every
+#: session of ours prints them the same way (TimeZone=UTC for tstzrange, extra_float_digits=1 for
+#: the geometric types' doubles: the shortest text that reads back exactly)
+TEXT_TYPES: dict[int, str] = {
+    27: "tid", 28: "xid", 29: "cid", 5069: "xid8",
+    600: "point", 601: "lseg", 602: "path", 603: "box", 604: "polygon", 628: "line", 718: "circle",
+    2970: "txid_snapshot", 5038: "pg_snapshot", 3220: "pg_lsn",
+    3614: "tsvector", 3615: "tsquery", 4072: "jsonpath",
+    3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange", 3912: "daterange",
+    3926: "int8range",
+    4451: "int4multirange", 4532: "nummultirange", 4533: "tsmultirange",
+    4534: "tstzmultirange", 4535: "datemultirange", 4536: "int8multirange",
+}  # fmt: skip
+#: Debezium's schema name for the text types it names (the others are a plain string)
+_TEXT_SCHEMA_NAMES = {3614: "io.debezium.data.Tsvector"}
+
 # OID -> PgType for types whose form does not depend on the type modifier
 _FIXED: dict[int, PgType] = {
+    **{
+        oid: PgType(name, str, _s("string", _TEXT_SCHEMA_NAMES.get(oid)))
+        for oid, name in TEXT_TYPES.items()
+    },
     16: PgType("bool", _bool, _s("boolean")),
     17: PgType("bytea", _bytea, _s("bytes")),
     18: PgType('"char"', str, _s("string")),
@@ -344,12 +369,14 @@ def pg_type(oid: int, typmod: int, catalog: TypeCatalog | None = None) -> PgType
 # --------------------------------------------------------------------------- arrays
 
 
-def array_type(element: PgType) -> PgType:
+def array_type(element: PgType, delimiter: str = ",") -> PgType:
+    """Arrays of ``element``, whose elements PostgreSQL separates by ``delimiter`` (its type's
+    ``typdelim``: ``;`` for ``box``, whose text holds commas)."""
     parse_element = element.parse
     wire_element = element.wire
 
     def parse(text: str) -> list[Any]:
-        return [None if v is None else parse_element(v) for v in parse_array(text)]
+        return [None if v is None else parse_element(v) for v in parse_array(text, delimiter)]
 
     wire = None
     if wire_element is not None:
@@ -369,7 +396,7 @@ def array_type(element: PgType) -> PgType:
     )
 
 
-def parse_array(text: str) -> list[str | None]:
+def parse_array(text: str, delimiter: str = ",") -> list[str | None]:
     """A one-dimensional PostgreSQL array literal -> its elements as text (None for NULL)."""
     if text.startswith("["):  # explicit bounds: '[0:1]={a,b}'
         text = text[text.index("=") + 1 :]
@@ -394,7 +421,7 @@ def parse_array(text: str) -> list[str | None]:
             out.append("".join(chars))
             i += 2  # closing quote and comma
         else:
-            j = body.find(",", i)
+            j = body.find(delimiter, i)
             j = n if j < 0 else j
             token = body[i:j]
             out.append(None if token == "NULL" else token)
@@ -408,8 +435,11 @@ def parse_array(text: str) -> list[str | None]:
 class TypeCatalog:
     """Non-built-in types (enums, domains, arrays of them) resolved from ``pg_type``."""
 
-    def __init__(self, lookup: Callable[[int], tuple[str, str, int, int, int, str | None] | None]):
-        # lookup(oid) -> (typname, typtype, typbasetype, typtypmod, typelem, enum labels) or None
+    def __init__(
+        self, lookup: Callable[[int], tuple[str, str, int, int, int, str | None, str] | None]
+    ):
+        # lookup(oid) -> (typname, typtype, typbasetype, typtypmod, typelem of a true array else
+        # 0, enum labels, the element type's typdelim) or None
         self._lookup = lookup
         self._cache: dict[tuple[int, int], PgType | None] = {}
 
@@ -423,11 +453,11 @@ class TypeCatalog:
         row = self._lookup(oid)
         if row is None:
             return None
-        name, typtype, base, base_typmod, elem, labels = row
+        name, typtype, base, base_typmod, elem, labels, delimiter = row
         if typtype == "e":
             return PgType(name, str, _s("string", "io.debezium.data.Enum", allowed=labels or ""))
         if typtype == "d":
             return pg_type(base, base_typmod if base_typmod >= 0 else typmod, self)
         if elem:
-            return array_type(pg_type(elem, -1, self))
+            return array_type(pg_type(elem, -1, self), delimiter)
         return None

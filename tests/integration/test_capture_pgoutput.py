@@ -373,3 +373,50 @@ def test_a_value_the_reader_cannot_read_sets_that_change_aside_and_the_capture_g
         r2.stop()
     assert [(e.op, e.key["id"]) for e in r2.sink.events] == [(Op.INSERT, 22)]
     assert len(DeadLetterStore(default_folder(tmp_path)).list()) == 4
+
+
+#: types whose PostgreSQL text is the value; point and box have a typelem (their coordinates can
+#: be subscripted) without being arrays, and box[] separates its elements with ';'
+TEXT_COLUMNS = {
+    "pt": ("point", "'(1.5,-2)'"),
+    "bx": ("box", "'((2,2),(0,0))'"),
+    "ln": ("line", "'{1,-1,0}'"),
+    "pts": ("point[]", "ARRAY['(1,2)'::point, '(0.1,3e300)']"),
+    "bxs": ("box[]", "ARRAY['((2,2),(0,0))'::box, '((1,1),(0.1,0))']"),
+    "rng": ("int4range", "'[1,5)'"),
+    "tsr": ("tstzrange", "'[2024-01-01 10:00+02,2024-02-01)'"),
+    "rngs": ("int4range[]", "ARRAY['[1,2)'::int4range, 'empty']"),
+    "doc": ("xml", "'<doc a=\"é\">  Grüße <b/>\n</doc>'"),
+    "tsv": ("tsvector", "'a fat cat'"),
+    "lsn": ("pg_lsn", "'16/B374D848'"),
+    "jp": ("jsonpath", "'$.a[*] ? (@ > 1)'"),
+}
+
+
+def test_types_whose_text_is_the_value_arrive_as_that_text(db: str, tmp_path: Path) -> None:
+    columns = ", ".join(f"{c} {t}" for c, (t, _) in TEXT_COLUMNS.items())
+    values = ", ".join(v for _, v in TEXT_COLUMNS.values())
+    insert = f"INSERT INTO public.shapes VALUES (%s, {values})"
+    sql(db, f"CREATE TABLE public.shapes (id int PRIMARY KEY, {columns})", insert % 1)
+    spec = TableSpec(name="public.shapes", primary_key=["id"])
+    with running(_capture(db, tmp_path, spec)) as r:
+        r.wait_events(1)
+        r.wait_streaming()
+        sql(db, insert % 2)
+        r.wait_events(2)
+        r.stop()
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("SET TimeZone = 'UTC'")
+        row = c.execute(
+            "SELECT " + ", ".join(f"{c}::text" for c in TEXT_COLUMNS) + " FROM public.shapes"
+            " WHERE id = 1"
+        ).fetchone()
+    assert row is not None
+    expected = dict(zip(TEXT_COLUMNS, row, strict=True))
+    expected["pts"] = ["(1,2)", "(0.1,3e+300)"]
+    expected["bxs"] = ["(2,2),(0,0)", "(1,1),(0.1,0)"]
+    expected["rngs"] = ["[1,2)", "empty"]
+    snapshot, streamed = r.sink.events
+    for event in (snapshot, streamed):
+        assert event.after is not None
+        assert {c: event.after[c] for c in TEXT_COLUMNS} == expected, event.op
