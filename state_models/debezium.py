@@ -193,7 +193,7 @@ def _decode_change(
             tx_id=tx_id,
             event_id=make_event_id(info.id, key, seq),
             unavailable=tuple(unavailable),
-            source_types=_source_types(field_schemas.get("after") or field_schemas.get("before")),
+            source_types=source_types_of(field_schemas.get("after") or field_schemas.get("before")),
             raw=raw if keep_raw else None,
         )
     )
@@ -362,7 +362,8 @@ def _field_schemas(schema: Mapping[str, Any] | None) -> dict[str, dict[str, Mapp
     return out
 
 
-def _source_types(fields: Mapping[str, Mapping[str, Any]] | None) -> dict[str, str] | None:
+def source_types_of(fields: Mapping[str, Mapping[str, Any]] | None) -> dict[str, str] | None:
+    """Column -> type name (``ChangeEvent.source_types``) from a row's schema fields."""
     if not fields:
         return None
     out = {}

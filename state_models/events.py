@@ -159,6 +159,7 @@ RECORD_FIELDS = (
     "before",
     "after",
     "unavailable",
+    "source_types",
     "raw",
 )
 
@@ -176,6 +177,9 @@ def event_to_record(event: ChangeEvent) -> dict[str, Any]:
         "before": image_to_json(event.before),
         "after": image_to_json(event.after),
         "unavailable": list(event.unavailable),
+        # the types the message stated: a column the registry does not declare gets the same
+        # type from the journal as from the message itself (`cdc apply`, the Beam job)
+        "source_types": event.source_types,
         "raw": event.raw,
     }
 
@@ -194,5 +198,6 @@ def event_from_record(record: Mapping[str, Any]) -> ChangeEvent:
         tx_id=record.get("tx_id"),
         event_id=record["event_id"],
         unavailable=tuple(record.get("unavailable") or ()),
+        source_types=record.get("source_types"),
         raw=record.get("raw"),
     )

@@ -349,16 +349,22 @@ def plan_evolution(
             key = tuple(event.key)
         fits = tuple(event.key) == key and None not in event.key.values()
         problem = None if fits else _key_problem(event, key)
-        if problem is None and event.source_types is None:
-            shape = (tuple(event.after or ()), tuple(event.before or ()), event.unavailable)
+        if problem is None:
+            stated = event.source_types
+            shape = (
+                tuple(event.after or ()),
+                tuple(event.before or ()),
+                event.unavailable,
+                None if stated is None else tuple(stated.items()),
+            )
             if shape in known_shapes:
                 accepted.append(event)
                 continue
             problem = _type_problem(event, declared, types, order, add, widened)
-            if all(n in types or n in declared for n in (*shape[0], *shape[1], *shape[2])):
+            if problem is None and all(
+                n in types or n in declared for n in (*shape[0], *shape[1], *shape[2])
+            ):
                 known_shapes.add(shape)  # every column typed: later events of it change nothing
-        elif problem is None:
-            problem = _type_problem(event, declared, types, order, add, widened)
         if problem is not None:
             rejected.append(Rejected(event, problem))
         else:
@@ -483,6 +489,11 @@ def _type_problem(
             continue
         if stated is None:
             continue  # a guess from a value: the value's coercion decides whether it fits
+        if types[name].kind is Kind.STRING:
+            # a string column holds any value as its exact text (a column made from an untyped
+            # guess: before journals kept the stated types, `cdc run` made every undeclared
+            # column but numbers a string); `cdc rebuild` gives it the stated type
+            continue
         merged = _merge_type(types[name], wtype)
         if merged is None:
             return SchemaChangeError(

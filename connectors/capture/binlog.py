@@ -127,6 +127,11 @@ class Shape:
     key: tuple[str, ...]
     envelope: TableEnvelope | None
 
+    @property
+    def source_types(self) -> dict[str, str] | None:
+        """The column types its envelope states (shared by its events)."""
+        return None if self.envelope is None else self.envelope.source_types
+
     def __post_init__(self) -> None:
         # columns whose driver values are already canonical (integers) are copied as they are
         self._parsers = [
@@ -388,6 +393,7 @@ class BinlogDecoder:
                 commit_ts=ts,
                 tx_id=self.tx_gtid,
                 event_id=make_event_id(shape.info.id, key, seq),
+                source_types=shape.source_types,
                 raw=raw,
             )
         )
@@ -481,6 +487,7 @@ def snapshot_event(
         commit_ts=ts,
         tx_id=None,
         event_id=make_event_id(shape.info.id, key, seq),
+        source_types=shape.source_types,
         raw=raw,
     )
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from state_models.debezium import source_types_of
 from state_models.events import UNAVAILABLE_PLACEHOLDER
 
 VERSION = "cdc-history"
@@ -122,6 +123,10 @@ class TableEnvelope:
             "version": 2,
         }
         self._prefix = '{"schema":' + _dumps(schema) + ',"payload":'
+        #: the types this schema states (``ChangeEvent.source_types``), one dict shared by the
+        #: table version's events: the merge types a column the registry does not declare from
+        #: it, as it does for the same message decoded by `cdc apply` or the Beam job
+        self.source_types = source_types_of({c.name: _field(c) for c in columns})
         self._wires = [(c.name, c.type.wire) for c in columns if c.type.wire is not None]
         # columns that may hold a NaN or an infinity, which orjson cannot write as json does
         self._floats = [c.name for c in columns if _may_hold_float(c.type.schema)]

@@ -109,6 +109,11 @@ class Relation:
     def __post_init__(self) -> None:
         self.readers = [_reader(t) for t in self.types]
 
+    @property
+    def source_types(self) -> dict[str, str] | None:
+        """The column types its envelope states (shared by its events)."""
+        return None if self.envelope is None else self.envelope.source_types
+
 
 def _reader(t: PgType) -> Callable[[bytes], Any]:
     """The column's parser, applied to the value's bytes as they come in the message."""
@@ -370,6 +375,7 @@ class PgoutputDecoder:
                 commit_ts=self.commit_ts,
                 tx_id=self.xid,
                 event_id=make_event_id(rel.info.id, key, seq),
+                source_types=rel.source_types,
                 unavailable=tuple(unchanged) if unchanged else (),
                 raw=raw,
             )
@@ -451,6 +457,7 @@ class PgoutputDecoder:
             commit_ts=ts,
             tx_id=str(xid),
             event_id=make_event_id(rel.info.id, key, seq),
+            source_types=rel.source_types,
             raw=raw,
         )
 

@@ -40,6 +40,8 @@ from state_models.events import ChangeEvent
 
 DEFAULT_BATCH_ROWS = 65_536
 _REQUIRED = ("event_id", "table", "op", "seq", "commit_ts", "key")
+#: columns a file may lack (written before they existed): read as null
+_OPTIONAL = ("source_types",)
 
 
 @dataclass(frozen=True)
@@ -252,15 +254,23 @@ class ChangelogReader:
             return
         with handle:
             try:
-                pf = pq.ParquetFile(handle)
+                # source_types repeats a few texts: read as a dictionary, parsed once per entry
+                pf = pq.ParquetFile(handle, read_dictionary=["source_types"])
                 groups = self._row_groups(pf, rng, stats)
                 names = pf.schema_arrow.names
-                missing = [c for c in (*_REQUIRED, *(columns or ())) if c not in names]
+                missing = [
+                    c
+                    for c in (*_REQUIRED, *(columns or ()))
+                    if c not in names and c not in _OPTIONAL
+                ]
                 if missing:
                     raise ValueError(f"missing columns {missing} (has {names})")
                 wanted = None
                 if columns:  # the range filter needs seq and commit_ts whatever the caller asked
-                    wanted = list(dict.fromkeys([*columns, "seq", "commit_ts"]))
+                    wanted = [
+                        c for c in dict.fromkeys([*columns, "seq", "commit_ts"]) if c in names
+                    ]
+                    columns = [c for c in columns if c in names]
                 it = pf.iter_batches(
                     batch_size=batch_rows, row_groups=[i for i, _ in groups], columns=wanted
                 )

@@ -63,6 +63,7 @@ MERGE_COLUMNS = (
     "before",
     "after",
     "unavailable",
+    "source_types",  # the types the message stated, for columns the registry does not declare
 )
 _OPTS = orjson.OPT_PASSTHROUGH_DATETIME
 _dumps = orjson.dumps
@@ -227,7 +228,15 @@ def from_batch(batch: pa.RecordBatch | pa.Table) -> list[ChangeEvent]:
         return c.to_pylist()
 
     def json_col(name: str) -> list[Any]:
-        return _load_all(batch.column(name)) if name in names else nothing
+        if name not in names:
+            return nothing
+        c = batch.column(name)
+        if isinstance(c, pa.ChunkedArray):
+            c = c.combine_chunks()
+        if pa.types.is_dictionary(c.type):  # each distinct text parsed once, shared by its rows
+            entries = _load_all(c.dictionary)
+            return [None if i is None else entries[i] for i in c.indices.to_pylist()]
+        return _load_all(c)
 
     ops = {o.value: o for o in Op}
     return [

@@ -183,7 +183,15 @@ def test_an_empty_set_is_the_empty_string_and_a_null_set_stays_null() -> None:
         ({"id": 2, "st": "x,y", "sn": None}, {"id": 2, "st": "", "sn": ""}),
     ]
     resolve = resolver_for([TableInfo("pay.shop.t", ("id",))], "pay")
-    assert [decode_debezium(e.raw, resolve, record_key=dict(e.key)) for e in out] == out
+    back = [decode_debezium(e.raw, resolve, record_key=dict(e.key)) for e in out]
+    assert back == out
+    # the types the envelope states travel with the event (the merge types undeclared columns)
+    assert [e.source_types for e in out] == [e.source_types for e in back]
+    assert out[0].source_types == {
+        "id": "int64",
+        "st": "io.debezium.data.EnumSet",
+        "sn": "io.debezium.data.EnumSet",
+    }
 
 
 def test_a_set_without_its_members_in_the_binlog_stops_the_capture() -> None:
