@@ -247,7 +247,7 @@ class RuntimeCollector:
 
 def _last_check(state_dir: Path | None) -> Iterator[Metric]:
     """The last ``cdc check``'s results, from the file it leaves in the state folder."""
-    from cdc.commands.checks import LAST_CHECK_FILE
+    from state_models.checks import LAST_CHECK_FILE
 
     failed = GaugeMetricFamily(
         "cdc_check_failed",

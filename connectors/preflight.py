@@ -9,9 +9,10 @@ from typing import Any
 
 import psycopg
 
+from connectors.capture.slots import read_slot
 from connectors.sources import libpq_dsn, mysql_params, redact, require_dsn
 from state_models.errors import SourceUnavailableError
-from state_models.registry import Source, TableSpec, unholdable_columns
+from state_models.registry import Source, TableSpec, default_slot, unholdable_columns
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,6 @@ class Check:
     @property
     def ok(self) -> bool:
         return self.status != "fail"
-
-
-def default_slot(source_name: str, source: Source) -> str:
-    return source.slot or f"cdc_{source_name}"
-
-
-def default_publication(source_name: str, source: Source) -> str:
-    return source.publication or f"cdc_{source_name}"
 
 
 def preflight(source_name: str, source: Source, state_dir: str | Path | None = None) -> list[Check]:
@@ -119,8 +112,6 @@ def check_postgres(source_name: str, source: Source) -> list[Check]:
         slot = default_slot(source_name, source)
         max_slots = int(one("SHOW max_replication_slots"))
         used = int(one("SELECT count(*) FROM pg_replication_slots"))
-        from connectors.capture.slots import read_slot
-
         ours = read_slot(conn, slot)
         if ours.exists:
             retained_mb = (ours.retained_bytes or 0) / 1024 / 1024

@@ -43,6 +43,8 @@ Level = Literal["error", "warn"]
 Status = Literal["pass", "fail", "skip"]  # skip: could not be measured here
 #: The warehouse table ``cdc check`` appends its results to (a dashboard charts them).
 RESULTS_TABLE = "cdc_check_results"
+#: the last `cdc check` results, in the state folder (what `/metrics` reports)
+LAST_CHECK_FILE = "last_check.json"
 INVARIANTS = ("one_current", "one_version_per_seq", "validity_chained", "key_not_null")
 FOUND = "found"
 HOUR_US = 3_600_000_000

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from state_models.debezium import encode_debezium
 from state_models.errors import ConfigError
 from state_models.events import ChangeEvent, json_value, make_event_id
 
@@ -184,8 +185,6 @@ class TablePolicy:
         protected key (an id made from a clear e-mail address could be matched by anyone who
         hashes guesses). A value repeated in the batch is hashed once.
         """
-        from state_models.debezium import encode_debezium  # it decodes with policies: no cycle
-
         columns = self.columns
         tokens = _Tokens(self.key)
         out = []

@@ -696,6 +696,16 @@ def state_table_name(source_name: str, spec: TableSpec) -> str:
     return spec.state_table or f"{source_name}_{spec.table_name}".lower()
 
 
+def default_slot(source_name: str, source: Source) -> str:
+    """The PostgreSQL replication slot a source's capture uses: ``slot:``, else ``cdc_<source>``."""
+    return source.slot or f"cdc_{source_name}"
+
+
+def default_publication(source_name: str, source: Source) -> str:
+    """The publication a source's capture reads: ``publication:``, else ``cdc_<source>``."""
+    return source.publication or f"cdc_{source_name}"
+
+
 def table_infos(registry: Registry, source_name: str) -> list[TableInfo]:
     """What the decoders need to know about each table of one source."""
     source = registry.sources[source_name]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from state_models.errors import UnknownTableError
 from state_models.events import ChangeEvent
-from state_models.pii import TablePolicy
+
+if TYPE_CHECKING:  # the policy is handed in; state_models.pii renders with the decoder's module
+    from state_models.pii import TablePolicy
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
 from cdc.commands.common import LOCK_WAIT_S, load, subcommands
 from cdc.commands.job import STREAMING_JOB_NAME
 from cdc.console import print_table
-from state_models.checks import CheckResult
+from state_models.checks import LAST_CHECK_FILE, CheckResult
 from state_models.errors import ConfigError
 from state_models.scd2 import TableDef
 
@@ -174,7 +174,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 #: Where `cdc check` leaves its last results for `cdc run`'s /metrics (cdc_check_failed).
-LAST_CHECK_FILE = "last_check.json"
 
 
 def _remember(state_dir: Path, results: list[CheckResult], at: dt.datetime) -> None:

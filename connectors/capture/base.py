@@ -42,7 +42,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from state_models.errors import TerminalError
+from connectors.capture.errors import CaptureError as CaptureError
+from connectors.capture.errors import PositionLostError as PositionLostError
 from state_models.events import ChangeEvent
 from state_models.pii import TablePolicy, protect_all
 from state_models.registry import Source
@@ -64,20 +65,6 @@ class EventSink(Protocol):
     """
 
     def write(self, events: Sequence[ChangeEvent]) -> None: ...
-
-
-class CaptureError(TerminalError):
-    """The capture engine stopped and retrying will not help; the message carries the engine's reason."""
-
-
-class PositionLostError(CaptureError):
-    """The source can no longer serve the stored position (slot dropped or recreated, binlog purged).
-
-    Continuing would silently skip changes, so the capture stops; the fix is a fresh snapshot.
-    """
-
-    #: the loss window recorded for it, when the capture recorded one itself
-    window_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,11 @@ from connectors.capture.base import Capture, CaptureError, EventSink
 from connectors.capture.offsets import offsets_dir
 from connectors.capture.retry import Backoff
 from connectors.capture.slots import check_resumable, connect_source, read_slot
-from connectors.preflight import default_publication, default_slot
 from connectors.sources import refused, require_dsn, sqlalchemy_url
 from state_models.debezium import Tombstone, decode_debezium
 from state_models.errors import CdcError, SourceUnavailableError
 from state_models.events import ChangeEvent
-from state_models.registry import Source
+from state_models.registry import Source, default_publication, default_slot
 from state_models.tables import TableInfo, resolver_for
 
 log = logging.getLogger("cdc.capture.debezium")

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from connectors.capture.base import CaptureError
+from connectors.capture.errors import CaptureError
 from state_models.errors import ConfigError
 
 

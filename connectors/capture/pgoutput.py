@@ -59,11 +59,10 @@ from connectors.capture.slots import (
 )
 from connectors.deadletter import NewDeadLetter
 from connectors.loss_windows import LossWindow, LossWindows
-from connectors.preflight import default_publication, default_slot
 from connectors.sources import libpq_dsn, require_dsn
 from state_models.errors import SourceUnavailableError
 from state_models.events import ChangeEvent, Op, make_event_id
-from state_models.registry import Source
+from state_models.registry import Source, default_publication, default_slot
 from state_models.seq import int_to_pg_lsn, make_seq
 from state_models.tables import TableInfo
 

@@ -14,10 +14,9 @@ from typing import Any
 import psycopg
 
 from connectors.capture.base import PositionLostError
-from connectors.preflight import default_slot
 from connectors.sources import libpq_dsn, redact, refused, require_dsn
 from state_models.errors import CdcError, SourceAccessError, SourceUnavailableError
-from state_models.registry import Source
+from state_models.registry import Source, default_slot
 from state_models.seq import int_to_pg_lsn, pg_lsn_to_int
 
 #: An inactive slot retaining more than this much WAL is worth a warning.

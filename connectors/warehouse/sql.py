@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from connectors.warehouse import ApplyResult
 from connectors.warehouse.arrow import staging_table
+from connectors.warehouse.base import ApplyResult
 from state_models.checks import (
     FOUND,
     INVARIANTS,
