@@ -319,3 +319,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def warehouse_class() -> type:
+    """The warehouse class for the tests' BigQuery: real BigQuery when
+    ``CDC_TEST_BIGQUERY_PROJECT`` is set, else bqemulator (as ``open_warehouse`` picks it)."""
+    if os.environ.get("CDC_TEST_BIGQUERY_PROJECT"):
+        from connectors.warehouse.bigquery import BigQueryWarehouse
+
+        return BigQueryWarehouse
+    from connectors.warehouse.bqemulator import BQEmulatorWarehouse
+
+    return BQEmulatorWarehouse

@@ -10,6 +10,7 @@ One small interface (:class:`Warehouse`); every implementation runs the same pla
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from connectors.warehouse.base import ApplyResult, Warehouse
@@ -29,6 +30,10 @@ def open_warehouse(url: str, *, lock_wait_s: float = 0.0, **options: Any) -> War
 
         return DuckDBWarehouse(url, lock_wait_s=lock_wait_s, **options)
     if url.startswith("bigquery://"):
+        if os.environ.get("BIGQUERY_EMULATOR_HOST"):  # the client talks to the emulator
+            from connectors.warehouse.bqemulator import BQEmulatorWarehouse
+
+            return BQEmulatorWarehouse(url, **options)
         from connectors.warehouse.bigquery import BigQueryWarehouse
 
         return BigQueryWarehouse(url, **options)

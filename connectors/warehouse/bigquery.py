@@ -9,11 +9,10 @@ says ``NUMERIC`` where we asked for ``NUMERIC(12, 2)`` only in some clients, and
 JSON as STRING and forgets columns added with ``ALTER TABLE``.
 
 Real BigQuery needs Application Default Credentials (or an injected client); with
-``BIGQUERY_EMULATOR_HOST`` set, the client talks to that emulator anonymously. Against bqemulator
-(``api_endpoint`` not on googleapis.com) two things are done differently, only there: a MERGE job
-has no ``dml_stats``, so the counts come from one extra query over the MERGE's source; and a
-script (a batch holding a truncate) gets its parameters as literals, since bqemulator does not
-pass query parameters into scripts.
+``BIGQUERY_EMULATOR_HOST`` set, the client talks to that emulator anonymously and
+``open_warehouse`` returns ``connectors.warehouse.bqemulator.BQEmulatorWarehouse``, which holds
+what only the emulator needs. The staging table's name is fixed per warehouse object (one MERGE at
+a time uses it), so the rendered MERGE of a table's shape is built once and reused.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from sqlglot import exp
 from connectors.warehouse.sql import MergeCounts, MergePlan, SqlWarehouse
 from state_models.dialects import BIGQUERY
 from state_models.errors import ConfigError, TransientError
-from state_models.plans import TableNames, plan_merge_counts, staging_columns, table_names
+from state_models.plans import TableNames, staging_columns, table_names
 from state_models.scd2 import StateTable
 from state_models.types import Kind, WarehouseType
 
@@ -96,9 +95,8 @@ class BigQueryWarehouse(SqlWarehouse):
         self.location = location or options.get("location")
         self._bq = bigquery
         self.client = client or make_client(self.project, self.location)
-        endpoint = str(getattr(self.client._connection, "API_BASE_URL", ""))
-        #: real BigQuery reports inserted/updated/deleted rows of a MERGE; bqemulator does not
-        self.dml_stats = "googleapis.com" in endpoint
+        #: this object's staging tables: ``<table>__stage_<this>``, one batch at a time
+        self._stage_suffix = uuid.uuid4().hex[:12]
         self._ensure_dataset()
 
     def close(self) -> None:
@@ -215,12 +213,18 @@ class BigQueryWarehouse(SqlWarehouse):
             self._call(lambda: self.client.update_table(table, ["schema"]))
 
     def _stage(self, table: StateTable, staged: pa.Table) -> str:
-        name = f"{table.name}__stage_{uuid.uuid4().hex[:12]}"
+        from google.api_core.exceptions import Conflict
+
+        name = f"{table.name}__stage_{self._stage_suffix}"
         columns = staging_columns(table, self.caps)
         schema = [self._bq.SchemaField(c.name, _schema_type(c.type)) for c in columns]
         destination = self._bq.Table(f"{self.project}.{self.dataset}.{name}", schema=schema)
         destination.expires = dt.datetime.now(dt.UTC) + STAGING_TTL
-        self._call(lambda: self.client.create_table(destination))
+        try:
+            self._call(lambda: self.client.create_table(destination))
+        except Conflict:  # left by a batch whose clean-up failed: its rows must not come along
+            self._unstage(name)
+            self._call(lambda: self.client.create_table(destination))
         config = self._bq.LoadJobConfig(
             source_format=self._bq.SourceFormat.NEWLINE_DELIMITED_JSON,
             schema=schema,
@@ -242,44 +246,23 @@ class BigQueryWarehouse(SqlWarehouse):
         self._call(lambda: self.client.delete_table(ref, not_found_ok=True))
 
     def _merge(self, plan: MergePlan, params: Mapping[str, Any]) -> MergeCounts:
-        merge = plan.statements[0]
-        assert isinstance(merge, exp.Merge)
-        counted = None if self.dml_stats else self._count_changes(merge, params)
+        """One MERGE job, or a batch holding a truncate as one transaction (a script); the counts
+        from BigQuery's ``dml_stats`` of each MERGE."""
         if len(plan.sql) == 1:
-            job = self._job(plan.sql[0], params)
-            merge_jobs = [job]
+            merge_jobs = [self._job(plan.sql[0], params)]
         else:
-            sql = plan.sql
-            if not self.dml_stats:
-                # bqemulator runs a script's statements without its query parameters: give them
-                # the values as literals (there only; BigQuery takes parameters in scripts)
-                sql = [self.caps.render(_bind(s, params)) for s in plan.statements]
-                params = {}
-            script = "BEGIN TRANSACTION;\n" + "".join(s + ";\n" for s in sql)
-            job = self._job(script + "COMMIT TRANSACTION;", params)
-            merge_jobs = (
-                [
-                    j
-                    for j in self.client.list_jobs(parent_job=job.job_id)
-                    if getattr(j, "statement_type", None) == "MERGE"
-                ]
-                if self.dml_stats
-                else []
-            )
-        if counted is not None:
-            return counted
+            job = self._job(script(plan.sql), params)
+            merge_jobs = [
+                j
+                for j in self.client.list_jobs(parent_job=job.job_id)
+                if getattr(j, "statement_type", None) == "MERGE"
+            ]
         stats = [getattr(j, "dml_stats", None) for j in merge_jobs]
         return MergeCounts(
             inserted=sum(s.inserted_row_count for s in stats if s),
             updated=sum(s.updated_row_count for s in stats if s),
             deleted=sum(s.deleted_row_count for s in stats if s),
         )
-
-    def _count_changes(self, merge: exp.Merge, params: Mapping[str, Any]) -> MergeCounts:
-        """What the MERGE will do, counted from its source (bqemulator has no ``dml_stats``)."""
-        job = self._job(self.caps.render(plan_merge_counts(merge)), params)
-        row = dict(next(iter(job.result())).items())
-        return MergeCounts(int(row["inserted"]), int(row["updated"]), int(row["deleted"]))
 
     def _query(self, query: exp.Expr) -> list[dict[str, Any]]:
         job = self._job(self.caps.render(query))
@@ -300,18 +283,9 @@ class BigQueryWarehouse(SqlWarehouse):
         )
 
 
-def _bind(statement: exp.Expr, params: Mapping[str, Any]) -> exp.Expr:
-    """The statement with each ``@name`` parameter replaced by its value as a literal."""
-
-    def literal(node: exp.Expr) -> exp.Expr:
-        if isinstance(node, exp.Parameter) and node.name in params:
-            value = params[node.name]
-            if isinstance(value, list):
-                return exp.Array(expressions=[exp.Literal.number(v) for v in value])
-            return exp.Literal.string(str(value))
-        return node
-
-    return statement.transform(literal)
+def script(statements: Sequence[str]) -> str:
+    """The statements as one transaction (a BigQuery multi-statement query)."""
+    return "BEGIN TRANSACTION;\n" + "".join(s + ";\n" for s in statements) + "COMMIT TRANSACTION;"
 
 
 def _schema_type(wtype: WarehouseType) -> str:

@@ -34,10 +34,10 @@ def duckdb_warehouse() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def bigquery_warehouse(bigquery_client: Callable[[], Any], bigquery_dataset: str) -> Iterator[Any]:
-    from connectors.warehouse.bigquery import BigQueryWarehouse
+    from tests.bqemu import warehouse_class
 
     project, dataset = bigquery_dataset.split(".", 1)
-    wh = BigQueryWarehouse(f"bigquery://{project}/{dataset}", client=bigquery_client())
+    wh = warehouse_class()(f"bigquery://{project}/{dataset}", client=bigquery_client())
     try:
         yield wh
     finally:

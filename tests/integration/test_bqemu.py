@@ -134,3 +134,35 @@ def test_load_then_scd2_merge_gives_exact_history(
     merge()  # the same batch again changes nothing
     assert history() == expected
     client.close()
+
+
+def test_the_staging_table_keeps_its_name_so_the_merge_is_rendered_once(
+    bigquery_client: Callable[[], Any], bigquery_dataset: str
+) -> None:
+    from tests.bqemu import warehouse_class
+    from tests.scd2_histories import BASE_TS, INGESTED, event, table_def
+
+    project, dataset = bigquery_dataset.split(".", 1)
+    client = bigquery_client()
+    wh = warehouse_class()(f"bigquery://{project}/{dataset}", client=client)
+    t = table_def()
+    try:
+        wh.apply(t, [event(t, "c", {"id": 1}, (1, 1), BASE_TS, {"plan": "a"})], INGESTED)
+        [plan] = wh._plans.values()
+        # a staging table that a failed clean-up left behind, with rows of its own
+        stage = f"{project}.{dataset}.{t.state_table}__stage_{wh._stage_suffix}"
+        client.query(f"CREATE TABLE `{stage}` AS SELECT 99 AS id").result()
+        result = wh.apply(
+            t,
+            [
+                event(t, "u", {"id": 1}, (2, 1), BASE_TS + 1, {"plan": "b"}),
+                event(t, "c", {"id": 2}, (2, 2), BASE_TS + 1, {"plan": "a"}),
+            ],
+            INGESTED,
+        )
+        assert (result.inserted, result.updated) == (2, 1)
+        assert list(wh._plans.values()) == [plan]  # the same shape: the same rendered MERGE
+        current = {r["id"]: r["plan"] for r in wh.current(t)}
+        assert current == {1: "b", 2: "a"}  # nothing of the leftover came along
+    finally:
+        wh.close()

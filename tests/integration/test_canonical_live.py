@@ -238,11 +238,11 @@ def _duckdb_warehouse(tmp_path: Path) -> Warehouse:
 
 
 def _bigquery_warehouse(request: pytest.FixtureRequest) -> Warehouse:
-    from connectors.warehouse.bigquery import BigQueryWarehouse
+    from tests.bqemu import warehouse_class
 
     client = request.getfixturevalue("bigquery_client")()
     project, dataset = request.getfixturevalue("bigquery_dataset").split(".", 1)
-    wh = BigQueryWarehouse(f"bigquery://{project}/{dataset}", client=client)
+    wh = warehouse_class()(f"bigquery://{project}/{dataset}", client=client)
     out = Warehouse(
         wh, "bigquery", lambda sql: [tuple(r.values()) for r in client.query(sql).result()]
     )

@@ -27,7 +27,7 @@ TAXONOMY = "projects/acme-data/locations/us/taxonomies/123"
 def test_policy_tags_land_on_the_state_table_columns(
     bigquery_client: Callable[[], Any], bigquery_dataset: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from connectors.warehouse.bigquery import BigQueryWarehouse
+    from tests.bqemu import warehouse_class
 
     monkeypatch.setenv("CDC_PII_KEY", "policy-tags-test-key-0123456789")
     registry = Registry.model_validate(
@@ -71,7 +71,7 @@ def test_policy_tags_land_on_the_state_table_columns(
         return api_request(*args, **kwargs)
 
     monkeypatch.setattr(client._connection, "api_request", recording)
-    wh = BigQueryWarehouse(f"bigquery://{project}/{dataset}", client=client)
+    wh = warehouse_class()(f"bigquery://{project}/{dataset}", client=client)
     try:
         event = ChangeEvent(
             table=table.table_id,
