@@ -224,6 +224,58 @@ def _comparable(value: exp.Expr, wtype: WarehouseType, caps: Capabilities) -> ex
 # --------------------------------------------------------------------------- the merge
 
 
+@dataclass(frozen=True)
+class _MergeShape:
+    """What every step of :func:`plan_merge` needs: the table, its names and the batch's flags."""
+
+    table: StateTable
+    names: TableNames
+    caps: Capabilities
+    truncating: bool
+    with_truncates: bool
+
+    @property
+    def staging(self) -> exp.Table:
+        assert self.names.staging is not None
+        return self.names.staging
+
+    @property
+    def key(self) -> list[str]:
+        return list(self.table.key)
+
+    @property
+    def biz(self) -> list[str]:
+        return list(self.table.business_names)
+
+    @property
+    def bucket(self) -> list[str]:
+        return [KEY_BUCKET] if self.caps.key_buckets else []
+
+    @property
+    def carry(self) -> list[str]:
+        return list(self.table.carry)
+
+    @property
+    def version(self) -> list[str]:
+        """A version's own columns: business values, metadata, key bucket."""
+        return [*self.biz, *_VERSION_META, *self.bucket]
+
+    @property
+    def chain_fields(self) -> list[str]:
+        return [
+            *self.version,
+            ANCHOR,
+            STORED,
+            CANDIDATE,
+            OLD_VALID_FROM,
+            OLD_VALID_TO,
+            OLD_NEXT_SEQ,
+        ]
+
+
+_VERSION_META = [VALID_FROM, OP, IS_DELETED, SEQ, EVENT_ID, TX_ID, INGESTED_AT, UNAVAILABLE]
+
+
 def plan_merge(
     table: StateTable,
     names: TableNames,
@@ -232,7 +284,8 @@ def plan_merge(
     truncating: bool = False,
     with_truncates: bool = False,
 ) -> exp.Merge:
-    """The one MERGE that applies a staged batch (see the module docstring).
+    """The one MERGE that applies a staged batch (see the module docstring; one function below
+    per step).
 
     Parameters at run time: ``since_seq``, the earliest ``_seq`` in the batch: a stored version
     whose next version comes at or before it cannot change, so ``_next_seq IS NULL OR _next_seq >
@@ -249,31 +302,57 @@ def plan_merge(
     """
     if names.staging is None:
         raise ValueError("plan_merge needs the staging table")
-    with_truncates = with_truncates or truncating
-    key = list(table.key)
-    biz = list(table.business_names)
-    bucket = [KEY_BUCKET] if caps.key_buckets else []
-    carry = list(table.carry)
-    version_meta = [VALID_FROM, OP, IS_DELETED, SEQ, EVENT_ID, TX_ID, INGESTED_AT, UNAVAILABLE]
+    m = _MergeShape(table, names, caps, truncating, with_truncates or truncating)
+    ctes = [_cte("batch", _step_batch(m))]
+    if m.with_truncates:
+        ctes.append(_cte("new_truncates", _new_truncates(names, caps)))
+    ctes += [
+        _cte("touched", _step_touched(m)),
+        _cte("existing", _step_existing(m)),
+        _cte("fresh", _step_fresh(m)),
+    ]
+    if m.with_truncates:
+        ctes += [_cte("truncates", _all_truncates(names)), _cte("bounds", _bounds(m.key, m.bucket))]
+    ctes.append(_cte("chain", _step_chain(m)))
+    source = "chain"
+    if m.with_truncates:
+        ctes.append(_cte("flagged", _step_flagged(m)))
+        source = "flagged"
+    ctes.append(_cte("versions", _step_versions(m, source)))
+    source_query = exp.select("*").from_(
+        exp.Subquery(this=_step_changes(m), alias=exp.TableAlias(this=_ident("c"))), copy=False
+    )
+    source_query.set("with_", exp.With(expressions=ctes))
+    return _merge(
+        table,
+        names,
+        caps,
+        source_query,
+        m.carry,
+        m.bucket,
+        m.with_truncates,
+        _since("t"),
+        _touched_buckets(caps, "t", truncating),
+    )
 
-    ctes: list[exp.CTE] = []
 
-    # 1. batch: one row per (key, seq), the first delivery wins (no earlier delivery of it).
+def _step_batch(m: _MergeShape) -> exp.Select:
+    """1. One row per (key, seq): the first delivery wins (no earlier delivery of it)."""
     earlier = (
         exp.select("1")
-        .from_(names.staging.copy().as_("d", copy=False), copy=False)
+        .from_(m.staging.copy().as_("d", copy=False), copy=False)
         .where(
             exp.and_(
-                _keys_equal(key, "d", "s"),
+                _keys_equal(m.key, "d", "s"),
                 _col(SEQ, "d").eq(_col(SEQ, "s")),
                 exp.LT(this=_col(ORD, "d"), expression=_col(ORD, "s")),
             ),
             copy=False,
         )
     )
-    batch = (
-        _select([(c, _col(c, "s")) for c in [*biz, *version_meta, *bucket]])
-        .from_(names.staging.copy().as_("s", copy=False), copy=False)
+    return (
+        _select([(c, _col(c, "s")) for c in m.version])
+        .from_(m.staging.copy().as_("s", copy=False), copy=False)
         .where(
             exp.and_(
                 _col(OP, "s").neq(exp.Literal.string("t")), exp.not_(exp.Exists(this=earlier))
@@ -281,53 +360,54 @@ def plan_merge(
             copy=False,
         )
     )
-    ctes.append(_cte("batch", batch))
 
-    # 2. touched keys and where their change starts.
-    touched_sources: list[exp.Select] = [
+
+def _step_touched(m: _MergeShape) -> exp.Select:
+    """2. The touched keys and where their change starts (a truncate in the batch: every key)."""
+    key, bucket = m.key, m.bucket
+    sources: list[exp.Select] = [
         _select(
             [(k, _col(k)) for k in key] + [(FROM_SEQ, _col(SEQ))] + [(b, _col(b)) for b in bucket]
         ).from_("batch", copy=False)
     ]
-    if with_truncates:
-        ctes.append(_cte("new_truncates", _new_truncates(names, caps)))
-    if truncating:
+    if m.truncating:
         first_new = (
             exp.select(exp.Min(this=_col(SEQ)))
             .from_("new_truncates", copy=False)
             .subquery(copy=False)
         )
-        touched_sources.append(
+        sources.append(
             _select(
                 [(k, _col(k, "x")) for k in key]
                 + [(FROM_SEQ, first_new)]
                 + [(b, _col(b, "x")) for b in bucket]
             )
-            .from_(names.state.copy().as_("x"), copy=False)
+            .from_(m.names.state.copy().as_("x"), copy=False)
             .where(exp.Exists(this=exp.select("1").from_("new_truncates")), copy=False)
         )
-    touched = (
+    return (
         _select(
             [(k, _col(k)) for k in key]
             + [(FROM_SEQ, exp.Min(this=_col(FROM_SEQ)))]
             + [(b, exp.Max(this=_col(b))) for b in bucket]
         )
-        .from_(_union_all(*touched_sources).subquery("a"), copy=False)
+        .from_(_union_all(*sources).subquery("a"), copy=False)
         .group_by(*[_col(k) for k in key], copy=False)
     )
-    ctes.append(_cte("touched", touched))
 
-    # 3. existing: the anchor and every later version of the touched keys.
-    state_cols = [*biz, *[n for n, _ in METADATA_COLUMNS], *bucket]
-    existing = (
+
+def _step_existing(m: _MergeShape) -> exp.Select:
+    """3. Of the touched keys, the anchor and every later version."""
+    state_cols = [*m.biz, *[n for n, _ in METADATA_COLUMNS], *m.bucket]
+    return (
         _select(
             [(c, _col(c, "x")) for c in state_cols]
             + [(ANCHOR, exp.LTE(this=_col(SEQ, "x"), expression=_col(FROM_SEQ, "u")))]
         )
-        .from_(names.state.copy().as_("x"), copy=False)
+        .from_(m.names.state.copy().as_("x"), copy=False)
         .join(
             exp.to_table("touched").as_("u"),
-            on=_keys_equal(key, "x", "u"),
+            on=_keys_equal(m.key, "x", "u"),
             join_type="inner",
             copy=False,
         )
@@ -338,30 +418,31 @@ def plan_merge(
                     exp.GT(this=_col(NEXT_SEQ, "x"), expression=_col(FROM_SEQ, "u")),
                 ),
                 _since("x"),
-                _touched_buckets(caps, "x", truncating),
+                _touched_buckets(m.caps, "x", m.truncating),
             ),
             copy=False,
         )
     )
-    ctes.append(_cte("existing", existing))
 
-    # 4. fresh: batch versions not stored yet.
+
+def _step_fresh(m: _MergeShape) -> exp.Select:
+    """4. The batch's versions that are not stored yet."""
     stored_copy = exp.select("1").from_(exp.to_table("existing").as_("e"), copy=False)
     stored_copy = stored_copy.where(
-        exp.and_(_keys_equal(key, "e", "b"), _col(SEQ, "e").eq(_col(SEQ, "b"))), copy=False
+        exp.and_(_keys_equal(m.key, "e", "b"), _col(SEQ, "e").eq(_col(SEQ, "b"))), copy=False
     )
-    fresh = (
-        _select([(c, _col(c, "b")) for c in [*biz, *version_meta, *bucket]])
+    return (
+        _select([(c, _col(c, "b")) for c in m.version])
         .from_(exp.to_table("batch").as_("b"), copy=False)
         .where(exp.not_(exp.Exists(this=stored_copy)), copy=False)
     )
-    ctes.append(_cte("fresh", fresh))
 
-    # 5. chain: the versions whose validity is recomputed.
-    flags = [ANCHOR, STORED, CANDIDATE, OLD_VALID_FROM, OLD_VALID_TO, OLD_NEXT_SEQ]
-    chain_fields = [*biz, *version_meta, *bucket, *flags]
+
+def _step_chain(m: _MergeShape) -> exp.Query:
+    """5. The versions whose validity is recomputed: existing + fresh (+ candidate tombstones)."""
+    caps = m.caps
     from_existing = _select(
-        [(c, _col(c)) for c in [*biz, *version_meta, *bucket, ANCHOR]]
+        [(c, _col(c)) for c in [*m.version, ANCHOR]]
         + [
             (STORED, _bool(True)),
             (CANDIDATE, _bool(False)),
@@ -370,14 +451,14 @@ def plan_merge(
             (OLD_NEXT_SEQ, _col(NEXT_SEQ)),
         ]
     ).from_("existing", copy=False)
-    if with_truncates:
+    if m.with_truncates:
         # stored truncate tombstones after the anchor are recomputed from the candidates
         from_existing = from_existing.where(
             exp.not_(exp.and_(_col(OP).eq(exp.Literal.string("t")), exp.not_(_col(ANCHOR)))),
             copy=False,
         )
     from_fresh = _select(
-        [(c, _col(c)) for c in [*biz, *version_meta, *bucket]]
+        [(c, _col(c)) for c in m.version]
         + [
             (ANCHOR, _bool(False)),
             (STORED, _bool(False)),
@@ -387,35 +468,35 @@ def plan_merge(
             (OLD_NEXT_SEQ, _null(STRING, caps)),
         ]
     ).from_("fresh", copy=False)
-    chain_parts = [from_existing, from_fresh]
-    if with_truncates:
-        ctes.append(_cte("truncates", _all_truncates(names)))
-        ctes.append(_cte("bounds", _bounds(key, bucket)))
-        chain_parts.append(_candidates(table, caps, names, bucket))
-    ctes.append(_cte("chain", _union_all(*chain_parts)))
+    parts = [from_existing, from_fresh]
+    if m.with_truncates:
+        parts.append(_candidates(m.table, caps, m.names, m.bucket))
+    return _union_all(*parts)
 
-    source = "chain"
-    if with_truncates:
-        # a candidate tombstone is kept only when the version just before it is live
-        previous_deleted = _window(exp.func("LAG", _col(IS_DELETED)), key)
-        keep = exp.or_(
-            exp.not_(_col(CANDIDATE)),
-            exp.func("COALESCE", exp.not_(previous_deleted), _bool(False)),
-        )
-        flagged = _select([(c, _col(c)) for c in chain_fields] + [(KEEP, keep)]).from_(
-            "chain", copy=False
-        )
-        ctes.append(_cte("flagged", flagged))
-        source = "flagged"
 
-    # 6. versions: validity and carried values, recomputed over (key ORDER BY _seq). A version
-    # starts at the latest commit time so far in log order (commit times need not rise with the
-    # log: binlog times are whole seconds, a snapshot's are the clock's), so that a window may be
-    # empty but never inverted. The anchor's stored start is already the latest before it.
+def _step_flagged(m: _MergeShape) -> exp.Select:
+    """5b. With truncates: a candidate tombstone is kept only when the version before it is live."""
+    previous_deleted = _window(exp.func("LAG", _col(IS_DELETED)), m.key)
+    keep = exp.or_(
+        exp.not_(_col(CANDIDATE)),
+        exp.func("COALESCE", exp.not_(previous_deleted), _bool(False)),
+    )
+    return _select([(c, _col(c)) for c in m.chain_fields] + [(KEEP, keep)]).from_(
+        "chain", copy=False
+    )
+
+
+def _step_versions(m: _MergeShape, source: str) -> exp.Select:
+    """6. Validity and carried values, recomputed over (key ORDER BY _seq).
+
+    A version starts at the latest commit time so far in log order (commit times need not rise
+    with the log: binlog times are whole seconds, a snapshot's are the clock's), so that a window
+    may be empty but never inverted. The anchor's stored start is already the latest before it."""
+    key, caps = m.key, m.caps
     started = _window(exp.Max(this=_col(VALID_FROM)), key, frame=True)
     next_commit = _window(exp.func("LEAD", _col(VALID_FROM)), key)
-    version_fields: list[tuple[str, exp.Expr]] = [(c, _col(c)) for c in chain_fields]
-    version_fields += [
+    fields: list[tuple[str, exp.Expr]] = [(c, _col(c)) for c in m.chain_fields]
+    fields += [
         (NEW_VALID_FROM, started),
         (
             NEW_VALID_TO,
@@ -426,7 +507,7 @@ def plan_merge(
         ),
         (NEW_NEXT_SEQ, _window(exp.func("LEAD", _col(SEQ)), key)),
     ]
-    for i, name in enumerate(carry):
+    for i, name in enumerate(m.carry):
         wrapped = exp.Case(
             ifs=[
                 exp.If(
@@ -438,13 +519,18 @@ def plan_merge(
             ]
         )
         last = exp.IgnoreNulls(this=exp.LastValue(this=wrapped))
-        version_fields.append((f"{CARRY_PREFIX}{i}", _window(last, key, frame=True)))
-    versions = _select(version_fields).from_(source, copy=False)
-    if with_truncates:
+        fields.append((f"{CARRY_PREFIX}{i}", _window(last, key, frame=True)))
+    versions = _select(fields).from_(source, copy=False)
+    if m.with_truncates:
         versions = versions.where(_col(KEEP), copy=False)
-    ctes.append(_cte("versions", versions))
+    return versions
 
-    # 7. changes: what the MERGE writes.
+
+def _step_changes(m: _MergeShape) -> exp.Expr:
+    """7. What the MERGE writes: new versions, stored ones whose validity or carried values changed
+    (and, with truncates, withdrawn tombstones)."""
+    caps, carry = m.caps, m.carry
+
     def resolved(name: str) -> exp.Expr:
         if name not in carry:
             return _col(name)
@@ -453,13 +539,13 @@ def plan_merge(
             default=_carried(carry.index(name)),
         )
 
-    change_fields: list[tuple[str, exp.Expr]] = [(c, resolved(c)) for c in biz]
-    change_fields += [
+    fields: list[tuple[str, exp.Expr]] = [(c, resolved(c)) for c in m.biz]
+    fields += [
         (c, _col(NEW_VALID_FROM) if c == VALID_FROM else _col(c))
-        for c in [*version_meta, *bucket, NEW_VALID_TO, NEW_NEXT_SEQ, STORED]
+        for c in [*_VERSION_META, *m.bucket, NEW_VALID_TO, NEW_NEXT_SEQ, STORED]
     ]
-    if with_truncates:
-        change_fields.append((KEEP, _bool(True)))
+    if m.with_truncates:
+        fields.append((KEEP, _bool(True)))
     changed = exp.or_(
         exp.not_(_col(STORED)),
         exp.NullSafeNEQ(this=_col(NEW_NEXT_SEQ), expression=_col(OLD_NEXT_SEQ)),
@@ -469,48 +555,30 @@ def plan_merge(
             exp.and_(
                 exp.not_(_available(name, caps)),
                 exp.NullSafeNEQ(
-                    this=_comparable(_col(name), table.column_type(name), caps),
-                    expression=_comparable(_carried(i), table.column_type(name), caps),
+                    this=_comparable(_col(name), m.table.column_type(name), caps),
+                    expression=_comparable(_carried(i), m.table.column_type(name), caps),
                 ),
             )
             for i, name in enumerate(carry)
         ],
     )
-    changes: exp.Expr = (
-        _select(change_fields).from_("versions", copy=False).where(changed, copy=False)
+    changes: exp.Expr = _select(fields).from_("versions", copy=False).where(changed, copy=False)
+    if not m.with_truncates:
+        return changes
+    dropped_fields: list[tuple[str, exp.Expr]] = [(c, _col(c)) for c in m.version]
+    dropped_fields += [
+        (NEW_VALID_TO, _null(TIMESTAMP, caps)),
+        (NEW_NEXT_SEQ, _null(STRING, caps)),
+        (STORED, _bool(True)),
+        (KEEP, _bool(False)),
+    ]
+    # withdrawn tombstones: a late delete (or an earlier truncate) now precedes them
+    dropped = (
+        _select(dropped_fields)
+        .from_("flagged", copy=False)
+        .where(exp.and_(exp.not_(_col(KEEP)), _col(STORED)), copy=False)
     )
-    if with_truncates:
-        dropped_fields: list[tuple[str, exp.Expr]] = [(c, _col(c)) for c in biz]
-        dropped_fields += [(c, _col(c)) for c in [*version_meta, *bucket]]
-        dropped_fields += [
-            (NEW_VALID_TO, _null(TIMESTAMP, caps)),
-            (NEW_NEXT_SEQ, _null(STRING, caps)),
-            (STORED, _bool(True)),
-            (KEEP, _bool(False)),
-        ]
-        # withdrawn tombstones: a late delete (or an earlier truncate) now precedes them
-        dropped = (
-            _select(dropped_fields)
-            .from_("flagged", copy=False)
-            .where(exp.and_(exp.not_(_col(KEEP)), _col(STORED)), copy=False)
-        )
-        changes = _union_all(changes, dropped)  # type: ignore[arg-type]
-    source_query = exp.select("*").from_(
-        exp.Subquery(this=changes, alias=exp.TableAlias(this=_ident("c"))), copy=False
-    )
-    source_query.set("with_", exp.With(expressions=ctes))
-
-    return _merge(
-        table,
-        names,
-        caps,
-        source_query,
-        carry,
-        bucket,
-        with_truncates,
-        _since("t"),
-        _touched_buckets(caps, "t", truncating),
-    )
+    return _union_all(changes, dropped)  # type: ignore[arg-type]
 
 
 def plan_merge_counts(merge: exp.Merge) -> exp.Select:
