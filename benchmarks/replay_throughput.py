@@ -47,6 +47,17 @@ TABLE = "billing.public.subscriptions"
 T0 = 1_714_550_400_000_000
 PLANS = ("basic-monthly", "pro-monthly", "pro-yearly", "enterprise")
 STATUSES = ("active", "past_due", "canceled", "trialing")
+#: the column types the native readers state with every event (one dict per table version)
+SOURCE_TYPES = {
+    "id": "int64",
+    "customer_id": "int64",
+    "plan": "string",
+    "status": "string",
+    "amount": "org.apache.kafka.connect.data.Decimal(scale=2,precision=12)",
+    "currency": "string",
+    "renews_at": "io.debezium.time.ZonedTimestamp",
+    "note": "string",
+}
 
 
 def make_events(start: int, n: int, keys: int) -> list[ChangeEvent]:
@@ -79,6 +90,7 @@ def make_events(start: int, n: int, keys: int) -> list[ChangeEvent]:
             seq=make_seq(0x1000000 + i * 64, 0x1000000 + i * 64 + 8),
             commit_ts=T0 + i * 2_000,  # 500 changes a second: ~1.1 hours for 2M
             tx_id=str(100_000 + i // 4),
+            source_types=SOURCE_TYPES,
         )
         out.append(e.with_raw(encode_debezium(e, "postgres")))
     return out
