@@ -1,7 +1,9 @@
 """A durable local journal: where ``cdc run`` lands captured batches before anything else.
 
-Each batch a capture hands over becomes one segment file (JSON lines of ``event_to_record``),
-written to a temporary name, fsynced, and renamed into place; only then does ``write`` return, so
+Each batch a capture hands over becomes one segment file: an Arrow IPC file of the changelog's own
+rows (``connectors.changelog.records``: the same schema and codec as the changelog's Parquet
+files, so an event reads back from the journal exactly as it will from the changelog), written to
+a temporary name, fsynced, and renamed into place; only then does ``write`` return, so
 the capture may advance its offset. Two consumers work from the segments independently:
 
 - the merge loop applies them to the warehouse within a second (freshness), then marks them
@@ -13,8 +15,10 @@ A segment is deleted once it is both. After a crash, whatever is not marked is s
 the merge is idempotent and the changelog tolerates duplicates (readers dedupe by ``event_id``), so
 the journal turns at-least-once delivery into a state with nothing lost and nothing doubled.
 
-Layout: ``<root>/<source>/<number>.jsonl`` plus marker files ``<number>.merged`` and
-``<number>.archived``; numbers increase with arrival order.
+Layout: ``<root>/<source>/<number>.arrow`` plus marker files ``<number>.merged`` and
+``<number>.archived``; numbers increase with arrival order. Segments an older version wrote as
+JSON lines (``<number>.jsonl``, records of ``event_to_record``) are still read, so an upgrade
+finishes whatever the journal held.
 """
 
 from __future__ import annotations
@@ -22,11 +26,18 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from state_models.events import ChangeEvent, event_from_record, event_to_record
+import pyarrow as pa
+
+from connectors.changelog.records import SCHEMA, from_batch, to_batch
+from state_models.events import ChangeEvent, event_from_record
+
+#: segment files: the current format first; older ones are read, never written
+SUFFIXES = (".arrow", ".jsonl")
 
 MERGED = "merged"
 ARCHIVED = "archived"
@@ -81,14 +92,13 @@ class SourceJournal:
         with self._lock:
             number = self._next
             self._next += 1
-            final = self.dir / f"{number:012d}.jsonl"
+            final = self.dir / f"{number:012d}{SUFFIXES[0]}"
             tmp = final.with_suffix(".tmp")
-            with tmp.open("w", encoding="utf-8") as fh:
-                for e in events:
-                    fh.write(
-                        json.dumps(event_to_record(e), separators=(",", ":"), ensure_ascii=False)
-                    )
-                    fh.write("\n")
+            now_us = time.time_ns() // 1000  # the changelog stamps its own ingested_at
+            batch = to_batch(events, [now_us] * len(events))
+            with tmp.open("wb") as fh:
+                with pa.ipc.new_file(fh, SCHEMA) as writer:
+                    writer.write_batch(batch)
                 fh.flush()
                 os.fsync(fh.fileno())
             tmp.replace(final)
@@ -96,8 +106,8 @@ class SourceJournal:
 
     def segments(self) -> list[Segment]:
         out = []
-        for p in self.dir.glob("*.jsonl"):
-            if p.stem.isdigit():
+        for p in self.dir.iterdir():
+            if p.suffix in SUFFIXES and p.stem.isdigit():
                 out.append(Segment(self.source, int(p.stem), p))
         return sorted(out)
 
@@ -125,10 +135,16 @@ class Journal:
 
     @staticmethod
     def read(segment: Segment) -> Iterator[ChangeEvent]:
-        with segment.path.open(encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    yield event_from_record(json.loads(line))
+        if segment.path.suffix == ".jsonl":  # written by an older version
+            with segment.path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    if line.strip():
+                        yield event_from_record(json.loads(line))
+            return
+        with pa.memory_map(str(segment.path)) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield from from_batch(reader.get_batch(i))
 
     @staticmethod
     def mark(segments: Sequence[Segment], marker: str) -> None:

@@ -53,3 +53,23 @@ def test_reopening_continues_numbering_and_drops_unfinished_writes(tmp_path):
     j2.sink("a").write([ev(2)])
     assert [s.number for s in j2.segments()] == [1, 2]
     assert not list((tmp_path / "a").glob("*.tmp"))
+
+
+def test_segments_an_older_version_wrote_as_json_lines_are_still_read(tmp_path):
+    import json
+
+    from state_models.events import event_to_record
+
+    old = tmp_path / "billing" / "000000000007.jsonl"  # left by `cdc run` before the upgrade
+    old.parent.mkdir(parents=True)
+    old.write_text("".join(json.dumps(event_to_record(ev(i))) + "\n" for i in (1, 2)))
+    j = Journal(tmp_path)
+    j.sink("billing").write([ev(3)])
+    segs = j.segments()
+    assert [(s.number, s.path.suffix) for s in segs] == [(7, ".jsonl"), (8, ".arrow")]
+    read = [e for s in segs for e in Journal.read(s)]
+    assert [e.event_id for e in read] == [ev(i).event_id for i in (1, 2, 3)]
+    assert read == [ev(1), ev(2), ev(3)]
+    Journal.mark(segs, MERGED)
+    Journal.mark(segs, ARCHIVED)
+    assert j.prune() == 2 and not list(old.parent.iterdir())
