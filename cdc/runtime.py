@@ -4,8 +4,8 @@
 
     capture (one thread per source) ──write──► journal segment (fsynced) ──► offset advances
                                                    │
-                   merge loop (main thread) ◄──────┤  micro-batches: ≤ batch_size events, or
-                   apply_events → warehouse        │  the oldest waited max_latency_s
+                   merge loop (main thread) ◄──────┤  woken by each journal write: merges what
+                   apply_events → warehouse        │  waits (≤ batch_size events)
                                                    │
                    archiver (own thread)   ◄───────┘  every archive_interval_s: the changelog
                    ChangelogWriter → Parquet files     (few large immutable files; merges go on
@@ -55,18 +55,34 @@ STATUS_FILE = "status.json"
 RUN_LOCK_FILE = "run.lock"
 
 CaptureFactory = Callable[..., Capture]
+RELEASE_EVERY_S = 0.5  # a busy merge loop lets go of the DuckDB file this often...
+RELEASE_PAUSE_S = 0.03  # ...for this long (a reader waiting on the file retries every 20 ms)
 
 
 @dataclass
 class RuntimeOptions:
     batch_size: int = 10_000  # events per MERGE, at most
-    max_latency_s: float = 0.2  # how long a journaled event may wait before it is merged
+    #: how long a journaled event may wait for more to merge with it; 0: merge at once (events
+    #: that arrive during a merge make the next one larger, so a busy source still merges in
+    #: large batches)
+    max_latency_s: float = 0.0
     archive_interval_s: float = 60.0  # how often journaled events are rolled into the changelog
     status_interval_s: float = 1.0
     #: how often cdc_progress is written (None: every second on DuckDB, every 10 s on BigQuery,
     #: where each write is a DML statement)
     progress_interval_s: float | None = None
     poll_s: float = 0.05
+
+
+class _Waking:
+    """A capture's journal sink that wakes the merge loop once a batch is durable."""
+
+    def __init__(self, sink: Any, event: threading.Event):
+        self.sink, self.event = sink, event
+
+    def write(self, events: Sequence[Any]) -> None:
+        self.sink.write(events)
+        self.event.set()
 
 
 @dataclass
@@ -177,6 +193,7 @@ class Runtime:
         self._archive_error: BaseException | None = None
         # the merge lists and reads segments while the archiver may prune finished ones
         self._journal_lock = threading.Lock()
+        self._journaled = threading.Event()  # set by every journal write: the merge loop wakes
         # commit-to-visible latency of recently merged events (seconds), for status and the demo
         self.latencies: deque[float] = deque(maxlen=200_000)
         self.latency_histogram = LatencyHistogram()  # cumulative, for /metrics
@@ -215,6 +232,7 @@ class Runtime:
             )
             archiver.start()
             next_status = 0.0
+            released = time.monotonic()
             while not stop.is_set():
                 merged = self._merge_pending()
                 failed = self._failed_part()
@@ -232,9 +250,18 @@ class Runtime:
                     if self.on_status is not None:
                         self.on_status(self)
                     next_status = now + self.options.status_interval_s
-                # the DuckDB file is let go between merges so `cdc history` & co. can read it
-                self._warehouse.release()
-                stop.wait(self.options.poll_s if not merged else self.options.poll_s / 5)
+                # the DuckDB file is let go whenever the loop is idle, and while merges follow each
+                # other at least every RELEASE_EVERY_S for a moment, so `cdc history` & co. (which
+                # retry every 20 ms) can read it; reopening it for every merge would cost more
+                # than a small merge itself
+                if not merged or now - released >= RELEASE_EVERY_S:
+                    self._warehouse.release()
+                    released = now
+                    if merged:
+                        stop.wait(RELEASE_PAUSE_S)
+                # woken by the next journal write (or stop), else it looks again after poll_s
+                self._journaled.wait(self.options.poll_s)
+                self._journaled.clear()
         finally:
             capture_stop.set()
             for name, t in self._threads.items():
@@ -264,7 +291,7 @@ class Runtime:
             )
             self.captures[name] = capture
 
-            sink = self.journal.sink(name)
+            sink = _Waking(self.journal.sink(name), self._journaled)
             t = threading.Thread(
                 target=self._capture_body,
                 args=(name, capture, sink, capture_stop),
