@@ -7,7 +7,9 @@ the latency is the time from its source commit to the end of the MERGE that made
 
     .venv/bin/python benchmarks/freshness.py [--rate 1000] [--seconds 60] [--engines pgoutput,debezium]
 
-Targets (issue 6): p50 < 1 s, p99 < 3 s for both engines.
+Targets: p50 < 1 s, p99 < 3 s for both engines (issue 6); for pgoutput p50 < 0.1 s, p99 < 0.5 s
+(issue 17), printed beside them. The source commits with ``synchronous_commit=on``, as production
+servers do (with it off, PostgreSQL hands WAL to the replication stream only every 200 ms).
 """
 
 from __future__ import annotations
@@ -128,16 +130,21 @@ def main() -> int:
         f"freshness: {args.rate:.0f} changes/s for {args.seconds:.0f} s into DuckDB via `cdc run` (2 cores)"
     )
     print(
-        f"{'engine':<10} {'changes':>9} {'merged':>9} {'p50 s':>7} {'p99 s':>7} {'max s':>7}  target p50<1 s, p99<3 s"
+        f"{'engine':<10} {'changes':>9} {'merged':>9} {'p50 s':>7} {'p99 s':>7} {'max s':>7}  p50<1 s, p99<3 s   pgoutput p50<0.1 s, p99<0.5 s"
     )
     ok = True
     for engine in args.engines.split(","):
         r = run_engine(engine.strip(), args.rate, args.seconds)
         meets = r["p50"] < 1.0 and r["p99"] < 3.0 and r["merged"] >= r["sent"]
         ok &= meets
+        fast = (
+            ""
+            if engine.strip() != "pgoutput"
+            else ("meets" if r["p50"] < 0.1 and r["p99"] < 0.5 else "MISSES")
+        )
         print(
             f"{engine:<10} {r['sent']:>9,} {r['merged']:>9,} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['max']:>7.2f}  "
-            f"{'meets' if meets else 'MISSES'}",
+            f"{'meets' if meets else 'MISSES':<17} {fast}",
             flush=True,
         )
     print(
