@@ -70,16 +70,16 @@ class QuerySide:
         finally:
             self.seconds += time.monotonic() - started
 
-    def digests(self, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
-        out = digests_of(self._run(self.shape.plan_digests(parent, bounds)), len(bounds) + 1)
+    def digests(self, parents: Sequence[Segment], bounds: Sequence[Key]) -> list[Digest]:
+        out = digests_of(self._run(self.shape.plan_digests(parents, bounds)), len(bounds) + 1)
         if self.shape.pii and self.protect is not None:
             # the pii: columns' protected form is made here: their rows come out, per segment
             pii = [0] * len(out)
-            for r in self._run(self.shape.plan_pii_rows(parent, bounds)):
+            for r in self._run(self.shape.plan_pii_rows(parents, bounds)):
                 pii[int(r["__segment"])] ^= self._pii_hash(r)
                 self.pii_rows += 1
             out = [replace(d, pii=x) for d, x in zip(out, pii, strict=True)]
-        if parent == Segment():
+        if list(parents) == [Segment()]:
             self.rows_seen = sum(d.rows for d in out)
         return out
 

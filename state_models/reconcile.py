@@ -65,8 +65,9 @@ class Digest:
 class Side(Protocol):
     """One relation to compare (the source in a snapshot, or the state as of a position)."""
 
-    def digests(self, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
-        """Digests of the ``len(bounds) + 1`` parts of ``parent`` cut at ``bounds`` (one query)."""
+    def digests(self, parents: Sequence[Segment], bounds: Sequence[Key]) -> list[Digest]:
+        """Digests of the ``len(bounds) + 1`` parts of the key space cut at ``bounds``, counting
+        only the rows inside one of ``parents`` (one query)."""
         ...
 
     def split(self, segment: Segment, parts: int) -> list[Key]:
@@ -120,6 +121,7 @@ def compare(
     *,
     fanout: int = 64,
     leaf_rows: int = 512,
+    max_bounds: int = 1024,
     on_level: Callable[[int, int, int], None] | None = None,
 ) -> Difference:
     """Bisect from the whole table down to the differing keys (see the module doc).
@@ -146,23 +148,28 @@ def compare(
             level += 1
             compared = differing = 0
             next_groups: list[tuple[Segment, list[Key]]] = []
-            for parent, cuts in groups:
-                mine, theirs = both(partial(_digests, parent=parent, bounds=cuts))
-                for part, a, b in zip(cut(parent, cuts), mine, theirs, strict=True):
-                    compared += 1
-                    if a == b:
-                        continue
-                    differing += 1
-                    if max(a.rows, b.rows) <= leaf_rows:
-                        leaves.append(part)
-                        continue
-                    fuller = source if a.rows >= b.rows else state
-                    inner = fuller.split(part, fanout)
-                    out.rows_transferred += len(inner)
-                    if inner:
-                        next_groups.append((part, inner))
-                    else:  # a single key (or nothing to cut at): compare it row by row
-                        leaves.append(part)
+            for chunk in _chunked(groups, max_bounds):
+                # the differing segments of a level are compared in one query per side
+                parents = [parent for parent, _ in chunk]
+                edges, index = combine(chunk)
+                mine, theirs = both(partial(_digests, parents=parents, bounds=edges))
+                for (parent, cuts), at in zip(chunk, index, strict=True):
+                    parts = cut(parent, cuts)
+                    next_groups.extend(
+                        _compare_parts(
+                            out,
+                            parts,
+                            [mine[i] for i in at],
+                            [theirs[i] for i in at],
+                            source,
+                            state,
+                            fanout,
+                            leaf_rows,
+                            leaves,
+                        )
+                    )
+                    compared += len(parts)
+                    differing += sum(mine[i] != theirs[i] for i in at)
             out.segments += compared
             if on_level is not None:
                 on_level(level, compared, differing)
@@ -176,8 +183,73 @@ def compare(
     return out
 
 
-def _digests(side: Side, *, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
-    return side.digests(parent, bounds)
+def _compare_parts(
+    out: Difference,
+    parts: Sequence[Segment],
+    mine: Sequence[Digest],
+    theirs: Sequence[Digest],
+    source: Side,
+    state: Side,
+    fanout: int,
+    leaf_rows: int,
+    leaves: list[Segment],
+) -> list[tuple[Segment, list[Key]]]:
+    """The parts whose digests differ: small ones become leaves, the others are cut again (at
+    keys of the side with more rows there); returns the new groups."""
+    groups = []
+    for part, a, b in zip(parts, mine, theirs, strict=True):
+        if a == b:
+            continue
+        if max(a.rows, b.rows) <= leaf_rows:
+            leaves.append(part)
+            continue
+        fuller = source if a.rows >= b.rows else state
+        inner = fuller.split(part, fanout)
+        out.rows_transferred += len(inner)
+        if inner:
+            groups.append((part, inner))
+        else:  # a single key (or nothing to cut at): compare it row by row
+            leaves.append(part)
+    return groups
+
+
+def combine(groups: Sequence[tuple[Segment, Sequence[Key]]]) -> tuple[list[Key], list[list[int]]]:
+    """Many (parent, cuts), disjoint and in key order, as one cut of the key space: its bounds,
+    and for each group the indexes of its parts among the combined parts (the parts between
+    parents hold no row of theirs; adjacent parents give an empty part between them)."""
+    edges: list[Key] = []
+    index = []
+    for parent, cuts in groups:
+        if parent.lo is not None:
+            edges.append(parent.lo)
+        first = len(edges)
+        edges.extend(cuts)
+        index.append(list(range(first, first + len(cuts) + 1)))
+        if parent.hi is not None:
+            edges.append(parent.hi)
+    return edges, index
+
+
+def _chunked(
+    groups: Sequence[tuple[Segment, list[Key]]], max_bounds: int
+) -> list[Sequence[tuple[Segment, list[Key]]]]:
+    """Groups in runs whose combined bounds stay under ``max_bounds`` (the query's size)."""
+    out: list[Sequence[tuple[Segment, list[Key]]]] = []
+    run: list[tuple[Segment, list[Key]]] = []
+    size = 0
+    for group in groups:
+        if run and size + len(group[1]) + 2 > max_bounds:
+            out.append(run)
+            run, size = [], 0
+        run.append(group)
+        size += len(group[1]) + 2
+    if run:
+        out.append(run)
+    return out
+
+
+def _digests(side: Side, *, parents: Sequence[Segment], bounds: Sequence[Key]) -> list[Digest]:
+    return side.digests(parents, bounds)
 
 
 def classify(
@@ -354,14 +426,14 @@ class RelationShape:
 
         return search(0, len(bounds))
 
-    def plan_digests(self, parent: Segment, bounds: Sequence[Key]) -> exp.Select:
+    def plan_digests(self, parents: Sequence[Segment], bounds: Sequence[Key]) -> exp.Select:
         fields = [
             exp.alias_(self._segment(bounds), SEGMENT, quoted=True),
             exp.alias_(self.row_hash.copy(), ROW_HASH, quoted=True),
         ]
         if self.pii_hash is not None:
             fields.append(exp.alias_(self.pii_hash.copy(), PII, quoted=True))
-        inner = self._base(*fields, where=self.within(parent))
+        inner = self._base(*fields, where=rows_where(self, parents))
         col = _named
         aggregates = [
             exp.alias_(exp.Count(this=exp.Star()), ROWS, quoted=True),
@@ -379,12 +451,12 @@ class RelationShape:
             exp.select(col(SEGMENT), *aggregates).from_(inner.subquery("s")).group_by(col(SEGMENT))
         )
 
-    def plan_pii_rows(self, parent: Segment, bounds: Sequence[Key]) -> exp.Select:
-        """Per row of ``parent``: its segment, key texts and pii: texts (hashed by the caller)."""
+    def plan_pii_rows(self, parents: Sequence[Segment], bounds: Sequence[Key]) -> exp.Select:
+        """Per row of ``parents``: its segment, key texts and pii: texts (hashed by the caller)."""
         return self._base(
             exp.alias_(self._segment(bounds), SEGMENT, quoted=True),
             *self._pii_fields(),
-            where=self.within(parent),
+            where=rows_where(self, parents),
         )
 
     def _pii_fields(self) -> list[exp.Expr]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from state_models.reconcile import Digest, Key, Segment, compare, cut, recheck
+from state_models.reconcile import Digest, Key, Segment, combine, compare, cut, recheck
 
 
 class MemorySide:
@@ -28,11 +28,12 @@ class MemorySide:
         hi = len(self.keys) if segment.hi is None else bisect.bisect_left(self.keys, segment.hi)
         return self.keys[lo:hi]
 
-    def digests(self, parent: Segment, bounds: Sequence[Key]) -> list[Digest]:
+    def digests(self, parents: Sequence[Segment], bounds: Sequence[Key]) -> list[Digest]:
         self.calls.append("digests")
+        inside = {k for p in parents for k in self._in(p)}
         out = []
-        for part in cut(parent, bounds):
-            keys = self._in(part)
+        for part in cut(Segment(), bounds):
+            keys = [k for k in self._in(part) if k in inside]
             x = 0
             for k in keys:
                 x ^= self._hash(k)
@@ -104,3 +105,29 @@ def test_recheck_keeps_only_keys_that_still_differ():
     state[(5,)] = {"plan": "x", "amount": 0}
     diff = recheck(MemorySide(source), MemorySide(state), [(5,), (6,)])
     assert list(diff.different) == [(5,)] and not diff.missing and not diff.extra
+
+
+def test_the_differing_segments_of_a_level_are_compared_in_one_query():
+    source, state = table(300_000), table(300_000)
+    keys = random.Random(4).sample(sorted(source), 10)
+    for k in keys:
+        state[k] = {**state[k], "amount": -1}
+    a, b = MemorySide(source), MemorySide(state)
+    diff = compare(a, b)
+    assert sorted(diff.different) == sorted(keys)
+    assert a.calls.count("digests") == b.calls.count("digests") == 2  # one query per level
+    # a cap on the query's size splits a level into several queries, with the same answer
+    a, b = MemorySide(source), MemorySide(state)
+    levels: list[tuple[int, int, int]] = []
+    capped = compare(a, b, max_bounds=100, on_level=lambda *level: levels.append(level))
+    assert sorted(capped.different) == sorted(keys)
+    assert a.calls.count("digests") == 1 + levels[0][2]  # a query per differing segment
+
+
+def test_parents_combine_into_one_cut_of_the_key_space():
+    groups = [(Segment(None, (10,)), [(5,)]), (Segment((10,), (20,)), [(15,)])]
+    edges, index = combine(groups)
+    assert edges == [(5,), (10,), (10,), (15,), (20,)]  # [10, 10) between the parents: empty
+    assert index == [[0, 1], [3, 4]]
+    parts = cut(Segment(), edges)
+    assert [parts[i] for i in index[1]] == cut(*groups[1])
