@@ -62,7 +62,7 @@ def idle(folder: Path, rows: int) -> bool:
         text=True,
     )
     try:
-        runtime = json.loads(out.stdout)["runtime"]
+        runtime = json.loads(out.stdout)["runtime"] or {}
     except (ValueError, KeyError, TypeError):
         return False
     return runtime.get("events_archived", 0) >= rows and runtime.get("journal_segments") == 0
