@@ -9,6 +9,7 @@ progress as one line every few seconds, no colour and no cursor movement.
 from __future__ import annotations
 
 import io
+import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -193,3 +194,26 @@ class LiveLine:
         if self._status is not None:
             self._status.stop()
             self._status = None
+
+
+#: Line separators that JSON leaves as they are, but that many line readers split on (Python's
+#: str.splitlines, JavaScript): written escaped, so that one version is always one line.
+_SEPARATORS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def jsonl_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False).translate(_SEPARATORS)
+
+
+def cell_text(value: Any, width: int | None = None) -> str:
+    if value is None:
+        text = ""
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = str(value)
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text

@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from merge_jobs.apply import apply_events
 from state_models.errors import CdcError, TransientError
 from state_models.registry import Registry, table_infos
 from state_models.scd2 import TableDef
+from state_models.watermark import TransactionCuts, hold_for, later
 
 log = logging.getLogger("cdc.run")
 
@@ -104,6 +106,30 @@ class TableProgress:
 
     def lag_s(self, now: float) -> float | None:
         return None if self.last_commit_ts is None else max(0.0, now - self.last_commit_ts / 1e6)
+
+
+@dataclass
+class SourceWatermark:
+    """A source's watermark as this run keeps it (``state_models.watermark``)."""
+
+    through: str | None = None  # the cut; never moves back
+    #: dead letters holding it: letter id -> the cut just before its transaction
+    holds: dict[str, str] = field(default_factory=dict)
+
+    def held(self) -> tuple[str, str] | None:
+        """(letter id, cut) of the lowest hold."""
+        return min(self.holds.items(), key=lambda kv: kv[1]) if self.holds else None
+
+    def advance(self, cut: str | None) -> bool:
+        """Move to ``cut`` (not past a hold, never back); whether it moved."""
+        held = self.held()
+        if cut is not None and held is not None:
+            cut = min(cut, held[1])
+        moved = later(self.through, cut)
+        if moved == self.through:
+            return False
+        self.through = moved
+        return True
 
 
 @dataclass
@@ -179,6 +205,14 @@ class Runtime:
             for t in self.registry.tables()
         }
         self._progress_written: dict[str, tuple[Any, ...]] = {}  # what cdc_progress holds
+        #: per source: where its transactions are complete (the merge follows them in log order)
+        self._cuts: dict[str, TransactionCuts] = {
+            name: TransactionCuts() for name in self.registry.sources
+        }
+        self.watermarks: dict[str, SourceWatermark] = {
+            name: SourceWatermark() for name in self.registry.sources
+        }
+        self._holds_read = -1e9
         self._next_progress = 0.0
         self.captures: dict[str, Capture] = {}
         self.summary = RunSummary(tables=self.progress)
@@ -222,6 +256,7 @@ class Runtime:
         archive_stop = threading.Event()
         archiver: threading.Thread | None = None
         try:
+            self._read_holds()
             recovered = self._merge_pending(drain=True)
             archived = self._archive_pending()
             if recovered or archived:
@@ -343,6 +378,9 @@ class Runtime:
                 if not drain and not self._due(pending):
                     return total
                 take, events = self._take(pending)
+            starts: dict[str, str | None] = {}
+            for name, cuts in self._cuts.items():
+                starts.update(cuts.observe(e for e in events if e.source == name))
             try:
                 report = apply_events(
                     self._warehouse,
@@ -351,7 +389,7 @@ class Runtime:
                     ingested_at=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
                     dead_letters=self.dead_letters,
                     batch_size=self.options.batch_size,
-                    context_of=None,
+                    context_of=partial(self._hold_context, starts=starts),
                 )
             except TransientError as exc:
                 now = time.monotonic()
@@ -361,9 +399,39 @@ class Runtime:
                 return total
             Journal.mark(take, MERGED)
             self._record(events, report)
+            self._advance_watermarks(report)
             total += len(events)
             if not drain and len(take) == len(pending):
                 return total
+
+    def _hold_context(self, event: Any, starts: dict[str, str | None]) -> dict[str, Any]:
+        """What a dead letter keeps of its transaction: where it holds the source's watermark."""
+        mark = self.watermarks.get(event.source)
+        tx_start = starts.get(event.event_id)
+        through = mark.through if mark is not None else None
+        return {"tx_id": event.tx_id, "watermark_hold": hold_for(tx_start, through)}
+
+    def _advance_watermarks(self, report: Any) -> None:
+        """After a merge: each source's watermark moves to just before its open transaction,
+        except past a change of its that was dead-lettered (that holds it)."""
+        for letter in report.dead_letters:
+            mark = self.watermarks.get(letter.source or "")
+            hold = letter.context.get("watermark_hold")
+            if mark is not None and isinstance(hold, str):
+                mark.holds[letter.id] = hold
+        for name, cuts in self._cuts.items():
+            self.watermarks[name].advance(cuts.complete_through())
+
+    def _read_holds(self) -> None:
+        """The dead letters in the store that hold a watermark (a restart keeps them; a letter
+        replayed or removed lets go)."""
+        holds: dict[str, dict[str, str]] = {name: {} for name in self.watermarks}
+        for letter in self.dead_letters.list():
+            hold = letter.context.get("watermark_hold")
+            if letter.source in holds and isinstance(hold, str):
+                holds[letter.source][letter.id] = hold
+        for name, found in holds.items():
+            self.watermarks[name].holds = found
 
     def _due(self, pending: Sequence[Segment]) -> bool:
         oldest = min(s.path.stat().st_mtime for s in pending)
@@ -413,9 +481,18 @@ class Runtime:
     def _note_caught_up(self) -> None:
         """A source's tables are caught up as of the time its capture last was, once nothing it
         captured before then waits in the journal (read that time first, then the journal)."""
+        now = time.monotonic()
+        if now - self._holds_read >= 30.0:
+            self._holds_read = now
+            self._read_holds()
         for name, capture in self.captures.items():
-            caught = capture.stats().caught_up_at
-            if caught is None or self.journal.pending(MERGED, source=name):
+            stats = capture.stats()
+            caught = stats.caught_up_at
+            if self.journal.pending(MERGED, source=name):
+                continue
+            if name in self.watermarks:  # everything handed over is merged: complete through
+                self.watermarks[name].advance(stats.complete_through)
+            if caught is None:
                 continue
             for p in self.progress.values():
                 if p.source == name and (p.caught_up_at is None or caught > p.caught_up_at):
@@ -441,7 +518,9 @@ class Runtime:
 
         rows, marks = [], {}
         for p in self.progress.values():
-            mark = (p.last_seq, p.caught_up_at, p.commit_to_visible_s)
+            water = self.watermarks.get(p.source, SourceWatermark())
+            held = water.held()
+            mark = (p.last_seq, p.caught_up_at, p.commit_to_visible_s, water.through, held)
             if p.last_seq is None and p.caught_up_at is None:
                 continue
             if self._progress_written.get(p.table_id) == mark:
@@ -459,6 +538,8 @@ class Runtime:
                     caught_up_at=at(p.caught_up_at),
                     commit_to_visible_s=p.commit_to_visible_s,
                     writer="cdc run",
+                    watermark_seq=water.through,
+                    watermark_held_by=None if held is None else held[0],
                 )
             )
         if not rows:
@@ -532,6 +613,13 @@ class Runtime:
             "captures": {
                 name: {**asdict(s), "lag_s": s.lag_seconds(now)}
                 for name, s in self.capture_stats().items()
+            },
+            "watermarks": {
+                name: {
+                    "through": w.through,
+                    "held_by": None if w.held() is None else w.held()[0],  # type: ignore[index]
+                }
+                for name, w in self.watermarks.items()
             },
             "error": self.summary.error,
         }

@@ -1073,3 +1073,52 @@ def plan_stats(names: TableNames) -> exp.Select:
 def plan_has_truncates(names: TableNames) -> exp.Select:
     """Whether the truncate log holds anything (decides ``with_truncates`` for the next MERGE)."""
     return exp.select(exp.Count(this=exp.Star())).from_(names.truncates.copy(), copy=False)
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+def plan_tx_versions(
+    table: StateTable, names: TableNames, caps: Capabilities, tx_id: str
+) -> exp.Select:
+    """Every version one transaction wrote into a table, in log order (``cdc history --tx``)."""
+    return (
+        exp.select(*_ordered_columns(table, caps))
+        .from_(names.state.copy(), copy=False)
+        .where(_col(TX_ID).eq(exp.Literal.string(tx_id)), copy=False)
+        .order_by(_col(SEQ), copy=False)
+    )
+
+
+def plan_tx_bounds(names: TableNames, tx_ids: Sequence[str]) -> exp.Select:
+    """The first and last ``_seq`` of the versions of these transactions in a table."""
+    return (
+        exp.select(
+            exp.alias_(exp.Min(this=_col(SEQ)), "first_seq"),
+            exp.alias_(exp.Max(this=_col(SEQ)), "last_seq"),
+        )
+        .from_(names.state.copy(), copy=False)
+        .where(_col(TX_ID).isin(*[exp.Literal.string(t) for t in tx_ids]), copy=False)
+    )
+
+
+def plan_last_version(
+    names: TableNames,
+    caps: Capabilities,
+    *,
+    seq: str | None = None,
+    at: dt.datetime | None = None,
+) -> exp.Select:
+    """The ``_seq`` and ``_tx_id`` of a table's last version at or before ``seq`` (or whose
+    commit time is at or before ``at``)."""
+    if seq is not None:
+        where = exp.LTE(this=_col(SEQ), expression=exp.Literal.string(seq))
+    else:
+        where = exp.LTE(this=_col(VALID_FROM), expression=literal_for(at, TIMESTAMP, caps))
+    return (
+        exp.select(_col(SEQ), _col(TX_ID))
+        .from_(names.state.copy(), copy=False)
+        .where(where, copy=False)
+        .order_by(exp.Ordered(this=_col(SEQ), desc=True), copy=False)
+        .limit(1, copy=False)
+    )

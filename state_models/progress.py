@@ -13,6 +13,10 @@ One row per (source, table), kept by whatever merges into the table (``cdc run``
 - ``commit_to_visible_s``: for the newest applied change, seconds from its source commit to the end
   of the MERGE that made it visible.
 - ``updated_at``, ``writer`` (``cdc run`` | ``beam``).
+- ``watermark_seq``: the source's watermark, a cut (``state_models.watermark``): every transaction
+  of the source at or before it is applied in full in every registered table of the source. The
+  same value in each of the source's rows (read the greatest); ``watermark_held_by``: the dead
+  letter whose transaction holds it back, NULL when none does.
 
 Every value only moves forward (``applied_seq``, ``applied_commit_at``, ``caught_up_at`` keep the
 greatest of stored and new), so two writers, a restart or a replay of old progress never move it
@@ -41,10 +45,14 @@ COLUMNS = (
     ("commit_to_visible_s", "DOUBLE"),
     ("updated_at", "TIMESTAMPTZ"),
     ("writer", "TEXT"),
+    ("watermark_seq", "TEXT"),
+    ("watermark_held_by", "TEXT"),
 )
+#: columns added after the table's first version: added to an older table when first written
+ADDED = ("watermark_seq", "watermark_held_by")
 KEY = ("source", "table_id")
 #: kept as the greatest of stored and new
-FORWARD_ONLY = ("applied_seq", "applied_commit_at", "caught_up_at")
+FORWARD_ONLY = ("applied_seq", "applied_commit_at", "caught_up_at", "watermark_seq")
 
 
 @dataclass(frozen=True)
@@ -57,14 +65,33 @@ class Progress:
     caught_up_at: dt.datetime | None = None
     commit_to_visible_s: float | None = None
     writer: str = "cdc run"
+    #: the source's watermark (``state_models.watermark``), the same in each of its tables' rows,
+    #: and the dead letter holding it back (its id), if one does
+    watermark_seq: str | None = None
+    watermark_held_by: str | None = None
 
 
 def progress_table(dataset: str | None = None, project: str | None = None) -> exp.Table:
     return qualified(PROGRESS_TABLE, dataset, project)
 
 
-def plan_create_progress(table: exp.Table) -> exp.Create:
-    return plan_create_service_table(table, COLUMNS)
+def plan_create_progress(table: exp.Table) -> list[exp.Expr]:
+    """Create the table if it is missing, and add the columns later versions added to an older
+    one (``ADD COLUMN IF NOT EXISTS``: safe to repeat)."""
+    types = dict(COLUMNS)
+    return [
+        plan_create_service_table(table, COLUMNS),
+        *[
+            exp.Alter(
+                this=table.copy(),
+                kind="TABLE",
+                actions=[
+                    exp.ColumnDef(this=_ident(n), kind=exp.DataType.build(types[n]), exists=True)
+                ],
+            )
+            for n in ADDED
+        ],
+    ]
 
 
 def _typed(value: object, kind: str) -> exp.Expr:

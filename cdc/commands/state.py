@@ -12,7 +12,6 @@ import argparse
 import csv
 import datetime as dt
 import difflib
-import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +22,9 @@ from typing import Any, BinaryIO
 from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
 from cdc.commands.common import LOCK_WAIT_S, load
 from cdc.config import LoadedConfig
+from cdc.console import cell_text as _cell
 from cdc.console import is_terminal, print_table
+from cdc.console import jsonl_line as _jsonl
 from connectors.deadletter import NewDeadLetter, Sealing
 from state_models.debezium import decode_debezium
 from state_models.errors import ConfigError, DecodeError, UnknownTableError
@@ -55,7 +56,16 @@ def add_commands(add: AddCommand) -> None:
 
     p = add("history", "every version of a table's rows, ordered by key then seq", cmd_history)
     p.add_argument(
-        "table", help="table id (billing.public.subscriptions), state table or schema.table"
+        "table",
+        nargs="?",
+        help="table id (billing.public.subscriptions), state table or schema.table (with --tx: "
+        "optional, default every registered table)",
+    )
+    p.add_argument(
+        "--tx",
+        metavar="TXID",
+        help="every change one source transaction made, across tables, in log order (PostgreSQL "
+        "xid or Debezium's xid:lsn, MySQL/MariaDB GTID)",
     )
     p.add_argument(
         "--key",
@@ -68,11 +78,24 @@ def add_commands(add: AddCommand) -> None:
 
     p = add("as-of", "the live rows of a table at a commit time or a source position", cmd_as_of)
     p.add_argument(
-        "table", help="table id (billing.public.subscriptions), state table or schema.table"
+        "tables",
+        nargs="+",
+        metavar="table",
+        help="table id (billing.public.subscriptions), state table or schema.table; several "
+        "with --consistent",
+    )
+    p.add_argument(
+        "--consistent",
+        action="store_true",
+        help="the tables at one transaction boundary of their source, capped at its watermark "
+        "(never half a transaction); each row gets _table",
     )
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--at", metavar="TIMESTAMP", help="ISO-8601 commit time (UTC unless given)")
     when.add_argument("--seq", metavar="SEQ", help="source position (16-hex-digit sections)")
+    when.add_argument(
+        "--tx", metavar="TXID", help="through this source transaction (with --consistent)"
+    )
     p.add_argument("--format", choices=FORMATS, default="table")
 
 
@@ -267,6 +290,14 @@ def _print_counts(report: Any, tables: Mapping[str, TableDef]) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    if args.tx is not None:
+        from cdc.commands.transactions import cmd_history_tx
+
+        if args.key:
+            raise ConfigError("--tx lists a transaction's changes: it takes no --key")
+        return cmd_history_tx(args, load(args))
+    if args.table is None:
+        raise ConfigError("give a table (or --tx TXID for a transaction's changes)")
     cfg, table = _table(args)
     key = _hashed(table, _key_filter(args.key))
     from connectors.warehouse import open_warehouse
@@ -283,13 +314,23 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_as_of(args: argparse.Namespace) -> int:
-    cfg, table = _table(args)
     at = _timestamp(args.at) if args.at is not None else None
     if args.seq is not None and not is_seq(args.seq):
         raise ConfigError(
             f"--seq {args.seq!r} is not a seq: expected 16-hex-digit sections joined by '/', "
             "e.g. 0000000001a2b3c4/0000000001a2b3d0 (the _seq column of `cdc history`)"
         )
+    if args.consistent:
+        from cdc.commands.transactions import cmd_as_of_consistent
+
+        args.at_time = at
+        return cmd_as_of_consistent(args, load(args))
+    if len(args.tables) > 1 or args.tx is not None:
+        raise ConfigError(
+            "several tables, or --tx, need --consistent (one transaction boundary for all)"
+        )
+    args.table = args.tables[0]
+    cfg, table = _table(args)
     from connectors.warehouse import open_warehouse
 
     warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
@@ -408,26 +449,3 @@ def _write_rows(
     else:
         print(f"{table.table_id}: no rows", file=sys.stderr)
     return EXIT_OK
-
-
-#: Line separators that JSON leaves as they are, but that many line readers split on (Python's
-#: str.splitlines, JavaScript): written escaped, so that one version is always one line.
-_SEPARATORS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
-
-
-def _jsonl(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False).translate(_SEPARATORS)
-
-
-def _cell(value: Any, width: int | None = None) -> str:
-    if value is None:
-        text = ""
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, dict | list):
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    else:
-        text = str(value)
-    if width is not None and len(text) > width:
-        text = text[: width - 1] + "…"
-    return text

@@ -88,6 +88,9 @@ class CaptureStats:
     source_contact_at: float | None = None
     #: time.time() the capture last knew it had read everything the source had written
     caught_up_at: float | None = None
+    #: a cut (``state_models.watermark``): every change of every transaction at or before this
+    #: seq has been handed to the sink (None: not known, e.g. while snapshotting)
+    complete_through: str | None = None
 
     def lag_seconds(self, now: float | None = None) -> float | None:
         """Seconds between now and the commit time of the last acknowledged change."""

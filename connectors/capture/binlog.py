@@ -90,6 +90,7 @@ from state_models.events import ChangeEvent, Op, make_event_id
 from state_models.registry import Source
 from state_models.seq import binlog_file_number, binlog_seq
 from state_models.tables import TableInfo
+from state_models.watermark import seq_before
 
 log = logging.getLogger("cdc.capture.binlog")
 
@@ -949,6 +950,9 @@ class BinlogCapture(Capture):
         read is stored first)."""
         self.set_aside(decoder.unreadable)
         position = decoder.position()
+        # everything decoded is delivered (below): the transactions before the position (the
+        # open transaction's start, else the last commit's end) are complete
+        cut = seq_before(binlog_seq(position["file"], int(position["pos"]), 0))
         if pending:
             batch = list(pending)
             sink.write(batch)
@@ -957,6 +961,7 @@ class BinlogCapture(Capture):
             self._acknowledged(batch)
         elif position != saved:
             self.offsets.save(position)
+        self._update(complete_through=cut)
         return position
 
 

@@ -65,6 +65,7 @@ from state_models.events import ChangeEvent, Op, make_event_id
 from state_models.registry import Source, default_publication, default_slot
 from state_models.seq import int_to_pg_lsn, make_seq
 from state_models.tables import TableInfo
+from state_models.watermark import seq_before
 
 log = logging.getLogger("cdc.capture.pgoutput")
 
@@ -994,6 +995,11 @@ class _Stream:
         self.capture.set_aside(self.decoder.unreadable)
         self.capture.offsets.save({**self.decoder.position(), "slot": self.capture.slot})
         self.confirmed = self.decoder.flushed
+        if self.decoder.last_commit is not None:
+            # everything decoded is delivered: the transactions ordered before the next one (the
+            # one after the last COMMIT, whose changes' seqs begin with it) are complete
+            cut = seq_before(make_seq(self.decoder.last_commit, 0))
+            self.capture._update(complete_through=cut)
 
     def _send_status(self, reply: bool = False) -> None:
         now = time.time_ns() // 1000 - PG_EPOCH_MICROS

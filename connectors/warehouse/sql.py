@@ -416,7 +416,7 @@ class SqlWarehouse:
         target = self._names(PROGRESS_TABLE).state
         statements: list[exp.Expr] = [plan_record_progress(target, rows, at)]
         if not self._progress_ready:
-            statements.insert(0, plan_create_progress(target))
+            statements[:0] = plan_create_progress(target)
         self._run(statements)
         self._progress_ready = True
 
