@@ -109,7 +109,7 @@ def source(request: pytest.FixtureRequest) -> Source:
     )
 
 
-def start_run(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_run(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -124,6 +124,7 @@ def start_run(config: Path, log: Path) -> subprocess.Popen[bytes]:
             "0.1",
             "--archive-interval",
             "2",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
