@@ -1,0 +1,63 @@
+"""The watermark's pieces: cuts before a seq, transaction starts in log order, holds."""
+
+from __future__ import annotations
+
+from cdc.runtime import SourceWatermark
+from state_models.events import ChangeEvent, Op
+from state_models.seq import make_seq
+from state_models.watermark import NOTHING, TransactionCuts, hold_for, later, seq_before
+
+
+def event(seq: str, tx: str | None, key: int = 1) -> ChangeEvent:
+    return ChangeEvent(
+        table="billing.public.t",
+        op=Op.UPDATE,
+        key={"id": key},
+        before=None,
+        after={"id": key},
+        seq=seq,
+        commit_ts=0,
+        tx_id=tx,
+    )
+
+
+def test_seq_before_borrows_across_sections() -> None:
+    assert seq_before(make_seq(5, 0)) == make_seq(4, (1 << 64) - 1)
+    assert seq_before(make_seq(5, 7)) == make_seq(5, 6)
+    assert seq_before(make_seq(1, 0, 0)) == make_seq(0, (1 << 64) - 1, (1 << 64) - 1)
+    assert seq_before(make_seq(0, 0)) == make_seq(0, 0)  # nothing below it
+
+
+def test_cuts_wait_for_a_boundary_then_stop_before_the_open_transaction() -> None:
+    cuts = TransactionCuts()
+    a1, a2 = event(make_seq(10, 11), "a"), event(make_seq(10, 12), "a", 2)
+    # the first transaction after a start may have begun before it: no cut yet
+    starts = cuts.observe([a1, a2])
+    assert starts == {a1.event_id: None, a2.event_id: None}
+    assert cuts.complete_through() is None
+    b1 = event(make_seq(20, 21), "b")
+    assert cuts.observe([b1]) == {b1.event_id: b1.seq}
+    # a is complete, b may go on in the next batch
+    assert cuts.complete_through() == seq_before(b1.seq)
+    assert a2.seq <= cuts.complete_through() < b1.seq
+    b2 = event(make_seq(20, 22), "b", 2)
+    assert cuts.observe([b2]) == {b2.event_id: b1.seq}  # b goes on: same start
+    c1 = event(make_seq(30, 31), None)
+    c2 = event(make_seq(30, 32), None, 2)
+    cuts.observe([c1, c2])  # changes without an id: one run, complete only after it
+    assert cuts.complete_through() == seq_before(c1.seq)
+
+
+def test_a_dead_letter_holds_the_watermark_before_its_transaction() -> None:
+    mark = SourceWatermark()
+    assert mark.advance(make_seq(5, 0))
+    mark.holds["letter-1"] = hold_for(make_seq(7, 3), mark.through)
+    assert mark.advance(make_seq(9, 0))
+    assert mark.through == seq_before(make_seq(7, 3))  # not past the held transaction
+    assert not mark.advance(make_seq(4, 0))  # never back
+    mark.holds.clear()  # the letter was replayed
+    assert mark.advance(make_seq(9, 0)) and mark.through == make_seq(9, 0)
+    # a transaction whose start is unknown holds the watermark where it stands
+    assert hold_for(None, make_seq(9, 0)) == make_seq(9, 0)
+    assert hold_for(None, None) == NOTHING
+    assert later(None, make_seq(1)) == make_seq(1) and later(make_seq(2), None) == make_seq(2)
