@@ -253,7 +253,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         print_table(
             doc["captures"],
-            ["source", "engine", "freshness", "phase", "events", "last_seq", "lag", "detail"],
+            [
+                "source",
+                "engine",
+                "freshness",
+                "phase",
+                "events",
+                "last_seq",
+                "watermark",
+                "lag",
+                "detail",
+            ],
         )
     for w in doc["warnings"]:
         print(f"WARNING: {w}")
@@ -290,6 +300,16 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
             warehouse.close()
     captures, warnings = _capture_status(cfg, runtime, now)
     by_source = {c["source"]: c for c in captures}
+    for name, capture in by_source.items():
+        mark, held_by = _watermark(name, progress.values(), runtime)
+        capture["watermark"] = mark or "-"
+        capture["watermark_held_by"] = held_by
+        if held_by:
+            warnings.append(
+                f"{name}: the transaction-consistent watermark is held at {mark} by dead letter "
+                f"{held_by} (cdc dead-letters show {held_by}); `cdc as-of --consistent` answers "
+                "stop there"
+            )
     tables = []
     for t in cfg.registry.tables():
         s = stats.get(t.id)
@@ -339,6 +359,19 @@ def collect_status(cfg: LoadedConfig) -> dict[str, Any]:
         "loss_windows": [as_json(w) for w in windows],
         "warnings": warnings,
     }
+
+
+def _watermark(
+    source: str, progress: Any, runtime: dict[str, Any] | None
+) -> tuple[str | None, str | None]:
+    """A source's watermark and the dead letter holding it: the running `cdc run`'s, else the
+    greatest recorded in ``cdc_progress``."""
+    live = ((runtime or {}).get("watermarks") or {}).get(source) or {}
+    recorded = [r for r in progress if r.get("source") == source and r.get("watermark_seq")]
+    best = max(recorded, key=lambda r: r["watermark_seq"]) if recorded else {}
+    mark = max((m for m in (live.get("through"), best.get("watermark_seq")) if m), default=None)
+    held = live.get("held_by") if live else best.get("watermark_held_by")
+    return mark, held
 
 
 #: position fields worth showing, per engine (pgoutput: flushed/last_commit; Debezium: lsn,

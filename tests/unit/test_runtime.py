@@ -403,3 +403,48 @@ def test_a_tables_freshness_is_its_sources_state_with_its_own_caught_up_time():
     )
     assert beam["state"] == "beam"
     assert beam["text"] == "Beam job: newest change 30.0s old, progress 5.0s ago"
+
+
+def test_the_watermark_stops_before_a_transaction_holding_a_dead_letter(tmp_path):
+    from dataclasses import replace
+
+    from state_models.watermark import seq_before
+
+    def tx(n: int, *events: ChangeEvent) -> list[ChangeEvent]:
+        return [replace(e, tx_id=str(n)) for e in events]
+
+    bad = ChangeEvent(
+        "billing.public.unknown", Op.INSERT, {"id": 9}, None, {"id": 9}, make_seq(20, 22), 1
+    )
+    first = tx(1, change(10, 1, "a", Op.INSERT))
+    # the transaction with the change that cannot be applied starts at (20, 21)
+    held = tx(2, replace(change(20, 2, "b", Op.INSERT), seq=make_seq(20, 21)), bad)
+    later_ones = [tx(3, change(30, 3, "c", Op.INSERT)), tx(4, change(40, 4, "d", Op.INSERT))]
+    cfg = load_config(registry(tmp_path))
+    rt = Runtime(
+        cfg,
+        RuntimeOptions(max_latency_s=0, status_interval_s=0.05),
+        capture_factory=factory([first, held, *later_ones]),
+    )
+    run_until(rt, lambda r: r.summary.events_merged >= 5)
+    (letter,) = rt.dead_letters.list()
+    mark = rt.watermarks["billing"]
+    assert mark.through == seq_before(make_seq(20, 21))
+    assert mark.held() == (letter.id, seq_before(make_seq(20, 21)))
+    wh = open_warehouse(cfg.warehouse_url)
+    try:
+        (row,) = wh.progress()
+    finally:
+        wh.close()
+    assert row["watermark_seq"] == mark.through and row["watermark_held_by"] == letter.id
+
+    # the letter is dealt with (removed): a restart lets the watermark go on
+    rt.dead_letters.remove([letter.id])
+    rt = Runtime(
+        cfg,
+        RuntimeOptions(max_latency_s=0, status_interval_s=0.05),
+        capture_factory=factory([*later_ones, tx(5, change(50, 5, "e", Op.INSERT))]),
+    )
+    run_until(rt, lambda r: r.summary.events_merged >= 3)
+    assert rt.watermarks["billing"].held() is None
+    assert rt.watermarks["billing"].through == seq_before(make_seq(50, 50))
