@@ -45,6 +45,15 @@ def seq_before(seq: str) -> str:
     return seq
 
 
+def through_transaction(seq: str) -> str:
+    """The cut just after the transaction of the change at ``seq``, once that transaction is known
+    to be complete: ``seq`` with its last section at its maximum. (PostgreSQL: every later
+    transaction's first section is greater; MySQL/MariaDB: every later change's position is.)"""
+    sections = list(parse_seq(seq))
+    sections[-1] = (1 << 64) - 1
+    return make_seq(*sections)
+
+
 def tx_key(event: ChangeEvent) -> str | None:
     return event.tx_id
 

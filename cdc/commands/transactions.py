@@ -142,8 +142,11 @@ def cmd_as_of_consistent(args: argparse.Namespace, cfg: Any) -> int:
             mark, held_by = marks.get(source, (None, None))
             asked = asked_cut(warehouse, group, at=args.at_time, seq=args.seq, tx=args.tx)
             if asked is None and args.tx is not None:
-                raise ConfigError(
-                    f"transaction {args.tx} wrote no version in {', '.join(t.table_id for t in group)}"
+                complete = False
+                _say(
+                    f"{source}: transaction {args.tx} wrote no version in "
+                    f"{', '.join(t.table_id for t in group)} (not applied yet, or it touched "
+                    "none of these tables)"
                 )
             cut = asked if mark is None or asked is None else min(asked, mark)
             if mark is None:

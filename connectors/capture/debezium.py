@@ -46,7 +46,9 @@ from state_models.debezium import Tombstone, decode_debezium
 from state_models.errors import CdcError, SourceUnavailableError
 from state_models.events import ChangeEvent
 from state_models.registry import Source, default_publication, default_slot
+from state_models.seq import make_seq
 from state_models.tables import TableInfo, resolver_for
+from state_models.watermark import seq_before, through_transaction
 
 log = logging.getLogger("cdc.capture.debezium")
 
@@ -227,6 +229,16 @@ class DebeziumCapture(Capture):
         self.offsets_file = offsets_dir(self.state_dir) / f"{source_name}.debezium"
         self._resolve = resolver_for(self.tables, source_name)
 
+    def _stored_cut(self) -> str | None:
+        """The cut before the next transaction, from the stored offset: Debezium orders that
+        transaction's changes by ``lsn_commit`` (its ``source.sequence[0]``)."""
+        commits = [
+            int(v["lsn_commit"])
+            for v in read_offsets(self.offsets_file).values()
+            if isinstance(v.get("lsn_commit"), int)
+        ]
+        return seq_before(make_seq(max(commits), 0)) if commits else None
+
     def properties(self) -> dict[str, str]:
         return engine_properties(self.source_name, self.source, self.tables, self.offsets_file)
 
@@ -257,14 +269,25 @@ class DebeziumCapture(Capture):
         outcome = _Outcome()
         done = threading.Event()
 
+        delivered: list[str | None] = [None]  # the seq of the last change handed to the sink
+
         def on_batch(lines: str) -> None:
-            events, heartbeat_at = self._decode(lines)
+            events, heartbeat_at, before_heartbeat = self._decode(lines)
             if events:
                 sink.write(events)
                 self._acknowledged(events)
                 self._heard_from_source(contact=time.time())  # they came through the stream
             if heartbeat_at is not None:
                 self._heard_from_source(caught_up=heartbeat_at)
+                # nothing was unread when the heartbeat was emitted: the transaction of the last
+                # change before it is complete
+                last = events[before_heartbeat - 1].seq if before_heartbeat else delivered[0]
+                if last is not None:
+                    self._update(complete_through=through_transaction(last))
+                else:  # nothing delivered since a restart: before the next transaction
+                    self._update(complete_through=self._stored_cut())
+            if events:
+                delivered[0] = events[-1].seq
 
         def on_complete(success: bool, message: str, error: Any) -> None:
             outcome.success, outcome.message, outcome.error = success, message, error
@@ -351,17 +374,20 @@ class DebeziumCapture(Capture):
                 caught_up_at = max(caught_up_at or 0.0, min(caught_up, contact_at))
             self._stats = replace(s, source_contact_at=contact_at, caught_up_at=caught_up_at)
 
-    def _decode(self, lines: str) -> tuple[list[ChangeEvent], float | None]:
+    def _decode(self, lines: str) -> tuple[list[ChangeEvent], float | None, int]:
         """Decode a batch given as ``BatchBridge.lines`` text (destination, key, value per line):
-        its change events, and when the last heartbeat among them was emitted (epoch seconds)."""
+        its change events, when the last heartbeat among them was emitted (epoch seconds), and
+        how many of the events came before that heartbeat."""
         events: list[ChangeEvent] = []
         heartbeat_at: float | None = None
+        before_heartbeat = 0
         for line in lines.split("\n"):
             if not line:
                 continue
             destination, key, value = line.split("\t", 2)
             if destination.startswith(HEARTBEAT_PREFIX):
                 heartbeat_at = _emitted_at(value)
+                before_heartbeat = len(events)
                 continue
             if value == "-":
                 continue  # a tombstone
@@ -374,7 +400,7 @@ class DebeziumCapture(Capture):
             )
             if not isinstance(event, Tombstone):
                 events.append(event)
-        return events, heartbeat_at
+        return events, heartbeat_at, before_heartbeat
 
 
 def _emitted_at(heartbeat: str) -> float:

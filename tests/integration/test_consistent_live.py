@@ -59,9 +59,10 @@ class Source:
     query: Callable[[str], list[tuple[Any, ...]]]
 
 
-@pytest.fixture(params=["postgres", "mariadb"])
+@pytest.fixture(params=["postgres", "postgres-debezium", "mariadb"])
 def source(request: pytest.FixtureRequest) -> Source:
-    if request.param == "postgres":
+    if request.param.startswith("postgres"):
+        engine = "debezium" if request.param.endswith("debezium") else "pgoutput"
         postgres, dsn = request.getfixturevalue("postgres"), request.getfixturevalue("pg_database")
         db = dsn.rsplit("/", 1)[1]
         postgres.execute(PG_SCHEMA, database=db)
@@ -73,7 +74,7 @@ def source(request: pytest.FixtureRequest) -> Source:
         return Source(
             registry=f"""
     kind: postgres
-    engine: pgoutput
+    engine: {engine}
     dsn: {dsn}
     slot: cdc_tx_{db}
     publication: cdc_tx_{db}

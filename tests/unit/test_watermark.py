@@ -61,3 +61,14 @@ def test_a_dead_letter_holds_the_watermark_before_its_transaction() -> None:
     assert hold_for(None, make_seq(9, 0)) == make_seq(9, 0)
     assert hold_for(None, None) == NOTHING
     assert later(None, make_seq(1)) == make_seq(1) and later(make_seq(2), None) == make_seq(2)
+
+
+def test_through_a_transaction_takes_in_its_changes_and_nothing_after() -> None:
+    from state_models.watermark import through_transaction
+
+    # PostgreSQL: the next transaction is ordered by a later commit LSN
+    cut = through_transaction(make_seq(10, 15))
+    assert make_seq(10, 15) < make_seq(10, 99) <= cut < make_seq(11, 0)
+    # binlog: every later change has a later position
+    cut = through_transaction(make_seq(3, 400, 2))
+    assert make_seq(3, 400, 7) <= cut < make_seq(3, 401, 0)
