@@ -59,6 +59,30 @@ def test_progress_only_moves_forward(warehouse):
     assert as_utc(row["updated_at"]) == T0 + dt.timedelta(seconds=30)
 
 
+def test_the_watermark_only_moves_forward_and_names_the_letter_holding_it(warehouse):
+    table = table_def()
+    tid = f"{table.table_id}#{table.state_table}#watermark"
+
+    def progress(mark: str | None, held_by: str | None) -> Progress:
+        return Progress(
+            source="billing",
+            table_id=tid,
+            state_table=table.state_table,
+            applied_seq="0000000009",
+            watermark_seq=mark,
+            watermark_held_by=held_by,
+        )
+
+    warehouse.record_progress([progress("0000000005", "letter-1")], T0)
+    row = rows(warehouse)[tid]
+    assert (row["watermark_seq"], row["watermark_held_by"]) == ("0000000005", "letter-1")
+    warehouse.record_progress([progress("0000000004", None)], T0)  # an older writer: not back
+    row = rows(warehouse)[tid]
+    assert (row["watermark_seq"], row["watermark_held_by"]) == ("0000000005", None)
+    warehouse.record_progress([progress("0000000007", None)], T0)
+    assert rows(warehouse)[tid]["watermark_seq"] == "0000000007"
+
+
 def test_invariants_pass_on_a_clean_table_and_name_the_key_a_copy_breaks(warehouse):
     table = table_def()
     events = [

@@ -72,3 +72,30 @@ def test_through_a_transaction_takes_in_its_changes_and_nothing_after() -> None:
     # binlog: every later change has a later position
     cut = through_transaction(make_seq(3, 400, 2))
     assert make_seq(3, 400, 7) <= cut < make_seq(3, 401, 0)
+
+
+def test_a_cdc_progress_table_of_an_older_version_gets_the_watermark_columns(tmp_path) -> None:
+    from connectors.warehouse.duckdb import DuckDBWarehouse
+    from state_models.progress import Progress
+
+    wh = DuckDBWarehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    try:
+        wh.con.execute(
+            "CREATE TABLE cdc_progress (source TEXT, table_id TEXT, state_table TEXT, "
+            "applied_seq TEXT, applied_commit_at TIMESTAMPTZ, caught_up_at TIMESTAMPTZ, "
+            "commit_to_visible_s DOUBLE, updated_at TIMESTAMPTZ, writer TEXT)"
+        )
+        wh.con.execute(
+            "INSERT INTO cdc_progress (source, table_id, state_table, applied_seq) "
+            "VALUES ('billing', 'billing.public.t', 'billing_t', '0000000001')"
+        )
+        import datetime as dt
+
+        wh.record_progress(
+            [Progress("billing", "billing.public.t", "billing_t", watermark_seq=make_seq(3))],
+            dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
+        )
+        (row,) = wh.progress()
+    finally:
+        wh.close()
+    assert row["applied_seq"] == "0000000001" and row["watermark_seq"] == make_seq(3)
