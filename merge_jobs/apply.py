@@ -161,7 +161,12 @@ def _letter(
     raw: str | None = event.raw
     if raw is None and table is not None:
         raw = encode_debezium(event, table.source_kind)
-    context = {"seq": event.seq, "event_id": event.event_id, "op": event.op.value}
+    context = {
+        "seq": event.seq,
+        "event_id": event.event_id,
+        "op": event.op.value,
+        "tx_id": event.tx_id,
+    }
     if context_of is not None:
         context.update(context_of(event))
     return NewDeadLetter.from_error(

@@ -17,6 +17,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from connectors.changelog.reader import EventReader, ReadStats
 from connectors.deadletter import DeadLetterStore
@@ -127,6 +128,102 @@ def rebuild(
         ingested_at=ingested_at,
         progress=progress,
     )
+
+
+@dataclass
+class Settled:
+    """What :func:`settle_watermark` found for a source."""
+
+    source: str
+    watermark: str | None
+    held_by: str | None = None
+    reason: str = ""  # why there is none
+
+
+def settle_watermark(
+    warehouse: Warehouse,
+    source: str,
+    tables: Iterable[TableDef],
+    changelog_last: Callable[[str], str | None],
+    dead_letters: Iterable[Any] = (),
+    writer: str = "replay",
+) -> Settled:
+    """After a replay: the source's watermark from its state tables, recorded in ``cdc_progress``.
+
+    Only when every table of the source holds its changelog's last change (``changelog_last``:
+    table id -> the last seq its changelog holds); then every transaction before the last one in
+    the source's log order is applied in full (the changelog is archived in log order, all tables
+    at once), and the watermark is just before that last transaction's first change, or before the
+    transaction of a change ``dead_letters`` holds (their ``seq`` and ``tx_id``), if earlier."""
+    from state_models.plans import plan_last_version, plan_tx_bounds
+    from state_models.progress import Progress
+    from state_models.watermark import seq_before
+
+    present: list[tuple[TableDef, Any, str]] = []
+    for t in tables:
+        state = warehouse.state_table(t)
+        last_logged = changelog_last(t.table_id)
+        if state is None:
+            if last_logged is not None:
+                return Settled(source, None, reason=f"{t.table_id} has no state table yet")
+            continue
+        names = warehouse.names(state.name)
+        # "g" sorts after every seq (lower-case hex digits): the table's last version
+        top = warehouse.query(plan_last_version(names, warehouse.caps, seq="g"))
+        applied = top[0]["_seq"] if top else None
+        if last_logged is not None and (applied is None or applied < last_logged):
+            return Settled(
+                source,
+                None,
+                reason=f"{t.table_id} is applied up to {applied}, its changelog "
+                f"holds up to {last_logged}: replay it too",
+            )
+        if applied is not None:
+            present.append((t, names, applied))
+    if not present:
+        return Settled(source, None, reason="nothing applied")
+
+    def tx_start(tx_id: str | None, seq: str) -> str:
+        if tx_id is None:
+            return seq
+        bounds = [
+            r["first_seq"]
+            for _, names, _ in present
+            for r in warehouse.query(plan_tx_bounds(names, [tx_id]))
+            if r.get("first_seq") is not None
+        ]
+        return min([seq, *bounds])
+
+    _, last_names, last_seq = max(present, key=lambda p: p[2])
+    (row,) = warehouse.query(plan_last_version(last_names, warehouse.caps, seq=last_seq))
+    if row["_tx_id"] is None:
+        return Settled(source, None, reason=f"the last change ({last_seq}) names no transaction")
+    mark = seq_before(tx_start(row["_tx_id"], last_seq))
+    held_by = None
+    ids = {t.table_id for t, _, _ in present}
+    for letter in dead_letters:
+        context = getattr(letter, "context", {}) or {}
+        if letter.table not in ids or not isinstance(context.get("seq"), str):
+            continue
+        hold = seq_before(tx_start(context.get("tx_id"), context["seq"]))
+        if hold < mark:
+            mark, held_by = hold, letter.id
+    warehouse.record_progress(
+        [
+            Progress(
+                source=source,
+                table_id=t.table_id,
+                state_table=t.state_table,
+                applied_seq=applied,
+                writer=writer,
+                watermark_seq=mark,
+                watermark_held_by=held_by,
+            )
+            for t, _, applied in present
+        ],
+        dt.datetime.now(dt.UTC),
+    )
+    return Settled(source, mark, held_by)
 
 
 if __name__ == "__main__":

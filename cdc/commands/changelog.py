@@ -417,9 +417,43 @@ def cmd_replay(args: argparse.Namespace) -> int:
             progress=bar,
         )
         bar.finish()
+        if report.ok:
+            _settle(cfg, table, warehouse, dead_letters)
     finally:
         warehouse.close()
     return _replay_summary(report, f"replayed into {table.state_table}")
+
+
+def _settle(cfg: LoadedConfig, table: Any, warehouse: Any, dead_letters: Any) -> None:
+    """After a replay: the source's transaction-consistent watermark (``settle_watermark``),
+    when every table of the source holds its whole changelog."""
+    from connectors.changelog.reader import ChangelogReader, ReadStats
+    from merge_jobs.replay import settle_watermark
+    from state_models.scd2 import TableDef
+
+    registered = [t for t in cfg.registry.tables() if t.source_name == table.source]
+    if not registered or registered[0].source.engine == "datastream":
+        return
+
+    def changelog_last(table_id: str) -> str | None:
+        reader = changelog_reader(cfg, table_id)
+        if not isinstance(reader, ChangelogReader):
+            return None
+        seqs = [f.last_seq for f in reader.files(table_id, None, ReadStats())]  # from the names
+        return max(seqs) if seqs else None
+
+    settled = settle_watermark(
+        warehouse,
+        table.source,
+        [TableDef.from_registered(t) for t in registered],
+        changelog_last,
+        dead_letters.list(source=table.source),
+    )
+    if settled.watermark is None:
+        print(f"source {table.source}: no transaction-consistent watermark: {settled.reason}")
+    else:
+        held = f" (held by dead letter {settled.held_by})" if settled.held_by else ""
+        print(f"source {table.source}: consistent through {settled.watermark}{held}")
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
