@@ -246,11 +246,11 @@ def report(
             f"History of subscription {sub_id} (state table {subs.state_table}), ordered by the source log:\n\n"
         )
         out.write(timeline(story))
+        invoice_versions = w.history(invoices)
         paid = [
-            v
-            for v in w.history(invoices)
-            if v.get("subscription_id") == sub_id and v["_is_current"]
+            v for v in invoice_versions if v.get("subscription_id") == sub_id and v["_is_current"]
         ]
+        out.write(one_transaction(versions, invoice_versions, subs, invoices, cdc, rel(cfg.path)))
         if paid:
             out.write(
                 "\n  invoices now: "
@@ -300,6 +300,40 @@ def report(
         )
     finally:
         w.close()
+
+
+def one_transaction(
+    versions: list[dict[str, Any]],
+    invoice_versions: list[dict[str, Any]],
+    subs: TableDef,
+    invoices: TableDef,
+    cdc: str,
+    config: str,
+) -> str:
+    """One business action as the one source transaction it was, across tables."""
+    by_tx: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for v in versions:
+        if v.get("_tx_id"):
+            by_tx.setdefault(v["_tx_id"], []).append((subs.table_id, v))
+    for v in invoice_versions:
+        if v.get("_tx_id") in by_tx:
+            by_tx[v["_tx_id"]].append((invoices.table_id, v))
+    both = [(tx, rows) for tx, rows in by_tx.items() if len({t for t, _ in rows}) > 1]
+    if not both:
+        return ""
+    tx, rows = both[0]  # an early one: the watermark has passed it
+    lines = [f"\nOne business action, one source transaction (tx {tx}) across its tables:\n"]
+    for table_id, v in sorted(rows, key=lambda r: r[1]["_seq"]):
+        lines.append(
+            f"  {v['_seq']}  {table_id:<30} id {v['id']}: {v['_op']} status {v.get('status')!r}\n"
+        )
+    lines.append(f"  ({cdc} history --config {config} --tx {tx})\n")
+    lines.append("  both tables as of that transaction (never half of one):\n")
+    lines.append(
+        f"  ({cdc} as-of --config {config} --consistent {subs.table_id} {invoices.table_id} "
+        f"--tx {tx})\n"
+    )
+    return "".join(lines)
 
 
 SHOWN = ("plan_id", "status", "amount", "trial_ends_at", "current_period_end", "canceled_at")

@@ -219,25 +219,33 @@ class SubscriptionWorkload:
         sub = self._pick_subscription("active")
         if sub is None:
             return False
+        # one business action, one transaction over two tables: the period moves on and its
+        # invoice is issued, or neither
         with self.pg.transaction():
             self.pg.execute(
                 "UPDATE public.subscriptions SET current_period_end = current_period_end + interval '1 month', "
                 "updated_at = now() WHERE id = %s",
                 (sub,),
             )
-        return self._bill(sub)
+            invoice = self._issue(sub)
+        self._attempt_payment(sub, invoice)
+        return True
 
     def _bill(self, sub: int) -> bool:
         """Issue an invoice for the subscription and try to pay it."""
         with self.pg.transaction():
-            amount = self._one("SELECT amount FROM public.subscriptions WHERE id = %s", sub)
-            invoice = self._one(
-                "INSERT INTO public.invoices (subscription_id, amount, status) VALUES (%s, %s, 'open') RETURNING id",
-                sub,
-                amount,
-            )
+            invoice = self._issue(sub)
         self._attempt_payment(sub, invoice)
         return True
+
+    def _issue(self, sub: int) -> Any:
+        """An open invoice for the subscription's amount (inside the caller's transaction)."""
+        amount = self._one("SELECT amount FROM public.subscriptions WHERE id = %s", sub)
+        return self._one(
+            "INSERT INTO public.invoices (subscription_id, amount, status) VALUES (%s, %s, 'open') RETURNING id",
+            sub,
+            amount,
+        )
 
     def _attempt_payment(self, sub: int, invoice: int) -> bool:
         ok = self.rng.random() < 0.85

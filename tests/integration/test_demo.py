@@ -39,7 +39,9 @@ def test_the_demo_captures_both_sides_and_exits_0(tmp_path: Path) -> None:
         for line in out.getvalue().splitlines()
         if " --config " in line or "import duckdb" in line
     ]
-    assert len(hints) == 4, out.getvalue()
+    # a renewal is one transaction over subscriptions and invoices: shown, with its two hints
+    assert "One business action, one source transaction" in out.getvalue(), out.getvalue()
+    assert len(hints) == 6, out.getvalue()
     shell_env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     shell_env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
     for hint in hints:
