@@ -213,6 +213,8 @@ class Runtime:
             name: SourceWatermark() for name in self.registry.sources
         }
         self._holds_read = -1e9
+        self._consistency_made: dict[str, frozenset[str]] = {}
+        self._reshaped = False  # a table's columns changed since the functions were made
         self._next_progress = 0.0
         self.captures: dict[str, Capture] = {}
         self.summary = RunSummary(tables=self.progress)
@@ -400,6 +402,8 @@ class Runtime:
             Journal.mark(take, MERGED)
             self._record(events, report)
             self._advance_watermarks(report)
+            if any(c.schema_changes for c in report.tables.values()):
+                self._reshaped = True
             total += len(events)
             if not drain and len(take) == len(pending):
                 return total
@@ -546,10 +550,26 @@ class Runtime:
             return
         try:
             self._warehouse.record_progress(rows, dt.datetime.fromtimestamp(self.clock(), dt.UTC))
+            self._make_consistency_objects()
         except TransientError as exc:  # e.g. `cdc replay` holds the DuckDB file: next time
             log.debug("cdc_progress not written now: %s", exc)
             return
         self._progress_written.update(marks)
+
+    def _make_consistency_objects(self) -> None:
+        """The sources' consistent as-of view and functions (``state_models.consistency``),
+        (re-)made when a source's set of merged tables or a table's columns changed."""
+        assert self._warehouse is not None
+        for name in self.watermarks:
+            merged = frozenset(
+                p.table_id for p in self.progress.values() if p.source == name and p.last_seq
+            )
+            if not merged or (self._consistency_made.get(name) == merged and not self._reshaped):
+                continue
+            tables = [t for t in self.tables.values() if t.source == name]
+            self._warehouse.ensure_consistency(name, tables)
+            self._consistency_made[name] = merged
+        self._reshaped = False
 
     # ------------------------------------------------------------------ archive
 

@@ -223,6 +223,7 @@ def settle_watermark(
         ],
         dt.datetime.now(dt.UTC),
     )
+    warehouse.ensure_consistency(source, [t for t, _, _ in present])
     return Settled(source, mark, held_by)
 
 

@@ -140,7 +140,13 @@ def cmd_as_of_consistent(args: argparse.Namespace, cfg: Any) -> int:
         complete = True
         for source, group in by_source.items():
             mark, held_by = marks.get(source, (None, None))
-            asked = asked_cut(warehouse, group, at=args.at_time, seq=args.seq, tx=args.tx)
+            # the cut is taken over every table of the source (as the SQL functions take it)
+            log = [
+                TableDef.from_registered(t)
+                for t in cfg.registry.tables()
+                if t.source_name == source
+            ]
+            asked = asked_cut(warehouse, log, at=args.at_time, seq=args.seq, tx=args.tx)
             if asked is None and args.tx is not None:
                 complete = False
                 _say(

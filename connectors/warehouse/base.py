@@ -94,6 +94,12 @@ class Warehouse(Protocol):
         """Upsert ``cdc_progress`` rows (``state_models.progress``): how far each table applied."""
         ...
 
+    def ensure_consistency(
+        self, source: str, tables: Sequence[TableDef]
+    ) -> bool:  # pragma: no cover - protocol
+        """(Re-)make the source's consistent as-of view and functions; whether it has tables."""
+        ...
+
     def progress(self) -> list[dict[str, Any]]:  # pragma: no cover - protocol
         """The ``cdc_progress`` rows, one per (source, table)."""
         ...

@@ -420,6 +420,30 @@ class SqlWarehouse:
         self._run(statements)
         self._progress_ready = True
 
+    def ensure_consistency(self, source: str, tables: Sequence[TableDef]) -> bool:
+        """(Re-)create the source's consistent as-of view and functions
+        (``state_models.consistency``) over its tables that have a state table; whether any do."""
+        from state_models.consistency import (
+            SourceTable,
+            plan_consistency,
+            transactions_view_name,
+        )
+
+        present = []
+        for t in tables:
+            state = self.state_table(t)
+            if state is not None:
+                present.append(SourceTable(t.table_id, state, self._names(state.name)))
+        if not present:
+            return False
+        progress = self._names(PROGRESS_TABLE).state
+        if not self._progress_ready:
+            self._run(plan_create_progress(progress))
+            self._progress_ready = True
+        view = self._names(transactions_view_name(source)).state
+        self._run(plan_consistency(source, present, view, progress, self.caps))
+        return True
+
     def progress(self) -> list[dict[str, Any]]:
         """Every row of ``cdc_progress`` (none before anything recorded progress)."""
         names = self._names(PROGRESS_TABLE)

@@ -280,6 +280,20 @@ sources:
     } == invoices
     assert answers >= 12 and checked_tx > 0, (answers, checked_tx)
 
+    # the SQL functions answer what the command answers
+    import duckdb
+
+    middle = committed[len(committed) // 2][0]
+    code, via_cli, err = as_of(config, source, "--tx", middle)
+    assert code == 0, err
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as db:
+        for name in ("subscriptions", "invoices"):
+            via_sql = db.execute(
+                f"SELECT id, _seq FROM billing_{name}_consistent_tx(?) ORDER BY id", [middle]
+            ).fetchall()
+            expected = sorted((r["id"], r["_seq"]) for r in via_cli if r["_table"].endswith(name))
+            assert via_sql == expected and via_sql, name
+
     # a replay of the changelog into a fresh warehouse answers the same, through the transaction
     # before the last one (whether the last is complete only a later change would tell)
     fresh = tmp_path / "fresh.yaml"
