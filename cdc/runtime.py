@@ -215,6 +215,7 @@ class Runtime:
         self._holds_read = -1e9
         self._consistency_made: dict[str, frozenset[str]] = {}
         self._reshaped = False  # a table's columns changed since the functions were made
+        self._set_aside_seen = 0  # changes the captures set aside, when the holds were read
         self._next_progress = 0.0
         self.captures: dict[str, Capture] = {}
         self.summary = RunSummary(tables=self.progress)
@@ -417,7 +418,12 @@ class Runtime:
 
     def _advance_watermarks(self, report: Any) -> None:
         """After a merge: each source's watermark moves to just before its open transaction,
-        except past a change of its that was dead-lettered (that holds it)."""
+        except past a change of its that was dead-lettered (that holds it), here or by its capture
+        (which stores a change it cannot read before the changes after it reach the journal)."""
+        set_aside = sum(c.stats().set_aside for c in self.captures.values())
+        if set_aside != self._set_aside_seen:
+            self._set_aside_seen = set_aside
+            self._read_holds()
         for letter in report.dead_letters:
             mark = self.watermarks.get(letter.source or "")
             hold = letter.context.get("watermark_hold")

@@ -90,7 +90,6 @@ from state_models.events import ChangeEvent, Op, make_event_id
 from state_models.registry import Source
 from state_models.seq import binlog_file_number, binlog_seq
 from state_models.tables import TableInfo
-from state_models.watermark import seq_before
 
 log = logging.getLogger("cdc.capture.binlog")
 
@@ -175,6 +174,13 @@ def make_shape(
 
 
 # --------------------------------------------------------------------------- the decoder
+
+
+def cut_at(position: tuple[str, int]) -> str:
+    """The cut at a binlog position where a transaction starts (its GTID or BEGIN event): every
+    change before it, and a snapshot taken there (whose rows share its seq, with row 0), but no
+    row of that transaction, whose rows events all lie after that event."""
+    return binlog_seq(position[0], position[1], 0)
 
 
 def _row_set_aside(
@@ -334,7 +340,15 @@ class BinlogDecoder:
                 del out[emitted:]
                 self.unreadable.append(
                     _row_set_aside(
-                        self.source_name, shape.info.id, row, exc, seq=seq, file=self.file
+                        self.source_name,
+                        shape.info.id,
+                        row,
+                        exc,
+                        seq=seq,
+                        file=self.file,
+                        tx_id=self.tx_gtid,
+                        # the source's watermark stays before this change's transaction
+                        watermark_hold=cut_at(self.tx_start),
                     )
                 )
             self.last_seq = seq
@@ -952,7 +966,7 @@ class BinlogCapture(Capture):
         position = decoder.position()
         # everything decoded is delivered (below): the transactions before the position (the
         # open transaction's start, else the last commit's end) are complete
-        cut = seq_before(binlog_seq(position["file"], int(position["pos"]), 0))
+        cut = cut_at((position["file"], int(position["pos"])))
         if pending:
             batch = list(pending)
             sink.write(batch)

@@ -238,6 +238,9 @@ class PgoutputDecoder:
                 lsn=_lsn_text(lsn),
                 xid=self.xid,
                 message=chr(msg[0]),
+                # the source's watermark stays before this change's transaction (ordered by the
+                # commit before it)
+                watermark_hold=seq_before(make_seq(self.last_commit or lsn, 0)),
             )
         )
 
@@ -981,6 +984,9 @@ class _Stream:
         """Deliver the pending batch; then make its position durable; then confirm it to the slot."""
         if self.pending:
             batch = list(self.pending)
+            # what could not be read is stored before the changes after it reach the journal,
+            # so its hold on the watermark is known before they are merged
+            self.capture.set_aside(self.decoder.unreadable)
             self.sink.write(batch)
             self.pending.clear()
             self._save()

@@ -370,6 +370,11 @@ def test_a_value_the_reader_cannot_read_sets_that_change_aside_and_the_capture_g
     # the pgoutput messages exactly as the server sent them
     assert sorted((d.raw_bytes() or b"")[:1] for d in streamed) == [b"I", b"U"]
     assert {d.context["message"] for d in streamed} == {"I", "U"}
+    # each holds the watermark just before its own transaction: after the snapshot and the
+    # transactions before it, before the ones after it
+    hold = {d.context["message"]: d.context["watermark_hold"] for d in streamed}
+    seqs = [e.seq for e in r.sink.events]
+    assert seqs[1] < hold["I"] < seqs[2] < hold["U"] < seqs[3], (hold, seqs)
     # the position moved past them: a restart neither repeats nor loses anything
     sql(db, "INSERT INTO public.subs VALUES (22, 'after', 1, NULL)")
     with running(_capture(db, tmp_path)) as r2:
