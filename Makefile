@@ -7,7 +7,7 @@ export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
 # Every Python package the tests, CI and the demo install, at exact versions with their hashes
 LOCK := requirements.lock
-EXTRAS := dev gcp debezium mysql
+EXTRAS := dev gcp debezium mysql online
 
 .PHONY: install lock bqemu system-deps test test-unit lint format typecheck demo check clean
 

@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "cdc.commands.checks",
     "cdc.commands.reconcile",
     "cdc.commands.pii",
+    "cdc.commands.online",
 ]
 
 

@@ -216,6 +216,8 @@ class Runtime:
         self._consistency_made: dict[str, frozenset[str]] = {}
         self._reshaped = False  # a table's columns changed since the functions were made
         self._set_aside_seen = 0  # changes the captures set aside, when the holds were read
+        #: table id -> the syncer of the online store that keeps it (started by run)
+        self.online: dict[str, Any] = {}
         self._next_progress = 0.0
         self.captures: dict[str, Capture] = {}
         self.summary = RunSummary(tables=self.progress)
@@ -258,6 +260,7 @@ class Runtime:
         capture_stop = threading.Event()
         archive_stop = threading.Event()
         archiver: threading.Thread | None = None
+        self._start_online()
         try:
             self._read_holds()
             recovered = self._merge_pending(drain=True)
@@ -282,6 +285,7 @@ class Runtime:
                     break
                 now = time.monotonic()
                 if now >= next_status:
+                    self._refill_online()
                     self._note_caught_up()
                     self._write_progress(now)
                     self._write_status()
@@ -316,6 +320,7 @@ class Runtime:
                 self._write_progress(None)
             finally:
                 self._write_status(stopped=True)
+                self._stop_online()
                 if self._warehouse is not None:
                     self._warehouse.close()
         return self.summary
@@ -402,12 +407,74 @@ class Runtime:
                 return total
             Journal.mark(take, MERGED)
             self._record(events, report)
+            self._feed_online(events)
             self._advance_watermarks(report)
             if any(c.schema_changes for c in report.tables.values()):
                 self._reshaped = True
             total += len(events)
             if not drain and len(take) == len(pending):
                 return total
+
+    # ------------------------------------------------------------------ online store
+
+    def _start_online(self) -> None:
+        """A syncer per ``online:`` store of the registry (``connectors.online``)."""
+        from connectors.online import OnlineSyncer, RedisOnline
+
+        syncers: dict[int, Any] = {}
+        for t in self.registry.tables():
+            store = self.registry.online_for(t)
+            if store is None:
+                continue
+            if id(store) not in syncers:
+                syncers[id(store)] = OnlineSyncer(RedisOnline(store))
+            self.online[t.id] = syncers[id(store)]
+            syncers[id(store)].tables.add(t.id)
+
+    def _feed_online(self, events: Sequence[Any]) -> None:
+        """Hand the current version of each key the merge touched to its online store."""
+        from connectors.online import online_row
+
+        if not self.online:
+            return
+        assert self._warehouse is not None
+        touched: dict[str, dict[str, dict[str, Any]]] = {}
+        for e in events:
+            if e.table in self.online and e.key:
+                touched.setdefault(e.table, {})[repr(sorted(e.key.items()))] = e.key
+        for table_id, keys in touched.items():
+            table = self.tables[table_id]
+            state = self._warehouse.state_table(table)
+            if state is None:
+                continue
+            rows = self._warehouse.current_versions(table, list(keys.values()))
+            self.online[table_id].put([online_row(table_id, state, r) for r in rows])
+
+    def _refill_online(self) -> None:
+        """Tables an online store fell too far behind on: refilled from their state table once
+        the store answers again."""
+        from connectors.online import online_row
+
+        assert self._warehouse is not None
+        for syncer in {id(s): s for s in self.online.values()}.values():
+            if not syncer.stale or syncer.pending():
+                continue
+            try:
+                syncer.store.client.ping()
+            except Exception:  # still down: next time
+                continue
+            for table_id in sorted(syncer.stale):
+                table = self.tables[table_id]
+                state = self._warehouse.state_table(table)
+                if state is not None:
+                    rows = self._warehouse.current_versions(table)
+                    syncer.put([online_row(table_id, state, r) for r in rows])
+                syncer.stale.discard(table_id)
+
+    def _stop_online(self) -> None:
+        for syncer in {id(s): s for s in self.online.values()}.values():
+            syncer.flush(10.0)
+            syncer.close()
 
     def _hold_context(self, event: Any, starts: dict[str, str | None]) -> dict[str, Any]:
         """What a dead letter keeps of its transaction: where it holds the source's watermark."""

@@ -15,6 +15,8 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v make >/dev/null 2>&1 || need+=(make)
 # promtool checks the alerting rules `cdc monitoring rules` writes (the tests run it)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# the online store's tests start their own redis-server (the machine's service is not touched)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 
 if [ ${#need[@]} -eq 0 ]; then
     echo "system packages: all present"

@@ -1054,6 +1054,40 @@ def plan_current(table: StateTable, names: TableNames, caps: Capabilities) -> ex
     )
 
 
+def plan_current_versions(
+    table: StateTable,
+    names: TableNames,
+    caps: Capabilities,
+    keys: Sequence[Mapping[str, Any]] | None = None,
+) -> exp.Select:
+    """Each key's current version, tombstones included (what the online store holds), of every
+    key or of ``keys``."""
+    where: exp.Expr = _col(IS_CURRENT)
+    if keys is not None:
+        if not keys:
+            where = exp.false()
+        else:
+            where = exp.and_(
+                where,
+                exp.or_(
+                    *[
+                        exp.and_(
+                            *[
+                                _col(k).eq(literal_for(key[k], table.column_type(k), caps))
+                                for k in table.key
+                            ]
+                        )
+                        for key in keys
+                    ]
+                ),
+            )
+    return (
+        exp.select(*[_col(c.name) for c in table.all_columns()])
+        .from_(names.state.copy(), copy=False)
+        .where(where, copy=False)
+    )
+
+
 def plan_stats(names: TableNames) -> exp.Select:
     """One row of figures for ``cdc status``: versions, live rows, newest ``_seq`` and commit time."""
     live = exp.and_(_col(IS_CURRENT), exp.not_(_col(IS_DELETED)))

@@ -345,6 +345,35 @@ class DatastreamSpec(_Model):
         return v.strip("/")
 
 
+class OnlineStore(_Model):
+    """``online:``: a Redis (Memorystore) store of each key's live row, written only when newer
+    (by ``_seq``) than what it holds (``connectors/online.py``)."""
+
+    url: str = Field(
+        description="redis://[user:password@]host:port/db (rediss:// for TLS); use ${VAR} for "
+        "the password"
+    )
+    key_prefix: str = Field(default="cdc:", max_length=200, description="prefix of every key")
+    tables: list[str] | None = Field(
+        default=None,
+        description="tables kept online (ids, or names within the source); default: all",
+    )
+    ttl_s: int = Field(default=0, ge=0, description="expire a live row after this long (0: never)")
+    tombstone_ttl_s: int = Field(
+        default=7 * 86400,
+        ge=1,
+        description="how long a deleted row's tombstone (its _seq) is kept, so that a late older "
+        "change cannot bring the row back (default 7 days)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if not (v.startswith("redis://") or v.startswith("rediss://") or v.startswith("unix://")):
+            raise ValueError(f"expected redis://host:port/db, rediss:// or unix://, got {v!r}")
+        return v
+
+
 class Source(_Model):
     """One source database and the tables captured from it."""
 
@@ -388,6 +417,9 @@ class Source(_Model):
     )
     datastream: DatastreamSpec | None = Field(
         default=None, description="engine: datastream only: the stream's project, region, bucket"
+    )
+    online: OnlineStore | None = Field(
+        default=None, description="keep these tables' live rows in Redis (overrides the top level)"
     )
 
     @model_validator(mode="after")
@@ -442,6 +474,9 @@ class Registry(_Model):
         default=None,
         description="BigQuery policy tag for every column under pii: hash (or mask), unless the "
         "table's policy_tags names another",
+    )
+    online: OnlineStore | None = Field(
+        default=None, description="keep the live rows of tables in Redis (Memorystore)"
     )
     pii_key_env: str | None = Field(
         default=None,
@@ -520,6 +555,37 @@ class Registry(_Model):
             return None
         published = [t.id for t in self.tables() if t.source.engine != "datastream"]
         return PubSubLayout(self.pubsub, published)
+
+    def online_for(self, table: RegisteredTable) -> OnlineStore | None:
+        """The online store that keeps ``table``: its source's ``online:``, else the top level's,
+        when its ``tables`` list names it (or is absent)."""
+        for store in (table.source.online, self.online):
+            if store is None:
+                continue
+            if store.tables is None or table.id in store.tables or table.spec.name in store.tables:
+                return store
+            if store is table.source.online:
+                return None  # the source's own section decides for its tables
+        return None
+
+    @model_validator(mode="after")
+    def _online_tables_known(self) -> Registry:
+        known = {t.id for t in self.tables()}
+        for where, store, names in [
+            ("online", self.online, known),
+            *[
+                (
+                    f"sources.{n}.online",
+                    s.online,
+                    {table_id(n, t) for t in s.tables} | {t.name for t in s.tables},
+                )
+                for n, s in self.sources.items()
+            ],
+        ]:
+            unknown = [t for t in (store.tables or []) if t not in names] if store else []
+            if unknown:
+                raise ValueError(f"{where}.tables: {unknown} are not registered tables")
+        return self
 
     def tables(self) -> list[RegisteredTable]:
         return [

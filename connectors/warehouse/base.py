@@ -94,6 +94,12 @@ class Warehouse(Protocol):
         """Upsert ``cdc_progress`` rows (``state_models.progress``): how far each table applied."""
         ...
 
+    def current_versions(
+        self, table: TableDef, keys: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:  # pragma: no cover - protocol
+        """Each key's current version, tombstones included (of every key, or of ``keys``)."""
+        ...
+
     def ensure_consistency(
         self, source: str, tables: Sequence[TableDef]
     ) -> bool:  # pragma: no cover - protocol

@@ -38,6 +38,7 @@ from state_models.plans import (
     plan_as_of,
     plan_create_state,
     plan_current,
+    plan_current_versions,
     plan_has_truncates,
     plan_history,
     plan_merge,
@@ -466,6 +467,23 @@ class SqlWarehouse:
         if state is None:
             return []
         return self._query(plan_as_of(state, self._names(state.name), self.caps, at=at, seq=seq))
+
+    def current_versions(
+        self, table: TableDef, keys: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Each key's current version, tombstones included (of ``keys``, 500 a query)."""
+        state = self._require(table)
+        if state is None:
+            return []
+        names = self._names(state.name)
+        if keys is None:
+            return self._query(plan_current_versions(state, names, self.caps))
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(keys), 500):
+            out.extend(
+                self._query(plan_current_versions(state, names, self.caps, keys[i : i + 500]))
+            )
+        return out
 
     def current(self, table: TableDef) -> list[dict[str, Any]]:
         state = self._require(table)

@@ -443,3 +443,33 @@ sources:
     found = problems_of(write(tmp_path, bad))
     assert any("min_ratio (0.5) must be below max_ratio (0.1)" in p for p in found), found
     assert any("schema_drift.level" in p and "loud" in p for p in found), found
+
+
+def test_online_names_registered_tables_and_a_source_section_decides_for_its_tables(tmp_path):
+    text = """
+online: {{url: "redis://127.0.0.1:6390/0", tables: [{top}]}}
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://h/db
+    tables:
+      - {{name: public.subscriptions, primary_key: [id]}}
+      - {{name: public.invoices, primary_key: [id]}}
+  payments:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://h/pay
+    online: {{url: "redis://127.0.0.1:6391/0", key_prefix: "pay:", tables: [public.refunds]}}
+    tables:
+      - {{name: public.refunds, primary_key: [id]}}
+      - {{name: public.charges, primary_key: [id]}}
+"""
+    (problem,) = problems_of(write(tmp_path, text.format(top="billing.public.invoice")))
+    assert "online.tables" in problem and "billing.public.invoice" in problem
+    cfg = load_config(write(tmp_path, text.format(top="billing.public.invoices")), env={})
+    stores = {t.id: cfg.registry.online_for(t) for t in cfg.registry.tables()}
+    assert stores["billing.public.subscriptions"] is None
+    assert stores["billing.public.invoices"].url.endswith(":6390/0")
+    assert stores["payments.public.refunds"].key_prefix == "pay:"
+    assert stores["payments.public.charges"] is None  # its source's section does not name it

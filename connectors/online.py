@@ -1,0 +1,290 @@
+"""The online current-state store: each key's live row in Redis (Memorystore), fenced by ``_seq``.
+
+One Redis hash per row at ``<key_prefix><table id>:<key as canonical JSON>`` (keys sorted, no
+spaces), holding the business columns as ``cdc history --format jsonl`` renders them (each field
+is that value's JSON text) and ``_seq``. A delete leaves a tombstone: ``_seq`` and ``_deleted``
+(kept ``tombstone_ttl_s``), so that a late older change cannot bring the row back.
+
+**The fence.** Every write is one Lua script (atomic in Redis): it writes only when its ``_seq`` is
+greater than the one the hash holds, else leaves it. So redelivered, late or out-of-order writes,
+two writers (``cdc run`` and the Beam job), a retry after an outage or a rebuild racing the live
+feed can never leave an older value in place of a newer one. No peer fences an online store by
+source position (Netflix/EVCache#44 shows what happens without).
+
+**What is written.** Not the raw change but the state table's current version of each key the
+merge touched, read back after the MERGE: the merge has already ordered, deduplicated and
+repaired late events and carried unsent TOAST values, so the store holds exactly what ``_current``
+holds (``cdc online verify`` compares them). ``pii:`` policies apply as they do to the state table
+(its values are already protected).
+
+**Outages.** The runtime hands rows to :class:`OnlineSyncer`, whose own thread writes them with
+backoff; a merge never waits for Redis. A failed write marks the store's tables stale (a store
+that went away may come back empty: Memorystore without persistence, a failover), and so does a
+queue past ``max_pending`` rows (dropped); the runtime refills stale tables from their state
+tables once Redis answers and the queue is written (``cdc online rebuild`` does the same by hand),
+through the same fence, so a refill racing the live feed keeps the newer value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from state_models.errors import ConfigError
+from state_models.registry import OnlineStore
+from state_models.scd2 import IS_DELETED, SEQ, StateTable, render_version
+
+log = logging.getLogger("cdc.online")
+
+SEQ_FIELD = "_seq"
+DELETED_FIELD = "_deleted"
+
+#: KEYS[1] the row's hash; ARGV: seq, "1" for a tombstone, ttl seconds (0: none), then field,
+#: value pairs. Writes only a newer seq; the whole hash is replaced (a column gone stays gone).
+FENCED_WRITE = """
+local held = redis.call('HGET', KEYS[1], '_seq')
+if held and held >= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '_seq', ARGV[1], unpack(ARGV, 4))
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], '_deleted', '1') end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class OnlineRow:
+    """One key's current version, ready for Redis."""
+
+    table_id: str
+    key: str  # canonical JSON of the key
+    seq: str
+    deleted: bool
+    fields: Mapping[str, str]  # column -> JSON text of its rendered value
+
+
+def canonical_key(key: Mapping[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def online_row(table_id: str, state: StateTable, row: Mapping[str, Any]) -> OnlineRow:
+    """A state-table version row (current, or its tombstone) as an online row."""
+    rendered = render_version(state, row)
+    key = canonical_key({k: rendered[k] for k in state.key})
+    deleted = bool(row.get(IS_DELETED))
+    fields = (
+        {}
+        if deleted
+        else {
+            c: json.dumps(rendered.get(c), ensure_ascii=False, separators=(",", ":"))
+            for c in state.business_names
+        }
+    )
+    return OnlineRow(table_id, key, str(row[SEQ]), deleted, fields)
+
+
+def redis_url(store: OnlineStore, where: str) -> str:
+    from connectors.sources import unresolved_variables
+
+    missing = unresolved_variables(store.url)
+    if missing:
+        raise ConfigError(f"{where}.url needs environment variable(s) {', '.join(missing)}")
+    return store.url
+
+
+class RedisOnline:
+    """One Redis (Memorystore) online store (see the module doc)."""
+
+    def __init__(self, store: OnlineStore, *, where: str = "online", client: Any = None):
+        import redis
+
+        self.store = store
+        self.client = client or redis.Redis.from_url(
+            redis_url(store, where), socket_timeout=5, socket_connect_timeout=5
+        )
+        self._write = self.client.register_script(FENCED_WRITE)
+
+    def key(self, table_id: str, key: str) -> str:
+        return f"{self.store.key_prefix}{table_id}:{key}"
+
+    def write(self, rows: Sequence[OnlineRow]) -> int:
+        """Write each row where it is newer than what Redis holds; how many were written."""
+        if not rows:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for r in rows:
+            ttl = self.store.tombstone_ttl_s if r.deleted else self.store.ttl_s
+            args: list[str] = [r.seq, "1" if r.deleted else "0", str(ttl)]
+            for name, value in r.fields.items():
+                args += [name, value]
+            self._write(keys=[self.key(r.table_id, r.key)], args=args, client=pipe)
+        return sum(int(x) for x in pipe.execute())
+
+    def rows(self, table_id: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """(canonical key, hash fields) of every row and tombstone of a table."""
+        prefix = self.key(table_id, "")
+        batch: list[bytes] = []
+        for name in self.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+            batch.append(name)
+            if len(batch) >= 1000:
+                yield from self._fetch(batch, prefix)
+                batch = []
+        yield from self._fetch(batch, prefix)
+
+    def _fetch(self, names: list[bytes], prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
+        if not names:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for n in names:
+            pipe.hgetall(n)
+        for n, h in zip(names, pipe.execute(), strict=True):
+            if h:
+                yield (
+                    n.decode()[len(prefix) :],
+                    {k.decode(): v.decode() for k, v in h.items()},
+                )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+@dataclass
+class Difference:
+    missing: list[str] = field(default_factory=list)  # live in _current, not in Redis
+    extra: list[str] = field(default_factory=list)  # live in Redis, not in _current
+    different: list[str] = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.different)
+
+
+def compare(
+    expected: Iterable[OnlineRow], held: Iterable[tuple[str, dict[str, str]]]
+) -> Difference:
+    """The live rows of ``_current`` against what Redis holds (tombstones are not live)."""
+    want = {r.key: r for r in expected if not r.deleted}
+    have = {k: h for k, h in held if h.get(DELETED_FIELD) != "1"}
+    out = Difference()
+    for k, r in want.items():
+        h = have.get(k)
+        if h is None:
+            out.missing.append(k)
+        elif h.get(SEQ_FIELD) != r.seq or {n: v for n, v in h.items() if n != SEQ_FIELD} != dict(
+            r.fields
+        ):
+            out.different.append(k)
+    out.extra = [k for k in have if k not in want]
+    for keys in (out.missing, out.extra, out.different):
+        keys.sort()
+    return out
+
+
+class OnlineSyncer:
+    """Writes rows to a store on its own thread, retrying with backoff (see the module doc)."""
+
+    def __init__(self, store: RedisOnline, *, max_pending: int = 1_000_000):
+        self.store = store
+        self.max_pending = max_pending
+        self._queue: list[OnlineRow] = []
+        self._stamps: list[float] = []  # when each queued row was handed over
+        self._busy = False  # a batch is being written
+        self._lock = threading.Condition()
+        self._stop = False
+        self.stale: set[str] = set()  # tables to refill from their state table
+        self.tables: set[str] = set()  # the tables it keeps (set by its owner)
+        self.written = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.latencies: list[float] = []  # seconds from hand-over to written (for benchmarks)
+        self._thread = threading.Thread(target=self._run, name="online-store", daemon=True)
+        self._thread.start()
+
+    def put(self, rows: Sequence[OnlineRow]) -> None:
+        with self._lock:
+            if len(self._queue) + len(rows) > self.max_pending:
+                # too far behind: the state table is the way back
+                self.stale.update(r.table_id for r in self._queue)
+                self.stale.update(r.table_id for r in rows)
+                self._queue.clear()
+                self._stamps.clear()
+                return
+            stamped = time.monotonic()
+            self._queue.extend(rows)
+            self._stamps.extend([stamped] * len(rows))
+            self._lock.notify()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def idle(self) -> bool:
+        """Everything handed over is written (nothing queued, no batch in flight)."""
+        with self._lock:
+            return not self._queue and not self._busy
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything handed over is written; whether it was."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.idle():
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        self._thread.join(10)
+        self.store.close()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while True:
+            with self._lock:
+                while not self._queue and not self._stop:
+                    self._lock.wait(1.0)
+                if self._stop and not self._queue:
+                    return
+                batch, stamps = self._queue[:5000], self._stamps[:5000]
+                del self._queue[:5000]
+                del self._stamps[:5000]
+                self._busy = True
+            try:
+                self.store.write(batch)
+            except Exception as exc:  # Redis down or refusing: keep the rows, try again later
+                with self._lock:
+                    self._queue[:0] = batch
+                    self._stamps[:0] = stamps
+                    self._busy = False
+                    # a store that went away may come back empty (Memorystore without
+                    # persistence, a failover): its tables are refilled once it answers
+                    self.stale.update(self.tables)
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.failures == 1 or self.failures % 50 == 0:
+                    log.warning("online store unreachable, retrying: %s", self.last_error)
+                if self._stop:
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            now = time.monotonic()
+            self.latencies.extend(now - s for s in stamps)
+            del self.latencies[:-100_000]
+            self.written += len(batch)
+            self.last_error = None
+            delay = 0.1
+            with self._lock:
+                self._busy = False
