@@ -319,3 +319,66 @@ class MariaDBServer:
         ):
             cur.execute(sql, params)
             return list(cur.fetchall()) if cur.description else []
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port, keeping nothing on disk (the machine's
+    own Redis service is never touched). ``stop`` then ``start`` again: the same port, empty, as
+    Memorystore without persistence comes back after a failover."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="cdc-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        if shutil.which("redis-server") is None:
+            raise ServerError(
+                "redis-server is not installed (apt-get install redis-server; "
+                "scripts/install-system-deps.sh installs it)"
+            )
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)

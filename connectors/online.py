@@ -27,17 +27,19 @@ through the same fence, so a refill racing the live feed keeps the newer value.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from state_models.errors import ConfigError
 from state_models.registry import OnlineStore
-from state_models.scd2 import IS_DELETED, SEQ, StateTable, render_version
+from state_models.scd2 import IS_DELETED, SEQ, VALID_FROM, StateTable, render_version
 
 log = logging.getLogger("cdc.online")
 
@@ -67,6 +69,7 @@ class OnlineRow:
     seq: str
     deleted: bool
     fields: Mapping[str, str]  # column -> JSON text of its rendered value
+    commit_us: int | None = None  # the version's source commit time (for latency figures)
 
 
 def canonical_key(key: Mapping[str, Any]) -> str:
@@ -86,7 +89,11 @@ def online_row(table_id: str, state: StateTable, row: Mapping[str, Any]) -> Onli
             for c in state.business_names
         }
     )
-    return OnlineRow(table_id, key, str(row[SEQ]), deleted, fields)
+    valid_from = row.get(VALID_FROM)
+    commit_us = (
+        int(valid_from.timestamp() * 1_000_000) if isinstance(valid_from, dt.datetime) else None
+    )
+    return OnlineRow(table_id, key, str(row[SEQ]), deleted, fields, commit_us)
 
 
 def redis_url(store: OnlineStore, where: str) -> str:
@@ -197,7 +204,6 @@ class OnlineSyncer:
         self.store = store
         self.max_pending = max_pending
         self._queue: list[OnlineRow] = []
-        self._stamps: list[float] = []  # when each queued row was handed over
         self._busy = False  # a batch is being written
         self._lock = threading.Condition()
         self._stop = False
@@ -206,7 +212,8 @@ class OnlineSyncer:
         self.written = 0
         self.failures = 0
         self.last_error: str | None = None
-        self.latencies: list[float] = []  # seconds from hand-over to written (for benchmarks)
+        #: seconds from each written row's source commit to its write (for benchmarks)
+        self.commit_to_written: deque[float] = deque(maxlen=200_000)
         self._thread = threading.Thread(target=self._run, name="online-store", daemon=True)
         self._thread.start()
 
@@ -217,11 +224,8 @@ class OnlineSyncer:
                 self.stale.update(r.table_id for r in self._queue)
                 self.stale.update(r.table_id for r in rows)
                 self._queue.clear()
-                self._stamps.clear()
                 return
-            stamped = time.monotonic()
             self._queue.extend(rows)
-            self._stamps.extend([stamped] * len(rows))
             self._lock.notify()
 
     def pending(self) -> int:
@@ -257,16 +261,14 @@ class OnlineSyncer:
                     self._lock.wait(1.0)
                 if self._stop and not self._queue:
                     return
-                batch, stamps = self._queue[:5000], self._stamps[:5000]
+                batch = self._queue[:5000]
                 del self._queue[:5000]
-                del self._stamps[:5000]
                 self._busy = True
             try:
                 self.store.write(batch)
             except Exception as exc:  # Redis down or refusing: keep the rows, try again later
                 with self._lock:
                     self._queue[:0] = batch
-                    self._stamps[:0] = stamps
                     self._busy = False
                     # a store that went away may come back empty (Memorystore without
                     # persistence, a failover): its tables are refilled once it answers
@@ -280,9 +282,10 @@ class OnlineSyncer:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
-            now = time.monotonic()
-            self.latencies.extend(now - s for s in stamps)
-            del self.latencies[:-100_000]
+            now = time.time()
+            self.commit_to_written.extend(
+                now - r.commit_us / 1e6 for r in batch if r.commit_us is not None
+            )
             self.written += len(batch)
             self.last_error = None
             delay = 0.1

@@ -1066,6 +1066,12 @@ def plan_current_versions(
     if keys is not None:
         if not keys:
             where = exp.false()
+        elif len(table.key) == 1:  # an IN list: a hash lookup, not a chain of ORs
+            (k,) = table.key
+            where = exp.and_(
+                where,
+                _col(k).isin(*[literal_for(key[k], table.column_type(k), caps) for key in keys]),
+            )
         else:
             where = exp.and_(
                 where,

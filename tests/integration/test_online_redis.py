@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,6 +22,7 @@ import pytest
 from cdc.cli import main as cdc_main
 from cdc.config import load_config
 from cdc.runtime import Runtime, RuntimeOptions
+from connectors.local_servers import RedisServer
 from connectors.online import OnlineRow, RedisOnline
 from state_models.events import ChangeEvent, Op
 from state_models.registry import OnlineStore
@@ -41,65 +40,13 @@ pytestmark = [
 TABLE = "billing.public.subscriptions"
 
 
-class RedisServer:
-    def __init__(self, folder: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.folder = folder
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
     try:
         yield server
     finally:
-        server.stop()
+        server.destroy()
 
 
 def row(key: int, seq: int, plan: str | None = "basic", deleted: bool = False) -> OnlineRow:
