@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "cdc.commands.reconcile",
     "cdc.commands.pii",
     "cdc.commands.online",
+    "cdc.commands.dbt",
 ]
 
 

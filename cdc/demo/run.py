@@ -137,6 +137,7 @@ sources:
     kind: postgres
     engine: {engine}
     dsn: {billing_dsn}
+    sla: {{freshness: {{warn: 1h, error: 1d}}}}
     tables: []
 """
     if payments_dsn:
@@ -145,6 +146,7 @@ sources:
     engine: binlog
     dsn: {payments_dsn}
     server_id: 4242
+    sla: {{freshness: {{warn: 1h, error: 1d}}}}
     tables: []
 """
     path = folder / "cdc.yaml"
