@@ -81,13 +81,18 @@ class BootstrapError(ServerError):
     """The emulator's virtualenv could not be built (no PyPI, no venv module, ...)."""
 
 
-def venv_dir() -> Path:
-    """Where the emulator's virtualenv lives (``$CDC_BQEMU_VENV`` or the user cache)."""
-    env = os.environ.get("CDC_BQEMU_VENV")
+def cached_venv(variable: str, name: str) -> Path:
+    """A tool's virtualenv: ``$variable``, else ``name`` in the user cache."""
+    env = os.environ.get(variable)
     if env:
         return Path(env).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "cdc-history" / "bqemu-venv"
+    return cache / "cdc-history" / name
+
+
+def venv_dir() -> Path:
+    """Where the emulator's virtualenv lives (``$CDC_BQEMU_VENV`` or the user cache)."""
+    return cached_venv("CDC_BQEMU_VENV", "bqemu-venv")
 
 
 def _venv_key() -> str:

@@ -11,23 +11,18 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
-from tests.bqemu import BootstrapError, _clean_env, _run
+from tests.bqemu import BootstrapError, _clean_env, _run, cached_venv
 
 LOCK = Path(__file__).parent / "dbt" / "requirements.lock"
 _STAMP = ".cdc-dbt-ready"
 
 
 def venv_dir() -> Path:
-    env = os.environ.get("CDC_DBT_VENV")
-    if env:
-        return Path(env).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "cdc-history" / "dbt-venv"
+    return cached_venv("CDC_DBT_VENV", "dbt-venv")
 
 
 def _key() -> str:
