@@ -214,7 +214,7 @@ sources:
     committed: list[tuple[str, int]] = []
     answers = checked_tx = 0
     try:
-        wait_streaming(state, proc)
+        wait_streaming(state, proc, timeout=240)  # a JVM start on a busy machine
         done = threading.Event()
         writer = threading.Thread(target=workload, args=(source, 1200, committed, done))
         writer.start()
@@ -226,7 +226,7 @@ sources:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(30)
                 proc = start_run(config, log, "--batch-size", "2")
-                wait_streaming(state, proc)
+                wait_streaming(state, proc, timeout=240)  # a JVM start on a busy machine
                 killed = True
             sample = rng.choice(committed) if committed else None
             asks = [["--at", "2999-01-01T00:00:00Z"]]
