@@ -471,7 +471,7 @@ class SqlWarehouse:
     def current_versions(
         self, table: TableDef, keys: Sequence[Mapping[str, Any]] | None = None
     ) -> list[dict[str, Any]]:
-        """Each key's current version, tombstones included (of ``keys``, 500 a query)."""
+        """Each key's current version, tombstones included (of ``keys``, 2,000 a query)."""
         state = self._require(table)
         if state is None:
             return []
@@ -479,9 +479,9 @@ class SqlWarehouse:
         if keys is None:
             return self._query(plan_current_versions(state, names, self.caps))
         out: list[dict[str, Any]] = []
-        for i in range(0, len(keys), 500):
+        for i in range(0, len(keys), 2000):
             out.extend(
-                self._query(plan_current_versions(state, names, self.caps, keys[i : i + 500]))
+                self._query(plan_current_versions(state, names, self.caps, keys[i : i + 2000]))
             )
         return out
 
