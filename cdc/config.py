@@ -524,7 +524,7 @@ def _problem_from_error(err: Any, doc: Any) -> ConfigProblem:
 
 
 #: Fields whose values may hold a secret: a problem with one never echoes the value.
-_SECRET_FIELDS = ("dsn", "password", "secret", "token")
+_SECRET_FIELDS = ("dsn", "password", "secret", "token", "url")
 
 
 def _shown(loc: tuple[Any, ...], value: Any) -> str:

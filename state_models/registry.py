@@ -369,8 +369,11 @@ class OnlineStore(_Model):
     @field_validator("url")
     @classmethod
     def _redis_url(cls, v: str) -> str:
-        if not (v.startswith("redis://") or v.startswith("rediss://") or v.startswith("unix://")):
-            raise ValueError(f"expected redis://host:port/db, rediss:// or unix://, got {v!r}")
+        scheme, sep, _ = v.partition("://")
+        if not sep or scheme not in ("redis", "rediss", "unix"):
+            # the URL itself is never echoed: it may hold the password
+            shown = f"scheme {scheme!r}" if sep and scheme.isalnum() else "no scheme"
+            raise ValueError(f"expected redis://host:port/db, rediss:// or unix://, got {shown}")
         return v
 
 

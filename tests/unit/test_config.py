@@ -473,3 +473,22 @@ sources:
     assert stores["billing.public.invoices"].url.endswith(":6390/0")
     assert stores["payments.public.refunds"].key_prefix == "pay:"
     assert stores["payments.public.charges"] is None  # its source's section does not name it
+
+
+def test_a_wrong_online_url_is_refused_without_echoing_it(tmp_path):
+    for url in ('"http://:hunter2@cache:6379/0"', "{host: cache, password: hunter2}"):
+        p = write(
+            tmp_path,
+            f"""
+online: {{url: {url}}}
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: postgresql://h/db
+    tables: [{{name: public.subscriptions, primary_key: [id]}}]
+""",
+        )
+        (problem,) = problems_of(p)
+        assert "online" in problem and "url" in problem, problem
+        assert "hunter2" not in problem, problem
