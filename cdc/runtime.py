@@ -386,9 +386,13 @@ class Runtime:
                 if not drain and not self._due(pending):
                     return total
                 take, events = self._take(pending)
+            by_source: dict[str, list[Any]] = {}
+            for e in events:  # one pass: each source's changes, in their log order
+                by_source.setdefault(e.source, []).append(e)
             starts: dict[str, str | None] = {}
-            for name, cuts in self._cuts.items():
-                starts.update(cuts.observe(e for e in events if e.source == name))
+            for name, changes in by_source.items():
+                if name in self._cuts:
+                    starts.update(self._cuts[name].observe(changes))
             try:
                 report = apply_events(
                     self._warehouse,
@@ -481,7 +485,7 @@ class Runtime:
         mark = self.watermarks.get(event.source)
         tx_start = starts.get(event.event_id)
         through = mark.through if mark is not None else None
-        return {"tx_id": event.tx_id, "watermark_hold": hold_for(tx_start, through)}
+        return {"watermark_hold": hold_for(tx_start, through)}  # (the letter keeps tx_id)
 
     def _advance_watermarks(self, report: Any) -> None:
         """After a merge: each source's watermark moves to just before its open transaction,

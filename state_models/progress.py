@@ -26,8 +26,9 @@ back. Later work (reconcile, cross-table watermarks, dbt freshness) reads and ex
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlglot import exp
 
@@ -69,6 +70,20 @@ class Progress:
     #: and the dead letter holding it back (its id), if one does
     watermark_seq: str | None = None
     watermark_held_by: str | None = None
+
+
+def recorded_watermarks(
+    rows: Iterable[Mapping[str, Any]],
+) -> dict[str, tuple[str | None, str | None]]:
+    """Per source, from ``cdc_progress`` rows: (its watermark, the dead letter holding it), the
+    row with the greatest watermark deciding (each was valid when written)."""
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for row in rows:
+        source, seq = row["source"], row.get("watermark_seq")
+        have = out.get(source)
+        if have is None or (seq is not None and (have[0] is None or seq > have[0])):
+            out[source] = (seq, row.get("watermark_held_by"))
+    return out
 
 
 def progress_table(dataset: str | None = None, project: str | None = None) -> exp.Table:

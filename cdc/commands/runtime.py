@@ -366,12 +366,12 @@ def _watermark(
 ) -> tuple[str | None, str | None]:
     """A source's watermark and the dead letter holding it: the running `cdc run`'s, else the
     greatest recorded in ``cdc_progress``."""
+    from state_models.progress import recorded_watermarks
+
     live = ((runtime or {}).get("watermarks") or {}).get(source) or {}
-    recorded = [r for r in progress if r.get("source") == source and r.get("watermark_seq")]
-    best = max(recorded, key=lambda r: r["watermark_seq"]) if recorded else {}
-    mark = max((m for m in (live.get("through"), best.get("watermark_seq")) if m), default=None)
-    held = live.get("held_by") if live else best.get("watermark_held_by")
-    return mark, held
+    stored, stored_held = recorded_watermarks(progress).get(source, (None, None))
+    mark = max((m for m in (live.get("through"), stored) if m), default=None)
+    return mark, live.get("held_by") if live else stored_held
 
 
 #: position fields worth showing, per engine (pgoutput: flushed/last_commit; Debezium: lsn,

@@ -33,6 +33,7 @@ from cdc.console import jsonl_line as _jsonl
 from cdc.console import print_table
 from state_models.errors import ConfigError
 from state_models.plans import plan_last_version, plan_tx_bounds, plan_tx_versions
+from state_models.progress import recorded_watermarks
 from state_models.scd2 import SEQ, TX_ID, TableDef, render_version
 from state_models.watermark import seq_before
 
@@ -56,20 +57,6 @@ def tx_ids(text: str, kinds: Sequence[str]) -> list[str]:
     if m and "postgres" in kinds:
         return [m.group(1), text.strip()]
     return [text.strip()]
-
-
-def watermarks(warehouse: Any) -> dict[str, tuple[str | None, str | None]]:
-    """Per source: (watermark, the dead letter holding it) from ``cdc_progress``."""
-    out: dict[str, tuple[str | None, str | None]] = {}
-    for row in warehouse.progress():
-        source, seq = row["source"], row.get("watermark_seq")
-        held = row.get("watermark_held_by")
-        have = out.get(source, (None, None))
-        if seq is not None and (have[0] is None or seq > have[0]):
-            out[source] = (seq, held)
-        elif source not in out:
-            out[source] = (None, held)
-    return out
 
 
 def _query(warehouse: Any, tables: Sequence[TableDef], plan_of: Any) -> list[dict[str, Any]]:
@@ -135,7 +122,7 @@ def cmd_as_of_consistent(args: argparse.Namespace, cfg: Any) -> int:
         )
     warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
     try:
-        marks = watermarks(warehouse)
+        marks = recorded_watermarks(warehouse.progress())
         out: list[tuple[TableDef, Any, list[dict[str, Any]]]] = []
         complete = True
         for source, group in by_source.items():
