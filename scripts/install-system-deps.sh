@@ -17,6 +17,9 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # the online store's tests start their own redis-server (the machine's service is not touched)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# docker-compose (v1) validates docker-compose.yml in tests/integration/test_compose.py; no engine
+# is needed or started for that
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 
 if [ ${#need[@]} -eq 0 ]; then
     echo "system packages: all present"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from cdc.cli import EXIT_OK, AddCommand
@@ -26,6 +27,11 @@ def add_commands(add: AddCommand) -> None:
     )
     p.add_argument(
         "--out", default="debezium", help="folder to write <source>/ into (default ./debezium)"
+    )
+    p.add_argument(
+        "--pubsub-emulator",
+        metavar="HOST:PORT",
+        help="publish to a Pub/Sub emulator there (plaintext, no credentials) instead of Google Cloud",
     )
 
 
@@ -52,8 +58,17 @@ def cmd_debezium_config(args: argparse.Namespace) -> int:
     project = args.project or os.environ.get("GOOGLE_CLOUD_PROJECT")
     if not project:
         raise ConfigError("name the Pub/Sub project: --project P (or set GOOGLE_CLOUD_PROJECT)")
+    emulator = args.pubsub_emulator
+    if emulator is not None and not re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]{1,5}", emulator):
+        raise ConfigError(
+            f"--pubsub-emulator expects HOST:PORT (e.g. pubsub:8085), got {emulator!r}"
+        )
     props = server_properties(
-        args.source, source, table_infos(cfg.registry, args.source), project=project
+        args.source,
+        source,
+        table_infos(cfg.registry, args.source),
+        project=project,
+        address=emulator,
     )
     folder = Path(args.out) / args.source
     (folder / "conf").mkdir(parents=True, exist_ok=True)
@@ -77,7 +92,18 @@ def cmd_debezium_config(args: argparse.Namespace) -> int:
             "the subscription keeps it (at most its message retention, 7 days by default). "
             "Columns under pii: drop are left out by Debezium itself (column.exclude.list)."
         )
-    topics = ", ".join(f"{args.source}.{t.name}" for t in source.tables)
+    destinations = [f"{args.source}.{t.name}" for t in source.tables]
+    topics = ", ".join(destinations)
+    layout = cfg.registry.pubsub_layout()
+    if layout is not None:
+        expected = [layout.topic(d) for d in destinations]
+        if expected != destinations:
+            print(
+                f"warning: Debezium Server publishes to the topics {topics}, but the registry's "
+                f"pubsub: section names them {', '.join(expected)} (what `cdc pubsub setup` "
+                "creates and the merge job reads); set pubsub: {topic_prefix: '', topics: "
+                "per_table} for this source's topics to match"
+            )
     print(f"wrote {folder / 'conf' / 'application.properties'} and {folder / 'docker-compose.yml'}")
     print(f"create the Pub/Sub topics first (message ordering is on): {topics}")
     print(

@@ -7,14 +7,24 @@ the container's data volume, and the password is read from the environment, neve
 
 Pub/Sub: one topic per table, named like the Debezium destination ``<source>.<schema>.<table>``
 (create them before starting; Debezium Server does not), message ordering on, with the record key
-(``{"id":1}``) as the ordering key, so the changes of one row arrive in commit order.
+(``{"id":1}``) as the ordering key, so the changes of one row arrive in commit order. Debezium's
+heartbeat records (``__debezium-heartbeat.<source>``, a name Pub/Sub refuses) are dropped before the
+sink by Kafka Connect's ``Filter`` transform: they still advance the offsets and the slot, as in the
+embedded engine, but publish nothing. ``address`` (``host:port``) points the sink at a Pub/Sub
+emulator (``debezium.sink.pubsub.address``: plaintext gRPC, no credentials).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
-from connectors.capture.debezium import FORMAT_KEYS, connector_properties, format_properties
+from connectors.capture.debezium import (
+    FORMAT_KEYS,
+    HEARTBEAT_PREFIX,
+    connector_properties,
+    format_properties,
+)
 from state_models.registry import Source
 from state_models.tables import TableInfo
 
@@ -33,12 +43,18 @@ def server_properties(
     tables: Sequence[TableInfo] | None = None,
     *,
     project: str,
+    address: str | None = None,
 ) -> dict[str, str]:
-    """Every ``application.properties`` entry for one source, in file order."""
+    """Every ``application.properties`` entry for one source, in file order; ``address``
+    (``host:port``) sends to a Pub/Sub emulator instead of Google Cloud."""
     props: dict[str, str] = {
         "debezium.sink.type": "pubsub",
         "debezium.sink.pubsub.project.id": project,
         "debezium.sink.pubsub.ordering.enabled": "true",
+    }
+    if address:
+        props["debezium.sink.pubsub.address"] = address
+    props |= {
         "debezium.format.key": "json",
         "debezium.format.value": "json",
     }
@@ -48,6 +64,19 @@ def server_properties(
     for key, value in connector_properties(source_name, source, tables).items():
         props[f"debezium.source.{key}"] = value
     props["debezium.source.database.password"] = "${" + password_variable(source_name) + "}"
+    heartbeats = props.get("debezium.source.topic.heartbeat.prefix", HEARTBEAT_PREFIX)
+    props.update(
+        {
+            "debezium.transforms": "dropheartbeats",
+            "debezium.transforms.dropheartbeats.type": "org.apache.kafka.connect.transforms.Filter",
+            "debezium.transforms.dropheartbeats.predicate": "heartbeat",
+            "debezium.predicates": "heartbeat",
+            "debezium.predicates.heartbeat.type": (
+                "org.apache.kafka.connect.transforms.predicates.TopicNameMatches"
+            ),
+            "debezium.predicates.heartbeat.pattern": re.escape(heartbeats) + r"\..*",
+        }
+    )
     props.update(
         {
             "debezium.source.offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
