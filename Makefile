@@ -9,7 +9,7 @@ export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 LOCK := requirements.lock
 EXTRAS := dev gcp debezium mysql online
 
-.PHONY: install lock bqemu dbt-env system-deps test test-unit lint format typecheck demo check clean
+.PHONY: install lock bqemu dbt-env airflow-env system-deps test test-unit lint format typecheck demo check clean
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -22,11 +22,16 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-install: $(VENV)/.installed bqemu dbt-env
+install: $(VENV)/.installed bqemu dbt-env airflow-env
 
 # dbt with dbt-duckdb for the tests of `cdc dbt sources`, in its own locked virtualenv (tests/dbt_env.py)
 dbt-env: $(VENV)/.installed
 	$(PY) -m tests.dbt_env
+
+# Airflow with the Google and Beam providers for the tests of the Composer operators (composer/), in
+# its own locked virtualenv (tests/airflow_env.py)
+airflow-env: $(VENV)/.installed
+	$(PY) -m tests.airflow_env
 
 # Re-resolve the lock from pyproject.toml's ranges (newest allowed versions, every platform,
 # Python 3.11 and up); run the tests on it before committing it

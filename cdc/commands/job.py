@@ -45,14 +45,14 @@ def add_commands(add: AddCommand) -> None:
         "section",
     )
     s.add_argument(
-        "--datastream-notifications",
+        *_both("--datastream-notifications"),
         action="append",
         metavar="SUB",
         help="subscription of the GCS notifications (OBJECT_FINALIZE) of the bucket Datastream "
         "writes to: read each new file of the registry's engine: datastream sources (repeatable)",
     )
     s.add_argument(
-        "--datastream-files",
+        *_both("--datastream-files"),
         action="append",
         metavar="PATTERN",
         help="or poll a file pattern for new Datastream files, e.g. "
@@ -60,18 +60,18 @@ def add_commands(add: AddCommand) -> None:
         "at start)",
     )
     s.add_argument(
-        "--datastream-poll",
+        *_both("--datastream-poll"),
         type=float,
         metavar="SECONDS",
         help="how often --datastream-files is matched (default 60)",
     )
     s.add_argument(
-        "--dead-letter-topic",
+        *_both("--dead-letter-topic"),
         help="topic for dead letters (id or projects/P/topics/T; default: the registry's; "
         "'none' for none)",
     )
     s.add_argument(
-        "--changelog-window",
+        *_both("--changelog-window"),
         type=float,
         metavar="SECONDS",
         help="changelog files per table every this many seconds (default 60; more when big)",
@@ -91,14 +91,21 @@ def add_commands(add: AddCommand) -> None:
     )
     r.add_argument("--since", metavar="TIME", help="commit time from (ISO-8601, inclusive)")
     r.add_argument("--until", metavar="TIME", help="commit time until (ISO-8601, exclusive)")
-    r.add_argument("--from-seq", metavar="SEQ", help="first seq (inclusive)")
-    r.add_argument("--to-seq", metavar="SEQ", help="last seq (inclusive)")
+    r.add_argument(*_both("--from-seq"), metavar="SEQ", help="first seq (inclusive)")
+    r.add_argument(*_both("--to-seq"), metavar="SEQ", help="last seq (inclusive)")
     r.add_argument(
-        "--no-wait",
+        *_both("--no-wait"),
         action="store_true",
         help="on Dataflow: submit the job and return instead of waiting for it",
     )
     _add_common(r)
+
+
+def _both(name: str) -> tuple[str, ...]:
+    """``--temp-location`` and Beam's spelling ``--temp_location``: the Airflow Beam provider and
+    anyone used to Beam's own options pass them that way."""
+    snake = name.replace("-", "_")
+    return (name,) if snake == name else (name, "--" + snake[2:])
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -106,14 +113,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--changelog", metavar="ROOT", help="changelog root (default: the registry's)")
     g.add_argument("--warehouse", metavar="URL", help="warehouse URL (default: the registry's)")
     g.add_argument(
-        "--dead-letters",
+        *_both("--dead-letters"),
         metavar="FOLDER",
         help="dead-letter folder (default: <state_dir>/dead_letters)",
     )
     b = p.add_argument_group("batching")
-    b.add_argument("--batch-size", type=int, help="events per MERGE at most (default 5000)")
+    b.add_argument(*_both("--batch-size"), type=int, help="events per MERGE at most (default 5000)")
     b.add_argument(
-        "--batch-max-latency",
+        *_both("--batch-max-latency"),
         type=float,
         metavar="SECONDS",
         help="longest an event waits for its batch to fill (streaming; default 1.0)",
@@ -122,23 +129,39 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     r.add_argument("--runner", choices=RUNNERS, default="DirectRunner")
     r.add_argument("--project", help="Google Cloud project (Dataflow; Pub/Sub ids)")
     r.add_argument("--region", help="Dataflow region, e.g. europe-west1")
-    r.add_argument("--temp-location", metavar="GS_PATH", help="Dataflow temp files (gs://...)")
-    r.add_argument("--staging-location", metavar="GS_PATH", help="default: the temp location")
-    r.add_argument("--num-workers", type=int, help="initial Dataflow workers")
-    r.add_argument("--max-num-workers", type=int, help="autoscaling ceiling")
-    r.add_argument("--worker-machine-type", metavar="TYPE", help="e.g. n2-standard-2")
-    r.add_argument("--service-account", metavar="EMAIL", help="worker service account")
     r.add_argument(
-        "--job-name",
+        *_both("--temp-location"), metavar="GS_PATH", help="Dataflow temp files (gs://...)"
+    )
+    r.add_argument(
+        *_both("--staging-location"), metavar="GS_PATH", help="default: the temp location"
+    )
+    r.add_argument(*_both("--num-workers"), type=int, help="initial Dataflow workers")
+    r.add_argument(*_both("--max-num-workers"), type=int, help="autoscaling ceiling")
+    r.add_argument(*_both("--worker-machine-type"), metavar="TYPE", help="e.g. n2-standard-2")
+    r.add_argument(
+        *_both("--service-account"),
+        "--service_account_email",
+        metavar="EMAIL",
+        help="worker service account",
+    )
+    r.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Dataflow job labels (repeatable; or a JSON object, as Beam takes them)",
+    )
+    r.add_argument(
+        *_both("--job-name"),
         help=f"Dataflow job name (the streaming job's default: {STREAMING_JOB_NAME})",
     )
     r.add_argument(
-        "--setup-file",
+        *_both("--setup-file"),
         metavar="FILE",
         help="packaging for the workers (default: this project's pyproject.toml)",
     )
     r.add_argument(
-        "--pipeline-option",
+        *_both("--pipeline-option"),
         action="append",
         default=[],
         metavar="NAME=VALUE",
@@ -384,6 +407,7 @@ def _pipeline_options(args: argparse.Namespace, *, streaming: bool) -> Any:
         setup = args.setup_file or _own_pyproject()
         if setup:
             flags.append(f"--setup_file={setup}")
+    flags += [f"--labels={label}" for label in args.labels]
     for option in args.pipeline_option:
         name, sep, value = option.partition("=")
         if not sep or not name:
@@ -440,7 +464,8 @@ def _counters(result: Any) -> dict[str, int]:
 
 def _print_dataflow(result: Any, args: argparse.Namespace, *, streaming: bool) -> None:
     job_id = getattr(result, "job_id", lambda: None)()
-    print(f"submitted Dataflow job {job_id} in {args.project}/{args.region}")
+    # "Created job with id: [ID]" is the line Airflow's Dataflow hooks read the job id from
+    print(f"Created job with id: [{job_id}] (Dataflow, {args.project}/{args.region})")
     print(
         f"  console: https://console.cloud.google.com/dataflow/jobs/{args.region}/{job_id}"
         f"?project={args.project}"

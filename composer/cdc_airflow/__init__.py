@@ -1,0 +1,1 @@
+"""Airflow / Cloud Composer operators and DAG factories for cdc-history."""
