@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -273,3 +275,166 @@ def test_the_streaming_start_task_launches_a_command_cdc_accepts_and_reads_its_j
     assert options["max_num_workers"] == 4
     assert any(label.startswith("airflow-version=v") for label in options["labels"])
     assert os.path.exists(options["setup_file"])
+
+
+def test_a_rebuild_dag_builds_a_shadow_verifies_it_and_swaps_it_in(
+    airflow: dict[str, str], demo: Path, tmp_path: Path
+) -> None:
+    before = versions(demo)
+    dags = dag_folder(
+        tmp_path,
+        f"""
+        from cdc_airflow.dags import rebuild_dag
+
+        dag = rebuild_dag(
+            "cdc_rebuild", tables=[{TABLE!r}], operator_args={{"config": {str(demo / "cdc.yaml")!r}}}
+        )
+        """,
+    )
+    run, log = run_dag(airflow, dags, "cdc_rebuild")
+    assert run["state"] == "success", log[-4000:]
+    group = "rebuild__billing_public_subscriptions"
+    assert run["tasks"] == {
+        f"{group}.shadow": "success",
+        f"{group}.verify": "success",
+        f"{group}.swap": "success",
+        "check": "success",
+    }
+    assert (
+        log.index(f"running {CDC} rebuild {TABLE} --shadow")
+        < log.index(f"running {CDC} verify {TABLE}")
+        < log.index(f"running {CDC} rebuild {TABLE} --swap")
+    )
+    assert versions(demo) == before
+    with duckdb.connect(str(demo / "warehouse.duckdb"), read_only=True) as db:
+        rows = db.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    tables = {r[0] for r in rows}
+    assert "billing_subscriptions__shadow" not in tables  # swapped in, not left behind
+
+
+def test_a_source_password_comes_from_an_airflow_connection_and_is_never_logged(
+    airflow: dict[str, str], demo: Path, tmp_path: Path
+) -> None:
+    registry = (demo / "cdc.yaml").read_text()
+    dsn_line = next(line for line in registry.splitlines() if "dsn:" in line)
+    copy = tmp_path / "cdc.yaml"
+    copy.write_text(registry.replace(dsn_line, "    dsn: ${BILLING_DSN}"))
+    dags = dag_folder(
+        tmp_path,
+        f"""
+        from cdc_airflow.operators import CdcOperator
+        from cdc_airflow.dags import _dag
+
+        with _dag("cdc_preflight", None, None, []) as dag:
+            CdcOperator(
+                task_id="preflight",
+                arguments=["preflight"],
+                config={str(copy)!r},
+                connections={{"BILLING_DSN": "cdc_billing"}},
+            )
+        """,
+    )
+    run, log = run_dag(
+        airflow,
+        dags,
+        "cdc_preflight",
+        AIRFLOW_CONN_CDC_BILLING="postgresql://cdc:s3cret-pw@127.0.0.1:1/billing",
+    )
+    assert run["state"] == "failed"
+    # the connection's URI reached `cdc` (it tried that host and port) ...
+    assert "127.0.0.1:1/billing" in log and "Connection refused" in log, log[-3000:]
+    # ... and its password appears nowhere: not in the command line, not in cdc's output
+    assert "s3cret-pw" not in log
+
+
+def test_the_nightly_dag_reconciles_a_live_source_and_repairs_what_differs(
+    airflow: dict[str, str], postgres: Any, source_dsn: str, tmp_path: Path
+) -> None:
+    db = source_dsn.rsplit("/", 1)[1]
+    postgres.execute(
+        "CREATE TABLE public.subscriptions (id bigint PRIMARY KEY, plan text, amount numeric);"
+        "INSERT INTO public.subscriptions SELECT g, 'p' || (g % 3), g * 1.5 "
+        "FROM generate_series(1, 200) g;",
+        database=db,
+    )
+    (tmp_path / "cdc.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            changelog: ./changelog
+            warehouse: duckdb:///warehouse.duckdb
+            state_dir: ./state
+            sources:
+              shop:
+                kind: postgres
+                engine: pgoutput
+                dsn: {source_dsn}
+                tables:
+                  - name: public.subscriptions
+                    primary_key: [id]
+                    columns: {{id: bigint, plan: text, amount: numeric}}
+            """
+        )
+    )
+    table, state = "shop.public.subscriptions", "shop_subscriptions"
+    run = subprocess.Popen(
+        [CDC, "run", "--config", str(tmp_path / "cdc.yaml")],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "run.log").open("w"),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "warehouse.duckdb").exists() or live_rows(tmp_path, state) < 200:
+            assert run.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.monotonic() < deadline, "the snapshot was not merged in 120 s"
+            time.sleep(1)
+        retry_on_lock(tmp_path, f"DELETE FROM {state} WHERE id = 10")  # lost, on purpose
+
+        # the example DAG's factory as cdc_nightly.py calls it, without its 15-minute retry
+        dags = dag_folder(
+            tmp_path,
+            f"""
+            from cdc_airflow.dags import nightly_checks_dag
+
+            dag = nightly_checks_dag(
+                "cdc_nightly_checks",
+                tables=[{table!r}],
+                repair=True,
+                reconcile_wait_s=60,
+                operator_args={{"config": {str(tmp_path / "cdc.yaml")!r}}},
+            )
+            """,
+        )
+        nightly, log = run_dag(airflow, dags, "cdc_nightly_checks")
+    finally:
+        run.terminate()
+        run.wait(120)
+    assert nightly["tasks"] == {"check": "success", "reconcile": "failed", "repair": "success"}
+    assert f"{table} different (1 missing, 0 extra, 0 different)" in log, log[-4000:]
+    [repaired] = nightly["returns"]["repair"]
+    assert (repaired["status"], repaired["repaired"]) == ("equal", 1)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        row = con.execute(f"SELECT plan FROM {state} WHERE id = 10 AND _is_current").fetchone()
+    assert row == ("p1",)
+
+
+def live_rows(folder: Path, state: str) -> int:
+    try:
+        with duckdb.connect(str(folder / "warehouse.duckdb"), read_only=True) as con:
+            row = con.execute(f"SELECT count(*) FROM {state} WHERE _is_current").fetchone()
+    except (duckdb.IOException, duckdb.CatalogException):
+        return 0  # held by `cdc run` between merges, or not created yet
+    return int(row[0]) if row else 0
+
+
+def retry_on_lock(folder: Path, statement: str) -> None:
+    """A statement on the state file, which `cdc run` lets go of between merges."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with duckdb.connect(str(folder / "warehouse.duckdb")) as con:
+                con.execute(statement)
+            return
+        except duckdb.IOException:
+            assert time.monotonic() < deadline, "the state file stayed locked for 60 s"
+            time.sleep(0.05)
