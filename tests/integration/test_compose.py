@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import bqemu
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 REGISTRY = "deploy/compose/cdc.yaml"
@@ -164,13 +166,27 @@ def test_the_emulators(compose: dict[str, Any]) -> None:
     assert "--host-port=0.0.0.0:8085" in pubsub["command"]
     assert services["gcs"]["image"].startswith("fsouza/fake-gcs-server")
     bigquery = services["bigquery"]
-    assert bigquery["image"].startswith("ghcr.io/goccy/bigquery-emulator")
-    # the emulator's project and dataset are the registry's warehouse
-    project, dataset = _registry()["warehouse"].removeprefix("bigquery://").split("/")
-    assert f"--project={project}" in bigquery["command"]
-    assert f"--dataset={dataset}" in bigquery["command"]
-    assert f"--port={_port(services['merge'], 'BIGQUERY_EMULATOR_HOST')}" in bigquery["command"]
+    # bqemulator, the stand-in the warehouse is tested against, built with the tests' pins
+    assert Path(bigquery["build"]["context"]) == ROOT / "deploy" / "compose" / "bqemulator"
+    dockerfile = (ROOT / "deploy" / "compose" / "bqemulator" / "Dockerfile").read_text()
+    pinned = re.search(r"pip install[^\n]*\\\n\s*(.+?)\s*\\?\n", dockerfile)
+    assert pinned is not None
+    assert sorted(pinned.group(1).replace("&&", "").split()) == sorted(bqemu.REQUIREMENTS)
+    # the emulator's project is the registry's warehouse project, on the port the jobs use
+    project, _dataset = _registry()["warehouse"].removeprefix("bigquery://").split("/")
+    assert bigquery["command"] == [f"--project={project}"]
+    assert f"--rest-port={_port(services['merge'], 'BIGQUERY_EMULATOR_HOST')}" in dockerfile
     assert services["redis"]["image"].startswith("redis:")
+
+
+def test_every_pulled_image_is_pinned_to_a_release(compose: dict[str, Any]) -> None:
+    # a moving tag would change the stack under a user between two `up`s
+    for name, service in compose["services"].items():
+        if "build" in service:
+            continue  # built here; bqemulator's Dockerfile pins its packages (test above)
+        image = service["image"]
+        assert ":" in image.rsplit("/", 1)[-1], f"{name}: {image} has no tag"
+        assert not image.endswith(":latest"), f"{name}: {image} follows latest"
 
 
 def _port(service: dict[str, Any], variable: str) -> str:
