@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from connectors.deadletter import Sealing
-from state_models.registry import Registry, table_infos
+from state_models.registry import OnlineStore, Registry, table_infos
 from state_models.scd2 import TableDef
 from state_models.tables import TableInfo
 
@@ -45,6 +45,8 @@ class JobSettings:
     changelog_window_s: float = DEFAULT_CHANGELOG_WINDOW_S
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     datastream: tuple[DatastreamSource, ...] = ()
+    #: table id -> the registry's online store that keeps it (``online:``)
+    online: Mapping[str, OnlineStore] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -64,6 +66,12 @@ def registered_tables(registry: Registry) -> tuple[tuple[TableInfo, ...], dict[s
     infos = tuple(info for name in registry.sources for info in table_infos(registry, name))
     defs = {t.id: TableDef.from_registered(t) for t in registry.tables()}
     return infos, defs
+
+
+def online_stores(registry: Registry) -> dict[str, OnlineStore]:
+    """Each table an ``online:`` store keeps -> that store."""
+    stores = {t.id: registry.online_for(t) for t in registry.tables()}
+    return {table_id: store for table_id, store in stores.items() if store is not None}
 
 
 def subscriptions_of(registry: Registry) -> list[str]:

@@ -126,6 +126,7 @@ def build_streaming(
         max_latency_s=settings.batch_max_latency_s,
         # The DirectRunner's bundles are micro-batches already; its state and timers are slow.
         per_bundle=direct_runner.runs_on(pipeline),
+        online=settings.online,
     )
     all_letters = (*letters, merge_rejects) | "AllDeadLetters" >> beam.Flatten()
     _ = all_letters | "DeadLetters" >> StoreDeadLetters(

@@ -58,6 +58,7 @@ NAMESPACE = "cdc"
 #: Tag of the dead-letter output of the steps that can reject input.
 DEAD_LETTERS = "dead_letters"
 PROGRESS = "progress"
+ONLINE = "online"
 #: how often (seconds of event time) the streaming job writes ``cdc_progress``: one MERGE of every
 #: table's row per window, so BigQuery sees one small DML statement per window, whatever the tables
 PROGRESS_WINDOW_S = 10.0
@@ -323,9 +324,11 @@ class _ApplyBatchFn(beam.DoFn):
         clock: Callable[[], float] = time.time,
         *,
         serialize: bool = False,
+        online: Iterable[str] = (),
     ):
         self._connect = warehouse
         self._tables = dict(tables)
+        self._online = frozenset(online)  # tables an online store keeps
         self._batch_size = batch_size
         self._retry = retry
         self._clock = clock
@@ -402,6 +405,9 @@ class _ApplyBatchFn(beam.DoFn):
         self._rejected.inc(len(collected.letters))
         for letter in collected.letters:
             yield pvalue.TaggedOutput(DEAD_LETTERS, _with_context(letter, {"stage": "merge"}))
+        if table_id in self._online:  # the keys this MERGE touched, for the online store
+            keys = {repr(sorted(e.key.items())): e.key for e in events if e.key}
+            yield pvalue.TaggedOutput(ONLINE, (table_id, list(keys.values())))
         table = self._tables.get(table_id)
         if table is not None:
             newest = max(events, key=lambda e: e.commit_ts)
@@ -459,6 +465,79 @@ class _WriteProgressFn(beam.DoFn):
 
         self._retry.run(f"recording the progress of {len(rows)} tables", write, self._retries.inc)
         return ()
+
+
+class _WriteOnlineFn(beam.DoFn):
+    """(table, keys a MERGE touched) -> each key's current version, read back from the state
+    table, written to the table's online store through the ``_seq`` fence
+    (``connectors.online``): a retried bundle, a late batch or another writer can never put an
+    older row in place of a newer one. Redis unreachable: retried in place, then the bundle fails
+    and the runner retries it (Dataflow retries a streaming bundle until it succeeds, so the
+    store catches up once Redis answers; the MERGEs upstream go on, past a fusion break)."""
+
+    def __init__(
+        self,
+        warehouse: Callable[[], Warehouse],
+        tables: Mapping[str, TableDef],
+        online: Mapping[str, Any],
+        retry: RetryPolicy,
+    ):
+        self._connect = warehouse
+        self._tables = dict(tables)
+        self._online = dict(online)  # table id -> OnlineStore
+        self._retry = retry
+        self._written = Metrics.counter(NAMESPACE, "online_rows_written")
+        self._fenced = Metrics.counter(NAMESPACE, "online_rows_fenced")
+        self._retries = Metrics.counter(NAMESPACE, "transient_retries")
+
+    def setup(self) -> None:
+        self._stores: dict[int, Any] = {}
+
+    def _store(self, table_id: str) -> Any:
+        from connectors.online import RedisOnline
+
+        config = self._online[table_id]
+        if id(config) not in self._stores:
+            self._stores[id(config)] = RedisOnline(config)
+        return self._stores[id(config)]
+
+    def process(self, element: tuple[str, list[dict[str, Any]]]) -> Iterable[None]:
+        from connectors.online import online_row
+
+        table_id, keys = element
+        table = self._tables[table_id]
+
+        def write() -> tuple[int, int]:
+            import redis
+
+            warehouse = POOL.acquire(self._connect, self._connect)
+            try:
+                state = warehouse.state_table(table)
+                rows = [] if state is None else warehouse.current_versions(table, keys)
+            except BaseException:
+                POOL.discard(warehouse)
+                raise
+            POOL.release(self._connect, warehouse)
+            if state is None:
+                return 0, 0
+            online = [online_row(table_id, state, r) for r in rows]
+            try:
+                written = self._store(table_id).write(online)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise TransientError(f"online store for {table_id}: {exc}") from exc
+            return written, len(online) - written
+
+        written, fenced = self._retry.run(
+            f"writing {len(keys)} keys of {table_id} to the online store", write, self._retries.inc
+        )
+        self._written.inc(written)
+        self._fenced.inc(fenced)
+        return ()
+
+    def teardown(self) -> None:
+        for store in getattr(self, "_stores", {}).values():
+            store.close()
+        self._stores = {}
 
 
 class _BatchPerBundleFn(beam.DoFn):
@@ -522,10 +601,12 @@ class MergeIntoWarehouse(beam.PTransform):
         max_latency_s: float | None = 1.0,
         per_bundle: bool = False,
         retry: RetryPolicy = RetryPolicy(),
+        online: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._online = dict(online or {})  # table id -> its online store (OnlineStore)
         self._warehouse = warehouse
         self._tables = dict(tables)
         self._batch_size = batch_size
@@ -543,11 +624,24 @@ class MergeIntoWarehouse(beam.PTransform):
                 self._batch_size, max_buffering_duration_secs=self._max_latency_s
             )
         apply = _ApplyBatchFn(
-            self._warehouse, self._tables, self._batch_size, self._retry, serialize=self._per_bundle
+            self._warehouse,
+            self._tables,
+            self._batch_size,
+            self._retry,
+            serialize=self._per_bundle,
+            online=self._online,
         )
         merged = batched | "Merge" >> beam.ParDo(apply).with_outputs(
-            DEAD_LETTERS, PROGRESS, main="reports"
+            DEAD_LETTERS, PROGRESS, ONLINE, main="reports"
         )
+        if self._online:
+            touched = merged[ONLINE]
+            if not self._per_bundle:
+                # a fusion break: a Redis outage retries the online writes, not the MERGEs
+                touched = touched | "OnlineBreak" >> beam.Reshuffle()
+            _ = touched | "WriteOnline" >> beam.ParDo(
+                _WriteOnlineFn(self._warehouse, self._tables, self._online, self._retry)
+            )
         progress = merged[PROGRESS]
         if self._max_latency_s is not None:  # streaming: once per window, not per merge
             progress = progress | "ProgressWindows" >> beam.WindowInto(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -318,17 +320,25 @@ def _settings(cfg: LoadedConfig, args: argparse.Namespace, dead_letter_topic: st
         DEFAULT_CHANGELOG_WINDOW_S,
         DatastreamSource,
         JobSettings,
+        online_stores,
         registered_tables,
     )
 
     infos, defs = registered_tables(cfg.registry)
+    online = online_stores(cfg.registry) if args.job_command == "streaming" else {}
     if not defs:
         raise ConfigError(f"{cfg.path} registers no tables: nothing to merge")
     changelog = args.changelog or cfg.changelog_root
     warehouse = args.warehouse or cfg.warehouse_url
     dead_letters = args.dead_letters or str(cfg.state_dir / "dead_letters")
     if args.runner == DATAFLOW:
-        _check_dataflow(args, changelog=changelog, warehouse=warehouse, dead_letters=dead_letters)
+        _check_dataflow(
+            args,
+            changelog=changelog,
+            warehouse=warehouse,
+            dead_letters=dead_letters,
+            online=online,
+        )
     window = getattr(args, "changelog_window", None)
     try:
         return JobSettings(
@@ -347,15 +357,30 @@ def _settings(cfg: LoadedConfig, args: argparse.Namespace, dead_letter_topic: st
                 for name, source in cfg.registry.sources.items()
                 if source.engine == "datastream" and source.datastream is not None
             ),
+            online=online,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def _check_dataflow(
-    args: argparse.Namespace, *, changelog: str, warehouse: str, dead_letters: str
+    args: argparse.Namespace,
+    *,
+    changelog: str,
+    warehouse: str,
+    dead_letters: str,
+    online: Mapping[str, Any] | None = None,
 ) -> None:
     problems = []
+    # the job's steps are pickled and staged in the temp location: a password in them would be
+    # a secret stored in clear; a Memorystore reached over the VPC needs none
+    for url in sorted({store.url for store in (online or {}).values()}):
+        if urllib.parse.urlsplit(url).password:
+            problems.append(
+                "the online: store's url holds a password, which the job would carry in its "
+                "staged steps: on Dataflow use a Memorystore instance without AUTH on the "
+                "workers' VPC (or leave online: to `cdc run`)"
+            )
     for flag in ("project", "region", "temp_location"):
         if not getattr(args, flag):
             problems.append(f"--{flag.replace('_', '-')} is required on Dataflow")

@@ -168,3 +168,60 @@ def test_cdc_run_keeps_the_store_equal_to_current_through_disorder_and_an_outage
     assert rt.summary.events_merged >= 5  # merged while Redis was down
     code, said = cli(config, "online", "verify", TABLE)
     assert code == 0, said
+
+
+@pytest.mark.parametrize("per_bundle", [False, True], ids=["group_into_batches", "per_bundle"])
+def test_the_beam_merge_feeds_the_store_through_disorder(redis_server, tmp_path, per_bundle):
+    """The streaming job's merge step (as `cdc job streaming` builds it from the registry) writes
+    each touched key's current version to Redis: duplicated, reordered and late deliveries,
+    including a late older update after a delete, leave the store equal to `_current`."""
+    beam = pytest.importorskip("apache_beam")
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing import test_stream
+
+    from merge_jobs.pool import POOL
+    from merge_jobs.settings import online_stores, registered_tables
+    from merge_jobs.transforms import DecodeMessages, MergeIntoWarehouse, WarehouseConnector
+    from state_models.pubsub import message_for
+
+    config = registry(tmp_path, redis_server.url)
+    loaded = load_config(config)
+    infos, defs = registered_tables(loaded.registry)
+    online = online_stores(loaded.registry)
+    assert set(online) == {TABLE}
+
+    events = [change(n, key=n % 5, plan=f"p{n}") for n in range(1, 31)]
+    events.append(change(31, key=3, plan=None, op=Op.DELETE))
+    late = change(29, key=3, plan="late")  # older than the delete, arrives after it
+    deliveries = [*events[::-1][:10], *events, events[4], events[30], late]
+
+    stream = test_stream.TestStream().advance_watermark_to(0)
+    for i, e in enumerate(deliveries):
+        m = message_for(e, "postgres")
+        stream = stream.add_elements([PubsubMessage(m.data, m.attributes, message_id=f"m{i}")])
+        stream = stream.advance_processing_time(0.2)
+    stream = stream.advance_watermark_to_infinity()
+    pipeline = beam.Pipeline(options=PipelineOptions([], streaming=True))
+    decoded = pipeline | stream | "Decode" >> DecodeMessages(infos)
+    _ = decoded.events | "Merge" >> MergeIntoWarehouse(
+        WarehouseConnector(loaded.warehouse_url),
+        defs,
+        batch_size=7,
+        max_latency_s=1,
+        per_bundle=per_bundle,
+        online=online,
+    )
+    pipeline.run().wait_until_finish()
+    POOL.close_idle()
+
+    code, out = cli(config, "online", "verify", TABLE, "--format", "json")
+    assert code == 0, out
+    store = RedisOnline(OnlineStore(url=redis_server.url, key_prefix="test:"))
+    try:
+        held = dict(store.rows(TABLE))
+    finally:
+        store.close()
+    assert held['{"id":3}'] == {"_seq": make_seq(31, 31), "_deleted": "1"}
+    assert held['{"id":4}']["plan"] == '"p29"' and held['{"id":4}']["_seq"] == make_seq(29, 29)
+    assert held['{"id":0}']["plan"] == '"p30"'

@@ -79,6 +79,48 @@ def test_dataflow_needs_cloud_locations_and_says_which(
         assert needed in err
 
 
+def test_an_online_store_password_never_travels_in_a_dataflow_job(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config.write_text(REGISTRY + "online:\n  url: redis://:hunter2-pw@10.0.0.5:6379/0\n")
+    cloud = ["--runner", "DataflowRunner", "--project", "p", "--region", "r"]
+    cloud += ["--temp-location", "gs://t/beam", "--changelog", "gs://c/raw"]
+    cloud += ["--dead-letters", "gs://c/dl", "--warehouse", "bigquery://p/ds"]
+    assert main(["job", "streaming", "--config", str(config), *cloud]) == 2
+    err = capsys.readouterr().err
+    assert "online: store's url holds a password" in err and "Memorystore" in err
+    assert "hunter2-pw" not in err
+
+
+def test_beam_spellings_and_labels_are_the_same_options(config: Path) -> None:
+    # what the Airflow Beam provider passes (composer/cdc_airflow/dataflow.py)
+    beam_style = parse(
+        "streaming",
+        "--runner=DataflowRunner",
+        "--job_name=cdc-streaming",
+        "--temp_location=gs://acme-tmp/beam",
+        "--max_num_workers=4",
+        "--batch_size=100",
+        "--labels=airflow-version=v3-3-2",
+        "--labels",
+        "team=data",
+    )
+    dashed = parse(
+        "streaming",
+        "--runner=DataflowRunner",
+        "--job-name=cdc-streaming",
+        "--temp-location=gs://acme-tmp/beam",
+        "--max-num-workers=4",
+        "--batch-size=100",
+        "--labels=airflow-version=v3-3-2",
+        "--labels=team=data",
+    )
+    assert vars(beam_style) == vars(dashed)
+    options = _pipeline_options(beam_style, streaming=True).get_all_options()
+    assert options["labels"] == ["airflow-version=v3-3-2", "team=data"]
+    assert options["temp_location"] == "gs://acme-tmp/beam" and options["max_num_workers"] == 4
+
+
 def test_dataflow_options_reach_beam(config: Path) -> None:
     from apache_beam.options.pipeline_options import (
         GoogleCloudOptions,
