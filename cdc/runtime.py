@@ -423,7 +423,7 @@ class Runtime:
 
     def _start_online(self) -> None:
         """A syncer per ``online:`` store of the registry (``connectors.online``)."""
-        from connectors.online import OnlineSyncer, RedisOnline
+        from connectors.online import OnlineSyncer, open_online
 
         syncers: dict[int, Any] = {}
         for t in self.registry.tables():
@@ -431,7 +431,7 @@ class Runtime:
             if store is None:
                 continue
             if id(store) not in syncers:
-                syncers[id(store)] = OnlineSyncer(RedisOnline(store))
+                syncers[id(store)] = OnlineSyncer(open_online(store))
             self.online[t.id] = syncers[id(store)]
             syncers[id(store)].tables.add(t.id)
 
@@ -464,7 +464,7 @@ class Runtime:
             if not syncer.stale or syncer.pending():
                 continue
             try:
-                syncer.store.client.ping()
+                syncer.store.ping()
             except Exception:  # still down: next time
                 continue
             for table_id in sorted(syncer.stale):

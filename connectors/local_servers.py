@@ -321,7 +321,19 @@ class MariaDBServer:
             return list(cur.fetchall()) if cur.description else []
 
 
-class RedisServer:
+class _ChildServer:
+    """A server run as a child process of ours: ``stop`` ends it (``start`` may run it again)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class RedisServer(_ChildServer):
     """A throwaway redis-server on a free loopback port, keeping nothing on disk (the machine's
     own Redis service is never touched). ``stop`` then ``start`` again: the same port, empty, as
     Memorystore without persistence comes back after a failover."""
@@ -373,12 +385,66 @@ class RedisServer:
         client.close()
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+#: where Debian's google-cloud-cli-bigtable-emulator package (and the Cloud SDK) put the emulator
+_CBTEMULATOR_PATHS = ("/usr/lib/google-cloud-sdk/platform/bigtable-emulator/cbtemulator",)
+
+
+def cbtemulator_binary() -> str | None:
+    """The Bigtable emulator (``cbtemulator``): ``$CDC_CBTEMULATOR``, the PATH, or the Cloud
+    SDK's platform folder."""
+    explicit = os.environ.get("CDC_CBTEMULATOR")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    found = shutil.which("cbtemulator")
+    if found:
+        return found
+    return next((p for p in _CBTEMULATOR_PATHS if os.access(p, os.X_OK)), None)
+
+
+class BigtableEmulator(_ChildServer):
+    """The Bigtable emulator on a free loopback port, in memory. ``stop`` then ``start`` again:
+    the same port, empty. Clients find it through ``BIGTABLE_EMULATOR_HOST`` (``host``)."""
+
+    def __init__(self, project: str = "cdc-test", instance: str = "online") -> None:
+        self.port = free_port()
+        self.project, self.instance = project, instance
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"bigtable://{self.project}/{self.instance}/cdc_online"
+
+    def start(self) -> BigtableEmulator:
+        binary = cbtemulator_binary()
+        if binary is None:
+            raise ServerError(
+                "the Bigtable emulator (cbtemulator) is not installed: apt-get install "
+                "google-cloud-cli-bigtable-emulator from Google's Cloud SDK repository, or "
+                "`gcloud components install bigtable`; or set CDC_CBTEMULATOR to its path"
+            )
+        self.proc = subprocess.Popen(
+            [binary, "-host", "127.0.0.1", "-port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise ServerError(f"cbtemulator did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def destroy(self) -> None:
+        self.stop()

@@ -35,9 +35,9 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from state_models.errors import ConfigError
+from state_models.errors import ConfigError, TransientError
 from state_models.registry import OnlineStore
 from state_models.scd2 import IS_DELETED, SEQ, VALID_FROM, StateTable, render_version
 
@@ -105,6 +105,33 @@ def redis_url(store: OnlineStore, where: str) -> str:
     return store.url
 
 
+class OnlineBackend(Protocol):
+    """What the runtime, the Beam job and ``cdc online`` need of a store: Redis here, Bigtable in
+    ``connectors.online_bigtable``. ``write`` raises ``TransientError`` when the store cannot
+    be reached."""
+
+    store: OnlineStore
+
+    def key(self, table_id: str, key: str) -> str: ...
+    def write(self, rows: Sequence[OnlineRow]) -> int: ...
+    def rows(self, table_id: str) -> Iterator[tuple[str, dict[str, str]]]: ...
+    def delete(self, table_id: str, keys: Sequence[str]) -> None: ...
+    def ping(self) -> None:
+        """Reach the store (raises when it cannot), ready to be written."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_online(store: OnlineStore, *, where: str = "online") -> OnlineBackend:
+    """The store ``online.url`` names: ``bigtable://...`` or Redis."""
+    if store.url.startswith("bigtable://"):
+        from connectors.online_bigtable import BigtableOnline
+
+        return BigtableOnline(store)
+    return RedisOnline(store, where=where)
+
+
 class RedisOnline:
     """One Redis (Memorystore) online store (see the module doc)."""
 
@@ -122,6 +149,8 @@ class RedisOnline:
 
     def write(self, rows: Sequence[OnlineRow]) -> int:
         """Write each row where it is newer than what Redis holds; how many were written."""
+        import redis
+
         if not rows:
             return 0
         pipe = self.client.pipeline(transaction=False)
@@ -131,7 +160,18 @@ class RedisOnline:
             for name, value in r.fields.items():
                 args += [name, value]
             self._write(keys=[self.key(r.table_id, r.key)], args=args, client=pipe)
-        return sum(int(x) for x in pipe.execute())
+        try:
+            return sum(int(x) for x in pipe.execute())
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TransientError(f"Redis online store: {exc}") from exc
+
+    def delete(self, table_id: str, keys: Sequence[str]) -> None:
+        """Remove rows outright (no tombstone): what an eviction or a FLUSH does."""
+        if keys:
+            self.client.delete(*(self.key(table_id, k) for k in keys))
+
+    def ping(self) -> None:
+        self.client.ping()
 
     def rows(self, table_id: str) -> Iterator[tuple[str, dict[str, str]]]:
         """(canonical key, hash fields) of every row and tombstone of a table."""
@@ -200,7 +240,7 @@ def compare(
 class OnlineSyncer:
     """Writes rows to a store on its own thread, retrying with backoff (see the module doc)."""
 
-    def __init__(self, store: RedisOnline, *, max_pending: int = 1_000_000):
+    def __init__(self, store: OnlineBackend, *, max_pending: int = 1_000_000):
         self.store = store
         self.max_pending = max_pending
         self._queue: list[OnlineRow] = []

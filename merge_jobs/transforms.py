@@ -494,11 +494,11 @@ class _WriteOnlineFn(beam.DoFn):
         self._stores: dict[int, Any] = {}
 
     def _store(self, table_id: str) -> Any:
-        from connectors.online import RedisOnline
+        from connectors.online import open_online
 
         config = self._online[table_id]
         if id(config) not in self._stores:
-            self._stores[id(config)] = RedisOnline(config)
+            self._stores[id(config)] = open_online(config)
         return self._stores[id(config)]
 
     def process(self, element: tuple[str, list[dict[str, Any]]]) -> Iterable[None]:
@@ -508,8 +508,6 @@ class _WriteOnlineFn(beam.DoFn):
         table = self._tables[table_id]
 
         def write() -> tuple[int, int]:
-            import redis
-
             warehouse = POOL.acquire(self._connect, self._connect)
             try:
                 state = warehouse.state_table(table)
@@ -521,10 +519,7 @@ class _WriteOnlineFn(beam.DoFn):
             if state is None:
                 return 0, 0
             online = [online_row(table_id, state, r) for r in rows]
-            try:
-                written = self._store(table_id).write(online)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise TransientError(f"online store for {table_id}: {exc}") from exc
+            written = self._store(table_id).write(online)  # TransientError when unreachable
             return written, len(online) - written
 
         written, fenced = self._retry.run(

@@ -350,8 +350,9 @@ class OnlineStore(_Model):
     (by ``_seq``) than what it holds (``connectors/online.py``)."""
 
     url: str = Field(
-        description="redis://[user:password@]host:port/db (rediss:// for TLS); use ${VAR} for "
-        "the password"
+        description="redis://[user:password@]host:port/db (rediss:// for TLS; use ${VAR} for "
+        "the password), or bigtable://project/instance/table (Bigtable, through the official "
+        "client; BIGTABLE_EMULATOR_HOST for its emulator)"
     )
     key_prefix: str = Field(default="cdc:", max_length=200, description="prefix of every key")
     tables: list[str] | None = Field(
@@ -369,11 +370,22 @@ class OnlineStore(_Model):
     @field_validator("url")
     @classmethod
     def _redis_url(cls, v: str) -> str:
-        scheme, sep, _ = v.partition("://")
+        scheme, sep, rest = v.partition("://")
+        if scheme == "bigtable" and sep:
+            parts = rest.split("/")
+            if len(parts) != 3 or not all(parts):
+                raise ValueError(
+                    "expected bigtable://project/instance/table, got "
+                    f"{len(parts)} part(s) after bigtable:// ({'/'.join('…' for _ in parts)})"
+                )
+            return v
         if not sep or scheme not in ("redis", "rediss", "unix"):
             # the URL itself is never echoed: it may hold the password
             shown = f"scheme {scheme!r}" if sep and scheme.isalnum() else "no scheme"
-            raise ValueError(f"expected redis://host:port/db, rediss:// or unix://, got {shown}")
+            raise ValueError(
+                "expected redis://host:port/db, rediss://, unix:// or "
+                f"bigtable://project/instance/table, got {shown}"
+            )
         return v
 
 

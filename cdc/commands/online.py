@@ -33,7 +33,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from connectors.online import RedisOnline
+    from connectors.online import open_online
     from state_models.scd2 import TableDef
 
     cfg = load(args)
@@ -44,7 +44,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             f"{registered.id} is not kept online: add an `online:` section (url, key_prefix, "
             "tables) to cdc.yaml, at the top or in its source"
         )
-    return cfg, TableDef.from_registered(registered), RedisOnline(store)
+    return cfg, TableDef.from_registered(registered), open_online(store)
 
 
 def _expected(cfg: Any, table: Any) -> list[Any]:
@@ -65,6 +65,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     cfg, table, online = _open(args)
     try:
         rows = _expected(cfg, table)
+        online.ping()  # reachable, and ready (a Bigtable store's table made when missing)
         written = sum(online.write(rows[i : i + 5000]) for i in range(0, len(rows), 5000))
     finally:
         online.close()

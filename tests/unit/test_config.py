@@ -475,11 +475,7 @@ sources:
     assert stores["payments.public.charges"] is None  # its source's section does not name it
 
 
-def test_a_wrong_online_url_is_refused_without_echoing_it(tmp_path):
-    for url in ('"http://:hunter2@cache:6379/0"', "{host: cache, password: hunter2}"):
-        p = write(
-            tmp_path,
-            f"""
+ONLINE_REGISTRY = """
 online: {{url: {url}}}
 sources:
   billing:
@@ -487,8 +483,23 @@ sources:
     engine: pgoutput
     dsn: postgresql://h/db
     tables: [{{name: public.subscriptions, primary_key: [id]}}]
-""",
-        )
+"""
+
+
+def test_a_wrong_online_url_is_refused_without_echoing_it(tmp_path):
+    for url in ('"http://:hunter2@cache:6379/0"', "{host: cache, password: hunter2}"):
+        p = write(tmp_path, ONLINE_REGISTRY.format(url=url))
         (problem,) = problems_of(p)
         assert "online" in problem and "url" in problem, problem
         assert "hunter2" not in problem, problem
+
+
+def test_a_bigtable_online_url_names_project_instance_and_table(tmp_path):
+    body = ONLINE_REGISTRY
+    good = load_config(write(tmp_path, body.format(url="bigtable://acme/features/cdc_online")))
+    assert good.registry.online is not None
+    assert good.registry.online.url == "bigtable://acme/features/cdc_online"
+    for bad in ("bigtable://acme/features", "bigtable://acme//cdc_online", "bigtable://a/b/c/d"):
+        (problem,) = problems_of(write(tmp_path, body.format(url=bad)))
+        assert "expected bigtable://project/instance/table" in problem, problem
+        assert "acme" not in problem and "features" not in problem, problem

@@ -1,4 +1,5 @@
-"""The online store in a real redis-server of the test's own (never the machine's service).
+"""The online store, in a real redis-server of the test's own (never the machine's service) and
+in the Bigtable emulator (cbtemulator, through the official client): every test runs on both.
 
 The fence (a late older write never replaces a newer one, a tombstone keeps a deleted row deleted),
 `cdc run` feeding it through duplicated, reordered and late deliveries (including a late older
@@ -22,31 +23,47 @@ import pytest
 from cdc.cli import main as cdc_main
 from cdc.config import load_config
 from cdc.runtime import Runtime, RuntimeOptions
-from connectors.local_servers import RedisServer
-from connectors.online import OnlineRow, RedisOnline
+from connectors.local_servers import BigtableEmulator, RedisServer, cbtemulator_binary
+from connectors.online import OnlineBackend, OnlineRow, open_online
 from state_models.events import ChangeEvent, Op
 from state_models.registry import OnlineStore
 from state_models.seq import make_seq
 from tests.unit.test_runtime import factory, run_until
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("redis-server") is None,
-        reason="needs redis-server (apt-get install redis-server; scripts/install-system-deps.sh)",
-    ),
-]
+pytestmark = [pytest.mark.integration]
 
 TABLE = "billing.public.subscriptions"
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
+@pytest.fixture(params=["redis", "bigtable"])
+def online_server(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RedisServer | BigtableEmulator]:
+    """A store of the test's own: redis-server, or the Bigtable emulator."""
+    server: RedisServer | BigtableEmulator
+    if request.param == "redis":
+        if shutil.which("redis-server") is None:
+            pytest.skip(
+                "needs redis-server (apt-get install redis-server; scripts/install-system-deps.sh)"
+            )
+        server = RedisServer()
+    else:
+        if cbtemulator_binary() is None:
+            pytest.skip(
+                "needs the Bigtable emulator: apt-get install google-cloud-cli-bigtable-emulator "
+                "(Google's Cloud SDK repository) or set CDC_CBTEMULATOR"
+            )
+        server = BigtableEmulator()
+        monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", server.host)
+    server.start()
     try:
         yield server
     finally:
         server.destroy()
+
+
+def backend(server: RedisServer | BigtableEmulator, key_prefix: str) -> OnlineBackend:
+    return open_online(OnlineStore(url=server.url, key_prefix=key_prefix))
 
 
 def row(key: int, seq: int, plan: str | None = "basic", deleted: bool = False) -> OnlineRow:
@@ -54,9 +71,10 @@ def row(key: int, seq: int, plan: str | None = "basic", deleted: bool = False) -
     return OnlineRow(TABLE, f'{{"id":{key}}}', make_seq(seq, seq), deleted, fields)
 
 
-def test_the_fence_keeps_the_newest_and_a_tombstone_keeps_a_row_deleted(redis_server):
-    store = RedisOnline(OnlineStore(url=redis_server.url, key_prefix="t:"))
+def test_the_fence_keeps_the_newest_and_a_tombstone_keeps_a_row_deleted(online_server):
+    store = backend(online_server, "t:")
     try:
+        store.ping()  # ready (Bigtable: its table made)
         assert store.write([row(1, 2, "team")]) == 1
         assert store.write([row(1, 1, "basic")]) == 0  # late and older: refused
         assert store.write([row(1, 2, "team")]) == 0  # the same again: nothing to do
@@ -65,7 +83,8 @@ def test_the_fence_keeps_the_newest_and_a_tombstone_keeps_a_row_deleted(redis_se
         assert store.write([row(1, 2, "pro")]) == 0  # an older update after the delete
         held = dict(store.rows(TABLE))['{"id":1}']
         assert held == {"_seq": make_seq(3, 3), "_deleted": "1"}
-        assert store.client.ttl(store.key(TABLE, '{"id":1}')) > 0  # tombstones expire
+        if isinstance(online_server, RedisServer):
+            assert store.client.ttl(store.key(TABLE, '{"id":1}')) > 0  # tombstones expire
         assert store.write([row(1, 4, "pro")]) == 1  # re-inserted later: live again
         assert dict(store.rows(TABLE))['{"id":1}']["plan"] == '"pro"'
     finally:
@@ -116,9 +135,9 @@ def cli(config: Path, *args: str) -> tuple[int, str]:
 
 
 def test_cdc_run_keeps_the_store_equal_to_current_through_disorder_and_an_outage(
-    redis_server, tmp_path
+    online_server, tmp_path
 ):
-    config = registry(tmp_path, redis_server.url)
+    config = registry(tmp_path, online_server.url)
     cfg = load_config(config)
     inserts = [change(i, i, "basic", Op.INSERT) for i in range(1, 21)]
     updates = [change(100 + i, i, "team") for i in range(1, 21)]
@@ -134,11 +153,11 @@ def test_cdc_run_keeps_the_store_equal_to_current_through_disorder_and_an_outage
     rt = Runtime(cfg, RuntimeOptions(max_latency_s=0), capture_factory=factory(batches))
     run_until(rt, lambda r: r.summary.events_merged >= 45)
     assert cli(config, "online", "verify", TABLE)[0] == 0
-    store = RedisOnline(cfg.registry.online)  # type: ignore[arg-type]
+    store = open_online(cfg.registry.online)  # type: ignore[arg-type]
     try:
         assert dict(store.rows(TABLE))['{"id":5}'].get("_deleted") == "1"
         # keys lost (an eviction, a flush): verify names them, rebuild puts them back
-        store.client.delete(store.key(TABLE, '{"id":7}'), store.key(TABLE, '{"id":8}'))
+        store.delete(TABLE, ['{"id":7}', '{"id":8}'])
         code, said = cli(config, "online", "verify", TABLE)
         assert code == 1 and '{"id":7}' in said and '{"id":8}' in said, said
         assert cli(config, "online", "rebuild", TABLE)[0] == 0
@@ -146,8 +165,8 @@ def test_cdc_run_keeps_the_store_equal_to_current_through_disorder_and_an_outage
     finally:
         store.close()
 
-    # an outage: merges go on, the store catches up once Redis is back
-    redis_server.stop()
+    # an outage: merges go on, the store catches up once it is back (empty: no persistence)
+    online_server.stop()
     more = [[change(300 + i, i, "enterprise")] for i in range(1, 6)]
     rt = Runtime(cfg, RuntimeOptions(max_latency_s=0), capture_factory=factory(more))
     stop_at: dict[str, Any] = {}
@@ -157,12 +176,10 @@ def test_cdc_run_keeps_the_store_equal_to_current_through_disorder_and_an_outage
             return False  # not started yet
         if r.summary.events_merged >= 5 and "back" not in stop_at:
             stop_at["back"] = time.monotonic()
-            redis_server.start()
+            online_server.start()
         syncer = next(iter(r.online.values()))
         # written, and the store (back empty: no persistence) refilled from the state table
-        return (
-            "back" in stop_at and not syncer.pending() and not syncer.stale and syncer.written >= 5
-        )
+        return "back" in stop_at and syncer.idle() and not syncer.stale and syncer.written >= 5
 
     run_until(rt, merged_then_back, timeout=60)
     assert rt.summary.events_merged >= 5  # merged while Redis was down
@@ -171,7 +188,7 @@ def test_cdc_run_keeps_the_store_equal_to_current_through_disorder_and_an_outage
 
 
 @pytest.mark.parametrize("per_bundle", [False, True], ids=["group_into_batches", "per_bundle"])
-def test_the_beam_merge_feeds_the_store_through_disorder(redis_server, tmp_path, per_bundle):
+def test_the_beam_merge_feeds_the_store_through_disorder(online_server, tmp_path, per_bundle):
     """The streaming job's merge step (as `cdc job streaming` builds it from the registry) writes
     each touched key's current version to Redis: duplicated, reordered and late deliveries,
     including a late older update after a delete, leave the store equal to `_current`."""
@@ -185,7 +202,7 @@ def test_the_beam_merge_feeds_the_store_through_disorder(redis_server, tmp_path,
     from merge_jobs.transforms import DecodeMessages, MergeIntoWarehouse, WarehouseConnector
     from state_models.pubsub import message_for
 
-    config = registry(tmp_path, redis_server.url)
+    config = registry(tmp_path, online_server.url)
     loaded = load_config(config)
     infos, defs = registered_tables(loaded.registry)
     online = online_stores(loaded.registry)
@@ -217,7 +234,7 @@ def test_the_beam_merge_feeds_the_store_through_disorder(redis_server, tmp_path,
 
     code, out = cli(config, "online", "verify", TABLE, "--format", "json")
     assert code == 0, out
-    store = RedisOnline(OnlineStore(url=redis_server.url, key_prefix="test:"))
+    store = backend(online_server, "test:")
     try:
         held = dict(store.rows(TABLE))
     finally:
