@@ -17,6 +17,7 @@ the table cannot widen to) dead-letters that batch's events and carries on.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ DEFAULT_BATCH_SIZE = 10_000
 
 #: Extra facts to keep with a dead letter (e.g. the file and line an event came from).
 ContextOf = Callable[[ChangeEvent], Mapping[str, Any]]
+
+log = logging.getLogger("cdc.merge")
 
 
 @dataclass
@@ -150,6 +153,14 @@ def _apply_batch(
         counts.deleted += result.deleted
         counts.schema_changes.extend(result.schema_changes)
         letters = [_letter(r.error, r.event, table, context_of) for r in result.rejected]
+        if log.isEnabledFor(logging.DEBUG):
+            # one line per MERGE: how far each table got, MERGE by MERGE (`cdc run --debug`)
+            log.debug(
+                "merged %d events into %s through %s",
+                len(batch),
+                table.table_id,
+                max(e.seq for e in batch),
+            )
     counts.dead_lettered += len(letters)
     report.dead_letters.extend(dead_letters.put_many(letters))
 

@@ -103,7 +103,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def setup_logging(fmt: str) -> None:
+def setup_logging(fmt: str, *, debug: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -111,7 +111,7 @@ def setup_logging(fmt: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("py4j", "jpype", "urllib3", "google", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cdc.runtime import Runtime, RuntimeOptions
     from connectors.sources import fill_primary_keys
 
-    setup_logging(args.log_format)
+    setup_logging(args.log_format, debug=getattr(args, "debug", False))
     cfg = load(args, writes=True)
     if not cfg.registry.tables():
         raise ConfigError(
