@@ -78,6 +78,7 @@ class CdcOperator(BaseOperator):
         self.cwd = cwd
         self.json_output = json_output
         self._process: subprocess.Popen[str] | None = None
+        self._last_error = ""
 
     # ------------------------------------------------------------------ the command
 
@@ -100,10 +101,13 @@ class CdcOperator(BaseOperator):
         argv = self.command()
         self.log.info("running %s", shlex.join(argv))
         code, stdout = self._run(argv)
-        report = self._parse(stdout) if self.json_output else None
         if code == 0:
-            return report if self.json_output else _last_line(stdout)
+            return self._parse(stdout) if self.json_output else _last_line(stdout)
+        # a failed command may have printed its report, or only an error line (a source that
+        # refused us): either way its exit code decides whether Airflow retries
+        report = _json_or_none(stdout) if self.json_output else None
         what = self.summarize(report) if report is not None else _last_line(stdout)
+        what = what or self._last_error  # `cdc` says why on stderr, in one line
         message = f"`cdc {shlex.join(self.arguments)}` exited {code}"
         if what:
             message += f": {what}"
@@ -165,6 +169,7 @@ class CdcOperator(BaseOperator):
             text = line.rstrip("\n").rsplit("\r", 1)[-1]
             if text.strip():
                 self.log.info("%s", text)
+                self._last_error = text.strip()
 
     def _parse(self, stdout: str) -> Any:
         try:
@@ -175,6 +180,13 @@ class CdcOperator(BaseOperator):
                 f"`{self.arguments[0]}` printed no JSON report (first 200 characters: "
                 f"{stdout[:200]!r})"
             ) from None
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def _last_line(text: str) -> str:

@@ -206,6 +206,9 @@ def test_a_command_that_exits_2_fails_the_task_without_retrying(
     assert run["state"] == "failed"
     assert run["tasks"] == {"replay__billing_public_subscriptionz": "failed"}
     assert "bad usage or registry: not retried" in err
+    # the task's failure says why, from what `cdc` printed on stderr
+    reason = err[err.index("`cdc replay billing.public.subscriptionz") :].splitlines()[0]
+    assert "exited 2: " in reason and "subscriptionz" in reason.split("exited 2: ")[1], reason
     assert err.count(f"running {CDC} replay billing.public.subscriptionz") == 1
     assert "subscriptionz" in err
 
