@@ -221,6 +221,7 @@ class BinlogDecoder:
         self.in_tx = False
         self.tx_start: tuple[str, int] = self.done
         self.tx_gtid: str | None = None
+        self.tx_id: str | None = None  # its GTID, else where it starts in the binlog
         self._highest: tuple[int, int] = (self.file_no, int(position["pos"]) - 1)
         self._shapes: dict[tuple[Any, ...], Shape] = {}
         #: changes that could not be read, waiting to be stored before the position moves on
@@ -266,12 +267,14 @@ class BinlogDecoder:
         self.tx_start = (self.file, start)
         if gtid is not None and not gtid.endswith(":0"):  # MySQL anonymous GTIDs are ...:0
             self.tx_gtid = gtid
+        self.tx_id = transaction_id(self.tx_gtid, self.file, start)
 
     def _commit(self, end: int) -> None:
         if self.tx_gtid is not None:
             self.gtids.add(self.tx_gtid)
         self.in_tx = False
         self.tx_gtid = None
+        self.tx_id = None
         self.done = (self.file, end)
 
     # -- rows
@@ -346,7 +349,7 @@ class BinlogDecoder:
                         exc,
                         seq=seq,
                         file=self.file,
-                        tx_id=self.tx_gtid,
+                        tx_id=self.tx_id,
                         # the source's watermark stays before this change's transaction
                         watermark_hold=cut_at(self.tx_start),
                     )
@@ -406,7 +409,7 @@ class BinlogDecoder:
                 after=after,
                 seq=seq,
                 commit_ts=ts,
-                tx_id=self.tx_gtid,
+                tx_id=self.tx_id,
                 event_id=make_event_id(shape.info.id, key, seq),
                 source_types=shape.source_types,
                 raw=raw,
@@ -505,6 +508,14 @@ def snapshot_event(
         source_types=shape.source_types,
         raw=raw,
     )
+
+
+def transaction_id(gtid: str | None, file: str, start: int) -> str:
+    """A binlog transaction's id: its GTID, else (MySQL without GTIDs: anonymous transactions)
+    where it starts, ``mysql-bin.000042:1234``, the same however often the binlog is read. Every
+    change of one transaction carries it, so transaction boundaries (the watermark, ``cdc history
+    --tx``) work without GTIDs too."""
+    return gtid if gtid is not None else f"{file}:{start}"
 
 
 class GtidState:

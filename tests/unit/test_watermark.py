@@ -99,3 +99,20 @@ def test_a_cdc_progress_table_of_an_older_version_gets_the_watermark_columns(tmp
     finally:
         wh.close()
     assert row["applied_seq"] == "0000000001" and row["watermark_seq"] == make_seq(3)
+
+
+def test_mysql_transactions_without_gtid_get_their_start_position_as_id() -> None:
+    from connectors.capture.binlog import transaction_id
+
+    assert transaction_id("0-1-42", "mysql-bin.000003", 120) == "0-1-42"
+    first = transaction_id(None, "mysql-bin.000003", 120)
+    second = transaction_id(None, "mysql-bin.000003", 977)
+    assert (first, second) == ("mysql-bin.000003:120", "mysql-bin.000003:977")
+    assert transaction_id(None, "mysql-bin.000003", 120) == first  # the same on every read
+    # so anonymous transactions have boundaries: the watermark stops before the open one
+    cuts = TransactionCuts()
+    a = [event(make_seq(3, 200, i), first, i) for i in range(2)]
+    b = [event(make_seq(3, 1000, i), second, i) for i in range(2)]
+    cuts.observe([*a[:1]])
+    cuts.observe([a[1], *b])
+    assert cuts.complete_through() == seq_before(b[0].seq)
