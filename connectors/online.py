@@ -316,7 +316,7 @@ class OnlineSyncer:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.failures == 1 or self.failures % 50 == 0:
-                    log.warning("online store unreachable, retrying: %s", self.last_error)
+                    log.warning("online store write failed, retrying: %s", self.last_error)
                 if self._stop:
                     return
                 time.sleep(delay)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from connectors.online import DELETED_FIELD, SEQ_FIELD, OnlineRow
@@ -27,6 +28,7 @@ from state_models.registry import OnlineStore
 
 LIVE = "v"
 TOMBSTONES = "t"
+WRITERS = 16  # concurrent CheckAndMutateRow calls per batch
 
 
 def _transient(exc: Exception) -> bool:
@@ -59,6 +61,7 @@ class BigtableOnline:
         self.client = client or bigtable.Client(project=project, admin=True)
         self.table = self.client.instance(instance).table(table)
         self._ensured = False
+        self._writers: ThreadPoolExecutor | None = None
 
     def _ensure(self, *, created_is_an_error: bool = True) -> None:
         """Make the table and its families when missing. A table that had to be made means an
@@ -100,32 +103,16 @@ class BigtableOnline:
         return f"{self.store.key_prefix}{table_id}:{key}"
 
     def write(self, rows: Sequence[OnlineRow]) -> int:
-        """Write each row where it is newer than what Bigtable holds; how many were written."""
-        from google.cloud.bigtable import row_filters as rf
-
+        """Write each row where it is newer than what Bigtable holds; how many were written.
+        ``CheckAndMutateRow`` takes one row, so a batch goes out over ``WRITERS`` concurrent
+        calls (two versions of one key racing each other are settled by the fence)."""
         if not rows:
             return 0
         self._ensure()
-        written = 0
         try:
-            for r in rows:
-                seq = r.seq.encode()
-                held_newer = rf.RowFilterChain(
-                    filters=[
-                        rf.ColumnQualifierRegexFilter(b"^_seq$"),
-                        rf.ValueRangeFilter(start_value=seq, inclusive_start=True),
-                    ]
-                )
-                row = self.table.conditional_row(self.key(r.table_id, r.key).encode(), held_newer)
-                row.delete(state=False)
-                family = TOMBSTONES if r.deleted else LIVE
-                row.set_cell(family, SEQ_FIELD.encode(), seq, state=False)
-                if r.deleted:
-                    row.set_cell(family, DELETED_FIELD.encode(), b"1", state=False)
-                for name, value in r.fields.items():
-                    row.set_cell(family, name.encode(), value.encode(), state=False)
-                if not row.commit():  # the predicate did not match: nothing newer was held
-                    written += 1
+            if len(rows) == 1:
+                return int(self._write_one(rows[0]))
+            return sum(self._pool().map(self._write_one, rows))
         except Exception as exc:
             if _missing(exc):
                 # a store that came back empty (an emulator restarted, a table dropped): the
@@ -135,7 +122,31 @@ class BigtableOnline:
             if _transient(exc):
                 raise TransientError(f"Bigtable online store: {exc}") from exc
             raise
-        return written
+
+    def _write_one(self, r: OnlineRow) -> bool:
+        from google.cloud.bigtable import row_filters as rf
+
+        seq = r.seq.encode()
+        held_newer = rf.RowFilterChain(
+            filters=[
+                rf.ColumnQualifierRegexFilter(b"^_seq$"),
+                rf.ValueRangeFilter(start_value=seq, inclusive_start=True),
+            ]
+        )
+        row = self.table.conditional_row(self.key(r.table_id, r.key).encode(), held_newer)
+        row.delete(state=False)
+        family = TOMBSTONES if r.deleted else LIVE
+        row.set_cell(family, SEQ_FIELD.encode(), seq, state=False)
+        if r.deleted:
+            row.set_cell(family, DELETED_FIELD.encode(), b"1", state=False)
+        for name, value in r.fields.items():
+            row.set_cell(family, name.encode(), value.encode(), state=False)
+        return not row.commit()  # the predicate did not match: nothing newer was held
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="bigtable-online")
+        return self._writers
 
     def rows(self, table_id: str) -> Iterator[tuple[str, dict[str, str]]]:
         """(canonical key, fields) of every row and tombstone of a table."""
@@ -172,4 +183,7 @@ class BigtableOnline:
         self._ensure(created_is_an_error=False)
 
     def close(self) -> None:
+        if self._writers is not None:
+            self._writers.shutdown(wait=True)
+            self._writers = None
         self.client.close()
