@@ -237,6 +237,17 @@ def compare(
     return out
 
 
+def _newest_per_key(rows: Sequence[OnlineRow]) -> list[OnlineRow]:
+    """One row per key, its newest version: the fence would refuse the older ones anyway, so
+    they need not travel (several merges' versions of a busy key wait in one batch)."""
+    newest: dict[tuple[str, str], OnlineRow] = {}
+    for r in rows:
+        held = newest.get((r.table_id, r.key))
+        if held is None or r.seq > held.seq:
+            newest[(r.table_id, r.key)] = r
+    return list(newest.values())
+
+
 class OnlineSyncer:
     """Writes rows to a store on its own thread, retrying with backoff (see the module doc)."""
 
@@ -305,7 +316,7 @@ class OnlineSyncer:
                 del self._queue[:5000]
                 self._busy = True
             try:
-                self.store.write(batch)
+                self.store.write(_newest_per_key(batch))
             except Exception as exc:  # Redis down or refusing: keep the rows, try again later
                 with self._lock:
                     self._queue[:0] = batch
