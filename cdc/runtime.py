@@ -423,7 +423,8 @@ class Runtime:
 
     def _start_online(self) -> None:
         """A syncer per ``online:`` store of the registry (``connectors.online``)."""
-        from connectors.online import OnlineSyncer, open_online
+        from connectors.online import OnlineSyncer
+        from connectors.online_stores import open_online
 
         syncers: dict[int, Any] = {}
         for t in self.registry.tables():

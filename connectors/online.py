@@ -123,15 +123,6 @@ class OnlineBackend(Protocol):
     def close(self) -> None: ...
 
 
-def open_online(store: OnlineStore, *, where: str = "online") -> OnlineBackend:
-    """The store ``online.url`` names: ``bigtable://...`` or Redis."""
-    if store.url.startswith("bigtable://"):
-        from connectors.online_bigtable import BigtableOnline
-
-        return BigtableOnline(store)
-    return RedisOnline(store, where=where)
-
-
 class RedisOnline:
     """One Redis (Memorystore) online store (see the module doc)."""
 

@@ -494,7 +494,7 @@ class _WriteOnlineFn(beam.DoFn):
         self._stores: dict[int, Any] = {}
 
     def _store(self, table_id: str) -> Any:
-        from connectors.online import open_online
+        from connectors.online_stores import open_online
 
         config = self._online[table_id]
         if id(config) not in self._stores:

@@ -33,7 +33,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from connectors.online import open_online
+    from connectors.online_stores import open_online
     from state_models.scd2 import TableDef
 
     cfg = load(args)

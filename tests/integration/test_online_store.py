@@ -24,7 +24,8 @@ from cdc.cli import main as cdc_main
 from cdc.config import load_config
 from cdc.runtime import Runtime, RuntimeOptions
 from connectors.local_servers import BigtableEmulator, RedisServer, cbtemulator_binary
-from connectors.online import OnlineBackend, OnlineRow, open_online
+from connectors.online import OnlineBackend, OnlineRow
+from connectors.online_stores import open_online
 from state_models.events import ChangeEvent, Op
 from state_models.registry import OnlineStore
 from state_models.seq import make_seq
