@@ -14,8 +14,14 @@ task log as it goes (progress lines included), and turns its exit code into the 
 
 Secrets stay out of the DAG file and the log: ``connections`` maps an environment variable the
 registry reads (``dsn: ${SHOP_DSN}``) to an Airflow connection id, whose URI is put into the child's
-environment only (Composer: a Secret Manager backend holds it). Nothing of the environment is
-logged, and the command line holds no secret.
+environment only (Composer: a Secret Manager backend holds it); ``secret_variables`` does the same
+from Airflow Variables (``{"CDC_PII_KEY": "cdc_pii_key"}``). Both are read when the task runs (not
+templated, so the UI's rendered fields never show them), registered with Airflow's secrets
+masker, and redacted by the operator itself from every line of the command it logs and from its
+failure message, so that even a line that printed one would reach the task log as ``***`` (the
+operator's own redaction holds where Airflow's masker does not run, e.g. in ``dag.test()``). Nothing of the
+environment is logged, and the command line holds no secret (``env`` is templated and shown: keep
+secrets out of it).
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:  # Airflow 3
-    from airflow.sdk import BaseHook, BaseOperator
+    from airflow.sdk import BaseHook, BaseOperator, Variable
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from airflow.sdk.log import mask_secret
 except ImportError:  # Airflow 2.10+
     from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
-    from airflow.models import BaseOperator  # type: ignore[no-redef]
+    from airflow.models import BaseOperator, Variable  # type: ignore[no-redef]
+    from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
 
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
@@ -49,7 +57,8 @@ class CdcOperator(BaseOperator):
     """Runs ``cdc ARGUMENTS... [--config CONFIG]`` and fails the task on a non-zero exit.
 
     ``arguments`` and ``config`` are templated (``{{ data_interval_start }}`` and friends), as is
-    ``env`` (extra environment variables, e.g. ``CDC_PII_KEY`` from a Variable). ``json_output``:
+    ``env`` (extra environment variables that are not secret). ``connections`` and
+    ``secret_variables`` bring secrets (see the module doc). ``json_output``:
     the command prints one JSON document on stdout (``--format json``), returned as the XCom
     value and handed to ``summarize`` to explain a failure.
     """
@@ -65,6 +74,7 @@ class CdcOperator(BaseOperator):
         cdc_command: str | Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
         connections: Mapping[str, str] | None = None,
+        secret_variables: Mapping[str, str] | None = None,
         cwd: str | None = None,
         json_output: bool = False,
         **kwargs: Any,
@@ -75,10 +85,12 @@ class CdcOperator(BaseOperator):
         self.cdc_command = cdc_command
         self.env = dict(env or {})
         self.connections = dict(connections or {})
+        self.secret_variables = dict(secret_variables or {})
         self.cwd = cwd
         self.json_output = json_output
         self._process: subprocess.Popen[str] | None = None
         self._last_error = ""
+        self._secrets: set[str] = set()  # values redacted from everything this task logs
 
     # ------------------------------------------------------------------ the command
 
@@ -94,20 +106,40 @@ class CdcOperator(BaseOperator):
     def child_environment(self) -> dict[str, str]:
         env = {**os.environ, **{k: str(v) for k, v in self.env.items()}}
         for variable, conn_id in self.connections.items():
-            env[variable] = BaseHook.get_connection(conn_id).get_uri()
+            connection = BaseHook.get_connection(conn_id)
+            env[variable] = connection.get_uri()
+            self._secret(env[variable])
+            if connection.password:
+                self._secret(connection.password)
+        for variable, key in self.secret_variables.items():
+            env[variable] = str(Variable.get(key))
+            self._secret(env[variable])
         return env
+
+    def _secret(self, value: str) -> None:
+        # Airflow's masker, for its own logs; and our own redaction of what the child prints,
+        # which holds however the task runs (dag.test() logs without the masker)
+        mask_secret(value)
+        if value:
+            self._secrets.add(value)
+
+    def _redact(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
 
     def execute(self, context: Any) -> Any:
         argv = self.command()
         self.log.info("running %s", shlex.join(argv))
         code, stdout = self._run(argv)
         if code == 0:
-            return self._parse(stdout) if self.json_output else _last_line(stdout)
+            return self._parse(stdout) if self.json_output else self._redact(_last_line(stdout))
         # a failed command may have printed its report, or only an error line (a source that
         # refused us): either way its exit code decides whether Airflow retries
         report = _json_or_none(stdout) if self.json_output else None
         what = self.summarize(report) if report is not None else _last_line(stdout)
         what = what or self._last_error  # `cdc` says why on stderr, in one line
+        what = self._redact(what)
         message = f"`cdc {shlex.join(self.arguments)}` exited {code}"
         if what:
             message += f": {what}"
@@ -157,7 +189,7 @@ class CdcOperator(BaseOperator):
         for line in process.stdout:
             out.append(line)
             if not self.json_output:
-                self.log.info("%s", line.rstrip("\n"))
+                self.log.info("%s", self._redact(line.rstrip("\n")))
         code = process.wait()
         progress.join(timeout=10)
         self._process = None
@@ -168,6 +200,7 @@ class CdcOperator(BaseOperator):
             # progress bars redraw with carriage returns: log the newest state of each line
             text = line.rstrip("\n").rsplit("\r", 1)[-1]
             if text.strip():
+                text = self._redact(text)
                 self.log.info("%s", text)
                 self._last_error = text.strip()
 
@@ -175,7 +208,7 @@ class CdcOperator(BaseOperator):
         try:
             return json.loads(stdout)
         except json.JSONDecodeError:
-            self.log.info("%s", stdout)
+            self.log.info("%s", self._redact(stdout))
             raise AirflowFailException(
                 f"`{self.arguments[0]}` printed no JSON report (first 200 characters: "
                 f"{stdout[:200]!r})"

@@ -6,7 +6,8 @@ Set on the Composer environment (Environment variables): CDC_CONFIG, the registr
 /home/airflow/gcs/data/cdc/cdc.yaml: the bucket's data/ folder), and CDC_COMMAND, the `cdc` of the
 environment the service is installed in. The registry's `dsn: ${VAR}` values come from Airflow
 connections (a Secret Manager backend on Composer) through CDC_CONNECTIONS, e.g.
-"BILLING_DSN=cdc_billing,PAYMENTS_DSN=cdc_payments".
+"BILLING_DSN=cdc_billing,PAYMENTS_DSN=cdc_payments", and the pii: key from an Airflow Variable
+through CDC_SECRET_VARIABLES, e.g. "CDC_PII_KEY=cdc_pii_key".
 """
 
 from __future__ import annotations

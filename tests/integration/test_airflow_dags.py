@@ -441,3 +441,45 @@ def retry_on_lock(folder: Path, statement: str) -> None:
         except duckdb.IOException:
             assert time.monotonic() < deadline, "the state file stayed locked for 60 s"
             time.sleep(0.05)
+
+
+def test_secrets_from_connections_and_variables_reach_the_command_and_are_masked_in_the_log(
+    airflow: dict[str, str], tmp_path: Path
+) -> None:
+    # a stand-in command that does what cdc never does: print its secrets, and that they arrived
+    script = tmp_path / "leaky.py"
+    script.write_text(
+        "import os\n"
+        "print('dsn', os.environ['BILLING_DSN'])\n"
+        "print('key', os.environ['CDC_PII_KEY'])\n"
+        "print('where', os.environ['BILLING_DSN'].split('@', 1)[1])\n"
+        "print('key length', len(os.environ['CDC_PII_KEY']))\n"
+    )
+    dags = dag_folder(
+        tmp_path,
+        f"""
+        from cdc_airflow.operators import CdcOperator
+        from cdc_airflow.dags import _dag
+
+        with _dag("cdc_leaky", None, None, []) as dag:
+            CdcOperator(
+                task_id="leaky",
+                arguments=[],
+                cdc_command=[{sys.executable!r}, {str(script)!r}],
+                connections={{"BILLING_DSN": "cdc_billing"}},
+                secret_variables={{"CDC_PII_KEY": "cdc_pii_key"}},
+            )
+        """,
+    )
+    dsn = "postgresql://cdc:s3cret-pw@db.internal:5432/billing"
+    run, log = run_dag(
+        airflow,
+        dags,
+        "cdc_leaky",
+        AIRFLOW_CONN_CDC_BILLING=dsn,
+        AIRFLOW_VAR_CDC_PII_KEY="pii-key-0123456789abcdef",
+    )
+    assert run["state"] == "success", log[-3000:]
+    assert "where db.internal:5432/billing" in log and "key length 24" in log  # both arrived
+    assert "s3cret-pw" not in log and "pii-key-0123456789abcdef" not in log
+    assert "dsn ***" in log and "key ***" in log, log[-3000:]
