@@ -438,27 +438,20 @@ class Runtime:
 
     def _feed_online(self, events: Sequence[Any]) -> None:
         """Hand the current version of each key the merge touched to its online store."""
-        from connectors.online import online_row
+        from connectors.online import current_online_rows, touched_keys
 
         if not self.online:
             return
         assert self._warehouse is not None
-        touched: dict[str, dict[str, dict[str, Any]]] = {}
-        for e in events:
-            if e.table in self.online and e.key:
-                touched.setdefault(e.table, {})[repr(sorted(e.key.items()))] = e.key
-        for table_id, keys in touched.items():
-            table = self.tables[table_id]
-            state = self._warehouse.state_table(table)
-            if state is None:
-                continue
-            rows = self._warehouse.current_versions(table, list(keys.values()))
-            self.online[table_id].put([online_row(table_id, state, r) for r in rows])
+        for table_id, keys in touched_keys(events).items():
+            if table_id in self.online:
+                rows = current_online_rows(self._warehouse, self.tables[table_id], keys)
+                self.online[table_id].put(rows)
 
     def _refill_online(self) -> None:
         """Tables an online store fell too far behind on: refilled from their state table once
         the store answers again."""
-        from connectors.online import online_row
+        from connectors.online import current_online_rows
 
         assert self._warehouse is not None
         for syncer in {id(s): s for s in self.online.values()}.values():
@@ -469,11 +462,7 @@ class Runtime:
             except Exception:  # still down: next time
                 continue
             for table_id in sorted(syncer.stale):
-                table = self.tables[table_id]
-                state = self._warehouse.state_table(table)
-                if state is not None:
-                    rows = self._warehouse.current_versions(table)
-                    syncer.put([online_row(table_id, state, r) for r in rows])
+                syncer.put(current_online_rows(self._warehouse, self.tables[table_id]))
                 syncer.stale.discard(table_id)
 
     def _stop_online(self) -> None:

@@ -96,6 +96,27 @@ def online_row(table_id: str, state: StateTable, row: Mapping[str, Any]) -> Onli
     return OnlineRow(table_id, key, str(row[SEQ]), deleted, fields, commit_us)
 
 
+def touched_keys(events: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each table's distinct keys among ``events`` (the keys a merge touched)."""
+    touched: dict[str, dict[str, dict[str, Any]]] = {}
+    for e in events:
+        if e.key:
+            # repr, not JSON: a key may hold decimals or times
+            touched.setdefault(e.table, {})[repr(sorted(e.key.items()))] = e.key
+    return {table_id: list(keys.values()) for table_id, keys in touched.items()}
+
+
+def current_online_rows(
+    warehouse: Any, table: Any, keys: Sequence[Mapping[str, Any]] | None = None
+) -> list[OnlineRow]:
+    """The state table's current version (or tombstone) of ``keys`` (default: every key) as
+    online rows; none while the table does not exist."""
+    state = warehouse.state_table(table)
+    if state is None:
+        return []
+    return [online_row(table.table_id, state, r) for r in warehouse.current_versions(table, keys)]
+
+
 def redis_url(store: OnlineStore, where: str) -> str:
     from connectors.sources import unresolved_variables
 

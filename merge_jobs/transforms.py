@@ -406,8 +406,9 @@ class _ApplyBatchFn(beam.DoFn):
         for letter in collected.letters:
             yield pvalue.TaggedOutput(DEAD_LETTERS, _with_context(letter, {"stage": "merge"}))
         if table_id in self._online:  # the keys this MERGE touched, for the online store
-            keys = {repr(sorted(e.key.items())): e.key for e in events if e.key}
-            yield pvalue.TaggedOutput(ONLINE, (table_id, list(keys.values())))
+            from connectors.online import touched_keys
+
+            yield pvalue.TaggedOutput(ONLINE, (table_id, touched_keys(events).get(table_id, [])))
         table = self._tables.get(table_id)
         if table is not None:
             newest = max(events, key=lambda e: e.commit_ts)
@@ -502,7 +503,7 @@ class _WriteOnlineFn(beam.DoFn):
         return self._stores[id(config)]
 
     def process(self, element: tuple[str, list[dict[str, Any]]]) -> Iterable[None]:
-        from connectors.online import online_row
+        from connectors.online import current_online_rows
 
         table_id, keys = element
         table = self._tables[table_id]
@@ -510,15 +511,11 @@ class _WriteOnlineFn(beam.DoFn):
         def write() -> tuple[int, int]:
             warehouse = POOL.acquire(self._connect, self._connect)
             try:
-                state = warehouse.state_table(table)
-                rows = [] if state is None else warehouse.current_versions(table, keys)
+                online = current_online_rows(warehouse, table, keys)
             except BaseException:
                 POOL.discard(warehouse)
                 raise
             POOL.release(self._connect, warehouse)
-            if state is None:
-                return 0, 0
-            online = [online_row(table_id, state, r) for r in rows]
             written = self._store(table_id).write(online)  # TransientError when unreachable
             return written, len(online) - written
 

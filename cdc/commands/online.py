@@ -48,15 +48,12 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _expected(cfg: Any, table: Any) -> list[Any]:
-    from connectors.online import online_row
+    from connectors.online import current_online_rows
     from connectors.warehouse import open_warehouse
 
     warehouse = open_warehouse(cfg.warehouse_url, lock_wait_s=LOCK_WAIT_S)
     try:
-        state = warehouse.state_table(table)
-        if state is None:
-            return []
-        return [online_row(table.table_id, state, r) for r in warehouse.current_versions(table)]
+        return current_online_rows(warehouse, table)
     finally:
         warehouse.close()
 

@@ -25,6 +25,7 @@ from cdc.commands.job import _pipeline_options, _print_dataflow
 from cdc.demo.run import DemoOptions, run_demo
 from connectors.local_servers import postgres_bindir
 from tests.airflow_env import COMPOSER, airflow_env, ensure_venv
+from tests.integration.test_reconcile_live import state_sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -391,7 +392,7 @@ def test_the_nightly_dag_reconciles_a_live_source_and_repairs_what_differs(
             assert run.poll() is None, (tmp_path / "run.log").read_text()
             assert time.monotonic() < deadline, "the snapshot was not merged in 120 s"
             time.sleep(1)
-        retry_on_lock(tmp_path, f"DELETE FROM {state} WHERE id = 10")  # lost, on purpose
+        state_sql(tmp_path, f"DELETE FROM {state} WHERE id = 10")  # lost, on purpose
 
         # the example DAG's factory as cdc_nightly.py calls it, without its 15-minute retry
         dags = dag_folder(
@@ -428,58 +429,3 @@ def live_rows(folder: Path, state: str) -> int:
     except (duckdb.IOException, duckdb.CatalogException):
         return 0  # held by `cdc run` between merges, or not created yet
     return int(row[0]) if row else 0
-
-
-def retry_on_lock(folder: Path, statement: str) -> None:
-    """A statement on the state file, which `cdc run` lets go of between merges."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with duckdb.connect(str(folder / "warehouse.duckdb")) as con:
-                con.execute(statement)
-            return
-        except duckdb.IOException:
-            assert time.monotonic() < deadline, "the state file stayed locked for 60 s"
-            time.sleep(0.05)
-
-
-def test_secrets_from_connections_and_variables_reach_the_command_and_are_masked_in_the_log(
-    airflow: dict[str, str], tmp_path: Path
-) -> None:
-    # a stand-in command that does what cdc never does: print its secrets, and that they arrived
-    script = tmp_path / "leaky.py"
-    script.write_text(
-        "import os\n"
-        "print('dsn', os.environ['BILLING_DSN'])\n"
-        "print('key', os.environ['CDC_PII_KEY'])\n"
-        "print('where', os.environ['BILLING_DSN'].split('@', 1)[1])\n"
-        "print('key length', len(os.environ['CDC_PII_KEY']))\n"
-    )
-    dags = dag_folder(
-        tmp_path,
-        f"""
-        from cdc_airflow.operators import CdcOperator
-        from cdc_airflow.dags import _dag
-
-        with _dag("cdc_leaky", None, None, []) as dag:
-            CdcOperator(
-                task_id="leaky",
-                arguments=[],
-                cdc_command=[{sys.executable!r}, {str(script)!r}],
-                connections={{"BILLING_DSN": "cdc_billing"}},
-                secret_variables={{"CDC_PII_KEY": "cdc_pii_key"}},
-            )
-        """,
-    )
-    dsn = "postgresql://cdc:s3cret-pw@db.internal:5432/billing"
-    run, log = run_dag(
-        airflow,
-        dags,
-        "cdc_leaky",
-        AIRFLOW_CONN_CDC_BILLING=dsn,
-        AIRFLOW_VAR_CDC_PII_KEY="pii-key-0123456789abcdef",
-    )
-    assert run["state"] == "success", log[-3000:]
-    assert "where db.internal:5432/billing" in log and "key length 24" in log  # both arrived
-    assert "s3cret-pw" not in log and "pii-key-0123456789abcdef" not in log
-    assert "dsn ***" in log and "key ***" in log, log[-3000:]

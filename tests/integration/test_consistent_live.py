@@ -347,11 +347,7 @@ sources:
         .replace("warehouse.duckdb", "fresh.duckdb")
         .replace(f"{tmp_path}/state", f"{tmp_path}/fresh-state")
     )
-    for name in ("subscriptions", "invoices"):
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = cdc_main(["replay", f"{source.prefix}{name}", "--config", str(fresh)])
-        assert code == 0
-    code, replayed, err = as_of(fresh, source, "--at", "2999-01-01T00:00:00Z")
+    code, replayed, err = replay_all(fresh, source)
     assert code == 1 and "capped at the watermark" in err, err  # the last transaction waits
     last_sub, last_amount = invoices.pop(committed[-1][1])
     subs[last_sub] -= last_amount
@@ -371,6 +367,15 @@ sources:
         assert {(r["_table"], r["id"], r["_seq"]) for r in in_bigquery} == {
             (r["_table"], r["id"], r["_seq"]) for r in replayed
         }
+
+
+def replay_all(config: Path, source: Source) -> tuple[int, list[dict[str, Any]], str]:
+    """`cdc replay` of both tables under ``config``, then the consistent as-of of everything."""
+    for name in ("subscriptions", "invoices"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = cdc_main(["replay", f"{source.prefix}{name}", "--config", str(config)])
+        assert code == 0
+    return as_of(config, source, "--at", "2999-01-01T00:00:00Z")
 
 
 def replay_on_bigquery(
@@ -397,11 +402,7 @@ def replay_on_bigquery(
             )
             .replace(f"{tmp_path}/state", f"{tmp_path}/bq-state")
         )
-        for name in ("subscriptions", "invoices"):
-            with contextlib.redirect_stdout(io.StringIO()):
-                code = cdc_main(["replay", f"{source.prefix}{name}", "--config", str(bq)])
-            assert code == 0
-        code, rows, err = as_of(bq, source, "--at", "2999-01-01T00:00:00Z")
+        code, rows, err = replay_all(bq, source)
         assert code == 1 and "capped at the watermark" in err, err
         assert whole(rows, source.prefix)
         return rows
