@@ -111,7 +111,10 @@ def setup_logging(fmt: str, *, debug: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.setLevel(logging.INFO)
+    # --debug: our own loggers only (the JVM bridge and client libraries stay at INFO: at DEBUG
+    # they flood the log and slow a Debezium run's shutdown past its SIGTERM budget)
+    logging.getLogger("cdc").setLevel(logging.DEBUG if debug else logging.NOTSET)
     for noisy in ("py4j", "jpype", "urllib3", "google", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
