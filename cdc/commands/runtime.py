@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import faulthandler
+import io
 import json
 import logging
 import signal
@@ -18,6 +21,7 @@ from cdc.cli import EXIT_FAILED, EXIT_OK, AddCommand
 from cdc.commands.common import LOCK_WAIT_S, load, subcommands
 from cdc.config import LoadedConfig
 from cdc.console import LiveLine, print_table
+from connectors.capture.jvm import java_threads
 from state_models.errors import ConfigError, TransientError
 
 
@@ -121,19 +125,32 @@ def setup_logging(fmt: str, *, debug: bool = False) -> None:
 
 @contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT (Ctrl-C) and SIGTERM set ``stop``: flush, make durable, advance offsets, exit."""
+    """SIGINT (Ctrl-C) and SIGTERM set ``stop``: flush, make durable, advance offsets, exit.
+    SIGUSR1 prints the stack of every Python and Java thread to stderr and changes nothing."""
     previous = {}
 
     def handler(signum: int, _frame: Any) -> None:
         logging.getLogger("cdc.run").info("%s received: stopping", signal.Signals(signum).name)
         stop.set()
 
+    def dump(_signum: int, _frame: Any) -> None:  # after faulthandler's dump of Python's
+        text = java_threads()
+        if text:
+            print(f"Java threads:\n{text}", file=sys.stderr, flush=True)
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
+        # SIGUSR1: every thread's stack on stderr (a stuck run shows where), and the run goes on
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, dump)
+        with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
+            # (stderr may be no file: a test's capture, an embedding; then Java's stacks only)
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
     try:
         yield
     finally:
+        if previous:
+            faulthandler.unregister(signal.SIGUSR1)
         for sig, h in previous.items():
             signal.signal(sig, h)
 
@@ -142,10 +159,18 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_format, debug=getattr(args, "debug", False))
+    stop = threading.Event()
+    # from the start: a SIGTERM while the run starts (or recovers its journal) stops it cleanly
+    # once it has started, instead of killing it with 143 (which loses nothing, but says nothing)
+    with stop_on_signals(stop):
+        return _serve(args, stop)
+
+
+def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
     from cdc.runtime import Runtime, RuntimeOptions
     from connectors.sources import fill_primary_keys
 
-    setup_logging(args.log_format, debug=getattr(args, "debug", False))
     cfg = load(args, writes=True)
     if not cfg.registry.tables():
         raise ConfigError(
@@ -182,7 +207,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}"
             ) from None
-    stop = threading.Event()
     if args.duration:
         # a daemon: a run that ends early (a capture failed) does not wait for the timer to fire
         timer = threading.Timer(args.duration, stop.set)
@@ -194,13 +218,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.changelog_root,
         cfg.warehouse_url,
     )
-    with stop_on_signals(stop):
-        try:
-            summary = runtime.run(stop)
-        finally:
-            live.close()
-            if metrics is not None:
-                metrics.shutdown()
+    try:
+        summary = runtime.run(stop)
+    finally:
+        live.close()
+        if metrics is not None:
+            metrics.shutdown()
     log.info(
         "stopped: %d events merged, %d archived, %d dead letters",
         summary.events_merged,

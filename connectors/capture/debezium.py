@@ -54,6 +54,9 @@ log = logging.getLogger("cdc.capture.debezium")
 
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 HEARTBEAT_PREFIX = "__debezium-heartbeat"
+#: how long a stopping capture waits for its engine to end after closing it (a SIGTERM's budget is
+#: often 30 s: Kubernetes' default grace period)
+ENGINE_STOP_S = 15
 #: Converter settings: in the embedded engine they are plain properties, in Debezium Server they are
 #: ``debezium.format.*``. Value schemas travel with every event so that types (and columns added
 #: mid-stream) decode exactly without depending on the registry's declared column types.
@@ -262,7 +265,7 @@ class DebeziumCapture(Capture):
 
     def _run_engine(self, sink: EventSink, stop: threading.Event) -> None:
         """Run one engine until ``stop`` (returns) or until it fails (raises with its reason)."""
-        from connectors.capture.jvm import start_jvm
+        from connectors.capture.jvm import java_threads, start_jvm
 
         start_jvm(self.heap)
         bridge = _bridge()
@@ -270,8 +273,11 @@ class DebeziumCapture(Capture):
         done = threading.Event()
 
         delivered: list[str | None] = [None]  # the seq of the last change handed to the sink
+        abandoned = threading.Event()  # set when the engine did not stop within ENGINE_STOP_S
 
         def on_batch(lines: str) -> None:
+            if abandoned.is_set():  # not marked processed: redelivered after the next start
+                raise CaptureError("the engine was left behind at stop; batch not taken")
             events, heartbeat_at, before_heartbeat = self._decode(lines)
             if events:
                 sink.write(events)
@@ -314,9 +320,25 @@ class DebeziumCapture(Capture):
         try:
             while runner.is_alive():
                 if stop.wait(0.2):
-                    engine.close()
+                    # on a thread of its own: close() may itself wait for the engine's tasks
+                    threading.Thread(
+                        target=_close, args=(engine, self.source_name), daemon=True
+                    ).start()
                     break
-            runner.join()
+            runner.join(ENGINE_STOP_S if stop.is_set() else None)
+            if runner.is_alive():
+                # whatever the engine still delivers is refused (and so redelivered at the next
+                # start, from the position saved with the last batch taken); the threads are left
+                # behind and do not hold up the process's exit (connectors.capture.jvm)
+                abandoned.set()
+                log.error(
+                    "the Debezium engine of source %r did not stop within %d s of being closed; "
+                    "leaving it behind. Its threads:\n%s",
+                    self.source_name,
+                    ENGINE_STOP_S,
+                    java_threads(),
+                )
+                return
         finally:
             engine_ended.set()
         if consumer.error is not None:
@@ -401,6 +423,13 @@ class DebeziumCapture(Capture):
             if not isinstance(event, Tombstone):
                 events.append(event)
         return events, heartbeat_at, before_heartbeat
+
+
+def _close(engine: Any, source_name: str) -> None:
+    try:
+        engine.close()
+    except Exception as exc:  # the engine's end (or not) is what _run_engine waits for
+        log.warning("closing the Debezium engine of source %r failed: %s", source_name, exc)
 
 
 def _emitted_at(heartbeat: str) -> float:

@@ -15,6 +15,10 @@ Two process-wide rules come with an embedded JVM:
   worker thread that has ended, it never finishes, and the process hangs at exit. Callers that run
   captures on worker threads call ``start_jvm`` (via ``connectors.capture.prepare_engines``) on the
   main thread first.
+- Exit does not wait for Java threads (``jpype.config.destroy_jvm = False``). A capture closes its
+  engine and saves its position before ``cdc run`` returns; an engine that did not stop in time
+  (``debezium.ENGINE_STOP_S``) must not keep the process alive past its SIGTERM budget: whatever
+  it could still do is redone from the saved position at the next start, as after a crash.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ def offset_store_classes() -> Path:
 def start_jvm(heap: str | None = None) -> None:
     """Start the process's JVM for Debezium if it is not running yet."""
     import jpype
+    import jpype.config
 
     with _lock:
         if not jpype.isJVMStarted():
@@ -118,6 +123,8 @@ def start_jvm(heap: str | None = None) -> None:
                 classpath=[*CLASS_PATHS, str(classes)],
                 interrupt=False,
             )
+            # At exit, do not wait for the JVM's non-daemon threads (module docstring)
+            jpype.config.destroy_jvm = False
             log.info("JVM started (heap %s)", heap)
         try:
             jpype.JClass(OFFSET_STORE_CLASS)
@@ -127,3 +134,20 @@ def start_jvm(heap: str | None = None) -> None:
                 "(something else started it first); start Debezium captures through "
                 "connectors.capture.jvm.start_jvm"
             ) from exc
+
+
+def java_threads(max_frames: int = 12) -> str:
+    """The JVM's threads and their stacks (what ``jstack`` prints), or "" when this process runs no
+    JVM. For a capture that does not stop: ``jstack`` cannot attach to a JVM started with ``-Xrs``."""
+    import jpype
+
+    if not jpype.isJVMStarted():
+        return ""
+    out = []
+    traces = jpype.JClass("java.lang.Thread").getAllStackTraces()
+    for entry in traces.entrySet():
+        thread, frames = entry.getKey(), entry.getValue()
+        daemon = " daemon" if thread.isDaemon() else ""
+        out.append(f'"{thread.getName()}"{daemon} {thread.getState()}')
+        out.extend(f"    at {frame}" for frame in list(frames)[:max_frames])
+    return "\n".join(out)

@@ -26,6 +26,7 @@ from connectors.capture.debezium_server import (
 from state_models.events import Op
 from state_models.registry import Registry, Source, TableSpec, table_infos
 from tests.integration.capture_support import drop_slots, pg_capture, running, sql
+from tests.integration.test_run_crash import stop_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -146,7 +147,8 @@ def test_debezium_server_properties_hold_the_embedded_connector_settings(tmp_pat
 
 def test_cdc_run_with_debezium_stops_gracefully_on_sigterm(db: str, tmp_path: Path) -> None:
     """The JVM leaves SIGTERM to Python (-Xrs): `cdc run` flushes, archives and exits 0. Before,
-    the JVM's own handler ended the process at once with 143, skipping the graceful stop."""
+    the JVM's own handler ended the process at once with 143, skipping the graceful stop. SIGUSR1
+    prints every thread's stack (Python's and the JVM's, which jstack cannot reach under -Xrs)."""
     config = tmp_path / "cdc.yaml"
     config.write_text(f"""
 changelog: ./changelog
@@ -178,8 +180,16 @@ sources:
             time.sleep(0.5)
         else:
             pytest.fail("cdc run did not merge the snapshot in time")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        # SIGUSR1: every Python and Java thread's stack on stderr, and the run goes on
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while "Java threads:" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        dump = log.read_text()
+        assert "Thread 0x" in dump and 'File "' in dump, dump[-3000:]  # faulthandler's
+        assert "Java threads:" in dump and "io.debezium.embedded" in dump, dump[-3000:]
+        assert proc.poll() is None, dump[-3000:]
+        assert stop_run(proc, log, timeout=60) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -34,7 +34,7 @@ from cdc.cli import main as cdc_main
 from cdc.config import load_config
 from connectors.sources import mysql_params
 from connectors.warehouse import open_warehouse
-from tests.integration.test_run_crash import start_run, wait_streaming
+from tests.integration.test_run_crash import start_run, stop_run, wait_streaming
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -299,8 +299,7 @@ sources:
         assert 0 < len(got_s) <= len(got)
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(120)
+            stop_run(proc, log)
     subs = {r[0]: Decimal(r[1]) for r in source.query("SELECT id, total FROM {t}subscriptions")}
     invoices = {
         r[0]: (r[1], Decimal(r[2]))

@@ -133,6 +133,22 @@ def start_run(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     )
 
 
+def stop_run(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> int:
+    """SIGTERM, and the exit code; a run that does not stop in time is asked (SIGUSR1) for every
+    thread's stack, killed, and the test fails with the end of its log, stacks included."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(5)
+        proc.kill()
+        proc.wait()
+        pytest.fail(
+            f"cdc run did not stop within {timeout} s of SIGTERM:\n{log.read_text()[-12000:]}"
+        )
+
+
 def wait_streaming(state: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -141,6 +157,7 @@ def wait_streaming(state: Path, proc: subprocess.Popen[bytes], timeout: float = 
             doc = json.loads((state / "status.json").read_text())
             if (
                 doc.get("running")
+                and doc.get("pid") == proc.pid  # not the status a killed run left behind
                 and doc["captures"].get("billing", {}).get("phase") == "streaming"
             ):
                 return
@@ -232,8 +249,7 @@ sources:
         deadline = time.monotonic() + 90
         while True:
             time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(120) == 0, log.read_text()[-3000:]
+            assert stop_run(proc, log) == 0, log.read_text()[-3000:]
             wh = open_warehouse(cfg.warehouse_url)
             table = TableDef.from_registered(cfg.registry.table(source.table))
             current = wh.current(table)
