@@ -263,11 +263,14 @@ class Runtime:
         self._start_online()
         try:
             self._read_holds()
-            recovered = self._merge_pending(drain=True)
-            archived = self._archive_pending()
+            # a stop while recovering a large journal is honoured between batches: the rest
+            # stays journaled for the next start (captures were never started, so nothing new)
+            recovered = self._merge_pending(drain=True, until=stop)
+            archived = 0 if stop.is_set() else self._archive_pending()
             if recovered or archived:
                 log.info("recovered journal: merged %d events, archived %d", recovered, archived)
-            self._start_captures(capture_stop)
+            if not stop.is_set():
+                self._start_captures(capture_stop)
             archiver = threading.Thread(
                 target=self._archive_loop, args=(archive_stop,), name="archiver", daemon=True
             )
@@ -314,8 +317,9 @@ class Runtime:
             if archiver is not None:
                 archiver.join(timeout=300)
             try:
-                self._merge_pending(drain=True)
-                self._archive_pending()
+                if self._threads:  # what the captures of this run journaled
+                    self._merge_pending(drain=True)
+                    self._archive_pending()
                 self._note_caught_up()
                 self._write_progress(None)
             finally:
@@ -371,14 +375,15 @@ class Runtime:
 
     # ------------------------------------------------------------------ merge
 
-    def _merge_pending(self, drain: bool = False) -> int:
+    def _merge_pending(self, drain: bool = False, until: threading.Event | None = None) -> int:
         """Merge journaled segments: when enough events wait, or the oldest waited long enough.
 
-        With ``drain`` everything pending is merged now (start-up recovery, shutdown).
+        With ``drain`` everything pending is merged now (start-up recovery, shutdown), batch by
+        batch until ``until`` is set.
         """
         assert self._warehouse is not None
         total = 0
-        while True:
+        while until is None or not until.is_set():
             with self._journal_lock:
                 pending = self.journal.pending(MERGED)
                 if not pending:
@@ -418,6 +423,7 @@ class Runtime:
             total += len(events)
             if not drain and len(take) == len(pending):
                 return total
+        return total
 
     # ------------------------------------------------------------------ online store
 

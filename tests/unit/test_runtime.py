@@ -15,7 +15,7 @@ from cdc.config import load_config
 from cdc.runtime import Runtime, RuntimeOptions, read_status
 from connectors.capture.base import Capture, EventSink
 from connectors.changelog.reader import ChangelogReader
-from connectors.journal import ARCHIVED, Journal
+from connectors.journal import ARCHIVED, MERGED, Journal
 from connectors.warehouse import open_warehouse
 from state_models.events import ChangeEvent, Op
 from state_models.scd2 import TableDef
@@ -145,6 +145,37 @@ def test_restart_finishes_what_the_journal_holds(tmp_path):
     assert history(cfg) == [(7, "basic", "c", False), (7, "team", "u", True), (8, "pro", "c", True)]
     assert sum(len(b) for b in ChangelogReader(cfg.changelog_root).events(TABLE)) == 3
     assert journal.pending(ARCHIVED) == [] and journal.segments() == []
+
+
+def test_a_stop_during_journal_recovery_ends_the_run_and_leaves_the_rest_journaled(tmp_path):
+    """SIGTERM while a large journal is being recovered: the run stops between batches, starts no
+    capture, and the next start merges what is left, exactly once."""
+    cfg = load_config(registry(tmp_path))
+    journal = Journal(cfg.state_dir / "journal")
+    for n in range(1, 6):
+        journal.sink("billing").write([change(n, n, "basic", Op.INSERT)])
+    started: list[str] = []
+
+    def make(name, source, tables, state_dir, **_):
+        started.append(name)
+        return ScriptedCapture([], name, source, tables, state_dir)
+
+    rt = Runtime(cfg, RuntimeOptions(batch_size=1, archive_interval_s=3600), capture_factory=make)
+    stop = threading.Event()
+    original = rt._record
+
+    def record_then_stop(events, report):  # the signal arrives after the first batch
+        original(events, report)
+        stop.set()
+
+    rt._record = record_then_stop  # type: ignore[method-assign]
+    summary = rt.run(stop)
+    assert summary.exit_code == 0 and started == []
+    assert len(history(cfg)) == 1 and len(journal.pending(MERGED)) == 4
+    rt = Runtime(cfg, RuntimeOptions(archive_interval_s=3600), capture_factory=factory([]))
+    assert run_until(rt, lambda r: False, timeout=0.3).exit_code == 0
+    assert sorted(h[0] for h in history(cfg)) == [1, 2, 3, 4, 5]
+    assert journal.segments() == []
 
 
 def test_a_failed_capture_stops_the_run_with_its_reason(tmp_path):
