@@ -29,6 +29,7 @@ from state_models.events import (
 )
 from state_models.seq import binlog_seq, parse_seq, pg_seq
 from state_models.tables import TableInfo, TableResolver
+from state_models.watermark import TransactionEnd
 
 _EPOCH = dt.datetime(1970, 1, 1)
 _EPOCH_DATE = dt.date(1970, 1, 1)
@@ -199,6 +200,41 @@ def _decode_change(
     )
 
 
+def decode_transaction_end(
+    message: str | bytes | Mapping[str, Any] | None, source: str
+) -> TransactionEnd | None:
+    """A record of Debezium's transaction topic (``<topic.prefix>.transaction``, PostgreSQL with
+    ``provide.transaction.metadata``): its END as a ``TransactionEnd``, None for a BEGIN. Measured
+    shape: ``{"status": "END", "id": "727:22141576", "event_count": 3, "data_collections":
+    [{"data_collection": "public.a", "event_count": 2}, ...]}``, the id's number after the colon
+    being the commit LSN. Anything else raises ``DecodeError`` with the raw message."""
+    raw = _raw_text(message)
+    doc = _parse(message, raw)
+    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        doc = doc["payload"]
+    if not isinstance(doc, dict) or doc.get("status") not in ("BEGIN", "END"):
+        raise DecodeError("not a Debezium transaction record (status BEGIN or END)", raw=raw)
+    if doc["status"] == "BEGIN":
+        return None
+    tx, _, commit = str(doc.get("id") or "").partition(":")
+    collections = doc.get("data_collections")
+    if not tx or not commit.isdigit() or not isinstance(collections, list):
+        raise DecodeError(
+            "transaction END without an id 'xid:commit LSN' and its data_collections", raw=raw
+        )
+    counts: dict[str, int] = {}
+    for item in collections:
+        name = item.get("data_collection") if isinstance(item, dict) else None
+        n = item.get("event_count") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise DecodeError(
+                "transaction END: each data_collections item needs data_collection and event_count",
+                raw=raw,
+            )
+        counts[f"{source}.{name}"] = counts.get(f"{source}.{name}", 0) + n
+    return TransactionEnd(source, tx, int(commit), tuple(sorted(counts.items())))
+
+
 def _parse(message: Any, raw: str | None) -> Any:
     if message is None:
         return None
@@ -292,6 +328,15 @@ def _commit_ts(source: Mapping[str, Any], doc: Mapping[str, Any], raw: str | Non
 
 def _tx_id(connector: str | None, source: Mapping[str, Any], doc: Mapping[str, Any]) -> str | None:
     tx = doc.get("transaction")
+    if connector == "postgresql":
+        # with provide.transaction.metadata, Debezium's PostgreSQL transaction id is
+        # "xid:<this change's LSN>" (measured: it differs between changes of one transaction), so
+        # the transaction is its xid: source.txId, else the id's part before the colon
+        if source.get("txId") is not None:
+            return str(source["txId"])
+        if isinstance(tx, dict) and tx.get("id"):
+            return str(tx["id"]).split(":", 1)[0]
+        return None
     if isinstance(tx, dict) and tx.get("id"):
         return str(tx["id"])
     value = (

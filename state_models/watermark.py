@@ -105,3 +105,99 @@ def later(a: str | None, b: str | None) -> str | None:
     if b is None:
         return a
     return max(a, b)
+
+
+# --------------------------------------------------------------------------- out of order (Beam)
+
+_MAX_SECTION = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class TransactionEnd:
+    """Debezium's END record of one PostgreSQL transaction (``provide.transaction.metadata``):
+    its xid, its commit LSN (the part of the END's ``id`` after the colon) and how many changes it
+    made in each table (table id -> count)."""
+
+    source: str
+    tx_id: str
+    commit: int
+    counts: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one state table holds of one transaction: its distinct changes (``_seq`` values) and
+    the commit LSN before the transaction (the first section of those ``_seq``)."""
+
+    changes: int
+    prev: int
+
+
+def chain_position(cut: str | None) -> int:
+    """The commit LSN after which a transaction chain continues from a recorded watermark: the
+    next whole transaction is the one whose changes' first section equals it."""
+    if cut is None:
+        return 0  # Debezium's first transaction follows "no commit" (sequence [null, lsn])
+    sections = parse_seq(cut)
+    if len(sections) == 1:
+        return sections[0]
+    first, second = sections[0], sections[1]
+    # seq_before(make_seq(C, 0)) == make_seq(C - 1, MAX): through the transaction committed at C;
+    # seq_before(make_seq(P, lsn)): before the transaction that follows the commit at P
+    return first + 1 if second == _MAX_SECTION else first
+
+
+def chain_cut(position: int) -> str:
+    """The cut through every transaction committed at or before ``position``."""
+    return seq_before(make_seq(position, 0))
+
+
+class TransactionChain:
+    """The watermark of one PostgreSQL source whose changes and END records arrive in any order.
+
+    Over Pub/Sub nothing says that no earlier transaction is still in flight, but PostgreSQL's
+    changes chain: each change's ``_seq`` starts with the commit LSN of the transaction before its
+    own (Debezium's ``source.sequence[0]``, restored from its offsets after a restart), and the END
+    record gives a transaction's own commit LSN. From a position W (a commit LSN through which
+    everything is whole), the next transaction is the one whose changes start with W; when the
+    state tables hold all the changes its END counts, W moves to its commit, and so on. A
+    transaction whose END or changes have not arrived, or whose change was dead-lettered, stops
+    the walk: the watermark is never ahead of what is applied, whatever the order of arrival.
+
+    Needs PostgreSQL 15 or later (older servers send empty transactions whose commits enter the
+    chain without an END record: the walk stops there)."""
+
+    def __init__(self, position: int):
+        self.position = position
+        self.ends: dict[str, TransactionEnd] = {}
+
+    def add(self, end: TransactionEnd) -> None:
+        if end.commit > self.position:  # an END redelivered after its transaction was passed
+            self.ends.setdefault(end.tx_id, end)
+
+    def pending(self) -> list[TransactionEnd]:
+        return sorted(self.ends.values(), key=lambda e: e.commit)
+
+    def advance(self, applied: dict[tuple[str, str], Applied]) -> bool:
+        """Walk the chain with what the state tables hold (``(tx_id, table id) -> Applied``);
+        True when the position moved."""
+        successor: dict[int, tuple[TransactionEnd, bool]] = {}
+        for end in self.ends.values():
+            parts = [applied.get((end.tx_id, table)) for table, _ in end.counts]
+            prevs = {p.prev for p in parts if p is not None}
+            if len(prevs) != 1:
+                continue  # nothing of it applied yet (or an xid reused across wraparound)
+            whole = all(
+                p is not None and p.changes >= n
+                for p, (_, n) in zip(parts, end.counts, strict=True)
+            )
+            successor[prevs.pop()] = (end, whole)
+        moved = False
+        while self.position in successor:
+            end, whole = successor[self.position]
+            if not whole:
+                break
+            del self.ends[end.tx_id]
+            self.position = end.commit
+            moved = True
+        return moved
