@@ -9,6 +9,8 @@
     Datastream files (GCS notifications or a polled pattern) ─ ReadDatastreamFiles
         │          └─ events (their files are the changelog already: not copied)
         └─ dead letters (decode, changelog, merge) ─ StoreDeadLetters (store + dead-letter topic)
+    ReadFromPubSub (each PostgreSQL source's Debezium transaction topic) ─ DecodeTransactionEnds
+        ─ KeepWatermark (the source's watermark in cdc_progress: merge_jobs/watermark.py)
 
 Delivery is at least once end to end on Dataflow: Pub/Sub redelivers what was not acknowledged,
 and Dataflow acknowledges a message only after the bundle that read it committed. (Beam's Python
@@ -23,7 +25,7 @@ Run it with ``cdc job streaming`` (or ``python -m merge_jobs.streaming``, the sa
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,7 @@ from merge_jobs.transforms import (
     WarehouseConnector,
     WriteChangelog,
 )
+from merge_jobs.watermark import DEFAULT_EVERY_S, ENDS, DecodeTransactionEnds, KeepWatermark
 
 
 @dataclass
@@ -59,6 +62,8 @@ class StreamingOutputs:
     changelog_files: Any
     merge_reports: Any
     dead_letters: Any
+    #: (source, watermark cut) each time a source's watermark moves (with transaction_subscriptions)
+    watermarks: Any = None
 
 
 def build_streaming(
@@ -72,6 +77,8 @@ def build_streaming(
     datastream_poll_until: Any = None,
     warehouse: Callable[[], Warehouse] | None = None,
     publisher: Callable[[], Any] | None = None,
+    transaction_subscriptions: Mapping[str, str] | None = None,
+    watermark_every_s: float = DEFAULT_EVERY_S,
 ) -> StreamingOutputs:
     """Add the streaming merge job's steps to ``pipeline`` (which must run in streaming mode).
 
@@ -79,7 +86,9 @@ def build_streaming(
     notifications) and ``datastream_files`` (file patterns, polled) bring the files of the
     registry's ``engine: datastream`` sources (``merge_jobs.datastream``); the patterns are polled
     every ``datastream_poll_s`` seconds, until ``datastream_poll_until`` (a Beam ``Timestamp``) if
-    given.
+    given. ``transaction_subscriptions`` (source -> the subscription of its Debezium transaction
+    topic) make the job keep those sources' watermarks (``merge_jobs.watermark``), walked every
+    ``watermark_every_s`` seconds while transactions wait.
     """
     if not (subscriptions or datastream_notifications or datastream_files):
         raise ValueError(
@@ -119,8 +128,9 @@ def build_streaming(
     events = (
         merge_inputs[0] if len(merge_inputs) == 1 else merge_inputs | "AllEvents" >> beam.Flatten()
     )
+    connect = warehouse or WarehouseConnector(settings.warehouse_url)
     reports, merge_rejects = events | "Merge" >> MergeIntoWarehouse(
-        warehouse or WarehouseConnector(settings.warehouse_url),
+        connect,
         settings.table_defs,
         batch_size=settings.batch_size,
         max_latency_s=settings.batch_max_latency_s,
@@ -128,11 +138,26 @@ def build_streaming(
         per_bundle=direct_runner.runs_on(pipeline),
         online=settings.online,
     )
+    watermarks = None
+    if transaction_subscriptions:
+        ends = []
+        for source, sub in sorted(transaction_subscriptions.items()):
+            decoded_ends = (
+                pipeline
+                | f"Read {_short(sub)}" >> ReadFromPubSub(subscription=sub, with_attributes=True)
+                | f"Transactions {source}" >> DecodeTransactionEnds(source)
+            )
+            ends.append(decoded_ends[ENDS])
+            letters.append(decoded_ends[DEAD_LETTERS])
+        all_ends = ends[0] if len(ends) == 1 else ends | "AllEnds" >> beam.Flatten()
+        watermarks = all_ends | "Watermark" >> KeepWatermark(
+            connect, settings.table_defs, every_s=watermark_every_s
+        )
     all_letters = (*letters, merge_rejects) | "AllDeadLetters" >> beam.Flatten()
     _ = all_letters | "DeadLetters" >> StoreDeadLetters(
         settings.dead_letter_folder, settings.dead_letter_topic, publisher, settings.sealing
     )
-    return StreamingOutputs(events, changelog_files, reports, all_letters)
+    return StreamingOutputs(events, changelog_files, reports, all_letters, watermarks)
 
 
 def _datastream_events(

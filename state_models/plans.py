@@ -56,6 +56,7 @@ from state_models.scd2 import (
     current_view_name,
     truncate_table_name,
 )
+from state_models.seq import SEQ_SECTION_WIDTH
 from state_models.types import INT64, NAME_LIST, STRING, TIMESTAMP, Kind, WarehouseType, name_token
 
 # Internal column names of the merge plan. They start with "__" so that they cannot be mistaken
@@ -1139,6 +1140,44 @@ def plan_tx_bounds(names: TableNames, tx_ids: Sequence[str]) -> exp.Select:
         )
         .from_(names.state.copy(), copy=False)
         .where(_col(TX_ID).isin(*[exp.Literal.string(t) for t in tx_ids]), copy=False)
+    )
+
+
+def plan_tx_changes(names: TableNames, tx_ids: Sequence[str]) -> exp.Select:
+    """Per transaction, what a table holds of it: its distinct changes (the versions' ``_seq``,
+    with the truncates of its log, which may have closed no row), its first ``_seq`` and how many
+    different first sections its ``_seq`` have (``watermark.applied_prev``)."""
+
+    def part(table: exp.Table) -> exp.Select:
+        return (
+            exp.select(_col(TX_ID), _col(SEQ))
+            .from_(table.copy(), copy=False)
+            .where(_col(TX_ID).isin(*[exp.Literal.string(t) for t in tx_ids]), copy=False)
+        )
+
+    both = exp.union(part(names.state), part(names.truncates), distinct=False)
+    return (
+        exp.select(
+            _col(TX_ID),
+            exp.alias_(exp.Min(this=_col(SEQ)), "first_seq"),
+            exp.alias_(exp.Count(this=exp.Distinct(expressions=[_col(SEQ)])), "changes"),
+            exp.alias_(
+                exp.Count(
+                    this=exp.Distinct(
+                        expressions=[
+                            exp.Substring(
+                                this=_col(SEQ),
+                                start=exp.Literal.number(1),
+                                length=exp.Literal.number(SEQ_SECTION_WIDTH),
+                            )
+                        ]
+                    )
+                ),
+                "first_sections",
+            ),
+        )
+        .from_(both.subquery("tx_changes"), copy=False)
+        .group_by(_col(TX_ID), copy=False)
     )
 
 

@@ -15,6 +15,8 @@ import re
 
 SECTION_DIGITS = 16
 _MAX = (1 << 64) - 1
+#: hex digits per section of a seq's text form
+SEQ_SECTION_WIDTH = 16
 _SEQ_RE = re.compile(r"^[0-9a-f]{16}(/[0-9a-f]{16})*$")
 _PG_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 _BINLOG_FILE_RE = re.compile(r"\.(\d+)$")

@@ -127,10 +127,21 @@ class TransactionEnd:
 @dataclass(frozen=True)
 class Applied:
     """What one state table holds of one transaction: its distinct changes (``_seq`` values) and
-    the commit LSN before the transaction (the first section of those ``_seq``)."""
+    the commit LSN before the transaction (:func:`applied_prev`; 0: none, the first transaction of a
+    fresh engine)."""
 
     changes: int
     prev: int
+
+
+def applied_prev(first_seq: str, first_sections: int) -> int:
+    """The commit before a transaction, from what a table holds of it: the first section of its
+    first ``_seq``, and how many different first sections its changes have. A fresh engine's first
+    transaction follows no commit (Debezium: ``sequence[0]`` null) and the decoder orders each of
+    its changes by the change's own LSN, so its changes differ there: it follows position 0. (One
+    such transaction with a single change cannot be told from one that follows a commit: the
+    chain then waits for a recorded starting point rather than guess.)"""
+    return 0 if first_sections > 1 else parse_seq(first_seq)[0]
 
 
 def chain_position(cut: str | None) -> int:
@@ -185,13 +196,16 @@ class TransactionChain:
         for end in self.ends.values():
             parts = [applied.get((end.tx_id, table)) for table, _ in end.counts]
             prevs = {p.prev for p in parts if p is not None}
-            if len(prevs) != 1:
-                continue  # nothing of it applied yet (or an xid reused across wraparound)
+            if not prevs:
+                continue  # nothing of it applied yet
+            # one transaction's changes share their first section, unless it follows no commit
+            # (a fresh engine's first: each change has its own, see applied_prev)
+            prev = prevs.pop() if len(prevs) == 1 else 0
             whole = all(
                 p is not None and p.changes >= n
                 for p, (_, n) in zip(parts, end.counts, strict=True)
             )
-            successor[prevs.pop()] = (end, whole)
+            successor[prev] = (end, whole)
         moved = False
         while self.position in successor:
             end, whole = successor[self.position]

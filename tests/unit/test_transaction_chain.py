@@ -18,6 +18,7 @@ from state_models.watermark import (
     Applied,
     TransactionChain,
     TransactionEnd,
+    applied_prev,
     chain_cut,
     chain_position,
     seq_before,
@@ -145,3 +146,25 @@ def test_the_watermark_never_passes_a_transaction_that_is_not_whole(n, seed, dro
     assert chain.position == expected
     if chain.position:  # the cut takes in every change of the transactions through it
         assert chain_cut(chain.position) < make_seq(chain.position, 0)
+
+
+def test_a_fresh_engines_first_transaction_starts_the_chain():
+    """Debezium's first transaction after a fresh start follows no commit; the decoder then orders
+    each change by its own LSN, so its changes differ in their first section: position 0."""
+    assert applied_prev(make_seq(500, 500), 3) == 0
+    assert applied_prev(make_seq(480, 500), 1) == 480  # follows the commit at 480
+    first = TransactionEnd("s", "9", 900, (("s.public.a", 1), ("s.public.b", 1)))
+    second = TransactionEnd("s", "10", 950, (("s.public.a", 1),))
+    chain = TransactionChain(0)
+    chain.add(first)
+    chain.add(second)
+    applied = {
+        ("9", "s.public.a"): Applied(1, 610),  # one change in each table: own LSNs differ
+        ("9", "s.public.b"): Applied(1, 640),
+        ("10", "s.public.a"): Applied(1, 900),
+    }
+    assert chain.advance(applied) and chain.position == 950
+    # a transaction whose tables agree on a commit no END names: the chain waits
+    stuck = TransactionChain(0)
+    stuck.add(second)
+    assert not stuck.advance(applied) and stuck.position == 0
