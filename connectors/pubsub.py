@@ -249,7 +249,8 @@ def ensure_pubsub(layout: PubSubLayout, publisher: Any, subscriber: Any) -> list
     """Create what is missing; check what exists. Idempotent."""
     _probe(layout, publisher)
     steps = [
-        _ensure_topic(layout, publisher, t) for t in [*layout.topics(), layout.dead_letter_topic]
+        _ensure_topic(layout, publisher, t)
+        for t in [*layout.topics(), *layout.transaction_topics().values(), layout.dead_letter_topic]
     ]
     # The dead letters get a subscription too: Pub/Sub drops what is published to a topic that
     # has none.

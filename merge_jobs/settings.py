@@ -82,6 +82,17 @@ def subscriptions_of(registry: Registry) -> list[str]:
     return [layout.subscription_path(layout.subscription(topic)) for topic in layout.topics()]
 
 
+def transaction_subscriptions_of(registry: Registry) -> dict[str, str]:
+    """source -> the merge job's subscription of its transaction topic (full path)."""
+    layout = registry.pubsub_layout()
+    if layout is None:
+        return {}
+    return {
+        source: layout.subscription_path(layout.subscription(topic))
+        for source, topic in layout.transaction_topics().items()
+    }
+
+
 def dead_letter_topic_of(registry: Registry) -> str | None:
     layout = registry.pubsub_layout()
     return None if layout is None else layout.topic_path(layout.dead_letter_topic)

@@ -9,6 +9,9 @@ Names (ids inside the project; ``<prefix>`` is ``topic_prefix``, default ``cdc.`
 - the merge job's subscription of a topic: ``<topic>.<subscription>`` (``subscription``, default
   ``merge``): ordered, with the dead-letter policy.
 - tables of ``engine: datastream`` sources get no topic: Datastream writes files to GCS.
+- the transaction topic of a PostgreSQL source captured by Debezium: ``<prefix><source>.transaction``
+  (Debezium's BEGIN/END records, ``provide.transaction.metadata``), with its ``.<subscription>``
+  (not ordered): the merge job keeps the source's watermark from it (``merge_jobs.watermark``).
 - dead-letter topic: ``dead_letter_topic`` (default ``<prefix>dead-letter``), with the subscription
   ``<dead-letter topic>.<subscription>`` so that dead letters are kept (Pub/Sub drops messages
   published to a topic that has no subscription).
@@ -158,9 +161,24 @@ def _safe(name: str) -> str:
 class PubSubLayout:
     """Topic and subscription names for a set of registered tables (see the module docstring)."""
 
-    def __init__(self, settings: PubSubSettings, table_ids: Iterable[str]):
+    def __init__(
+        self,
+        settings: PubSubSettings,
+        table_ids: Iterable[str],
+        transaction_sources: Iterable[str] = (),
+    ):
         self.settings = settings
         self.table_ids = sorted(set(table_ids))
+        #: sources whose Debezium publishes transaction metadata (PostgreSQL, engine: debezium)
+        self.transaction_sources = sorted(set(transaction_sources))
+
+    def transaction_topic(self, source: str) -> str:
+        """Where Debezium publishes a source's BEGIN/END records (``<source>.transaction``)."""
+        return f"{self.settings.topic_prefix}{_safe(source)}.transaction"
+
+    def transaction_topics(self) -> dict[str, str]:
+        """source -> its transaction topic, for the sources that have one."""
+        return {s: self.transaction_topic(s) for s in self.transaction_sources}
 
     def topic(self, table_id: str) -> str:
         """The topic id the changes of a table (``source.schema.table``) are published to."""
@@ -192,6 +210,17 @@ class PubSubLayout:
             )
             for topic in self.topics()
         ]
+        specs += [
+            SubscriptionSpec(
+                name=self.subscription(topic),
+                topic=topic,
+                ordered=False,  # the watermark walks the commit chain, in any order
+                ack_deadline_seconds=s.ack_deadline_seconds,
+                dead_letter_topic=self.dead_letter_topic,
+                max_delivery_attempts=s.max_delivery_attempts,
+            )
+            for topic in self.transaction_topics().values()
+        ]
         dead = self.dead_letter_topic
         specs.append(SubscriptionSpec(self.subscription(dead), dead, False, s.ack_deadline_seconds))
         return specs
@@ -219,7 +248,7 @@ class PubSubLayout:
 
     def check(self) -> None:
         """Raise ValueError naming the first topic or subscription id Pub/Sub would refuse."""
-        for topic in [*self.topics(), self.dead_letter_topic]:
+        for topic in [*self.topics(), *self.transaction_topics().values(), self.dead_letter_topic]:
             check_resource_id(topic, "topic")
             check_resource_id(self.subscription(topic), "subscription")
         if self.dead_letter_topic in self.topics():

@@ -569,7 +569,12 @@ class Registry(_Model):
         if self.pubsub is None:
             return None
         published = [t.id for t in self.tables() if t.source.engine != "datastream"]
-        return PubSubLayout(self.pubsub, published)
+        with_transactions = [
+            name
+            for name, s in self.sources.items()
+            if s.kind == "postgres" and s.engine == "debezium" and s.tables
+        ]
+        return PubSubLayout(self.pubsub, published, with_transactions)
 
     def online_for(self, table: RegisteredTable) -> OnlineStore | None:
         """The online store that keeps ``table``: its source's ``online:``, else the top level's,

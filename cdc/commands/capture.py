@@ -93,7 +93,7 @@ def cmd_debezium_config(args: argparse.Namespace) -> int:
             "Columns under pii: drop are left out by Debezium itself (column.exclude.list)."
         )
     destinations = [f"{args.source}.{t.name}" for t in source.tables]
-    topics = ", ".join(destinations)
+    topics = ", ".join([*destinations, f"{args.source}.transaction"])
     layout = cfg.registry.pubsub_layout()
     if layout is not None:
         expected = [layout.topic(d) for d in destinations]

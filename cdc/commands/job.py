@@ -183,7 +183,11 @@ def cmd_streaming(args: argparse.Namespace) -> int:
     import apache_beam as beam
 
     from merge_jobs.datastream import DEFAULT_POLL_S
-    from merge_jobs.settings import dead_letter_topic_of, subscriptions_of
+    from merge_jobs.settings import (
+        dead_letter_topic_of,
+        subscriptions_of,
+        transaction_subscriptions_of,
+    )
     from merge_jobs.streaming import build_streaming
 
     cfg = load(args, writes=True)
@@ -199,6 +203,9 @@ def cmd_streaming(args: argparse.Namespace) -> int:
     subscriptions = [
         _path(s, "subscriptions", args.project, registry) for s in (args.subscription or [])
     ] or subscriptions_of(registry)
+    # the watermark of each PostgreSQL source Debezium captures: read its transaction topic too
+    # (with the registry's subscriptions; explicit --subscription reads just those)
+    transactions = {} if args.subscription else transaction_subscriptions_of(registry)
     notifications = [
         _path(s, "subscriptions", args.project, registry)
         for s in (args.datastream_notifications or [])
@@ -227,6 +234,7 @@ def cmd_streaming(args: argparse.Namespace) -> int:
             datastream_notifications=notifications,
             datastream_files=patterns,
             datastream_poll_s=args.datastream_poll or DEFAULT_POLL_S,
+            transaction_subscriptions=transactions,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -235,7 +243,7 @@ def cmd_streaming(args: argparse.Namespace) -> int:
         _print_dataflow(result, args, streaming=True)
         return EXIT_OK
     print(
-        f"streaming {len(subscriptions)} subscription(s) and "
+        f"streaming {len(subscriptions)} subscription(s) ({len(transactions)} of transactions) and "
         f"{len(notifications) + len(patterns)} Datastream input(s) into {settings.warehouse_url} on the "
         "DirectRunner; Ctrl-C stops (events still buffered are not merged: the DirectRunner "
         "acknowledges Pub/Sub messages as it pulls them)",

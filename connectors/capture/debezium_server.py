@@ -7,7 +7,9 @@ the container's data volume, and the password is read from the environment, neve
 
 Pub/Sub: one topic per table, named like the Debezium destination ``<source>.<schema>.<table>``
 (create them before starting; Debezium Server does not), message ordering on, with the record key
-(``{"id":1}``) as the ordering key, so the changes of one row arrive in commit order. Debezium's
+(``{"id":1}``) as the ordering key, so the changes of one row arrive in commit order. Transaction
+metadata is on: each transaction's BEGIN/END records go to ``<source>.transaction``, from which the
+merge job keeps the source's watermark (``merge_jobs/watermark.py``). Debezium's
 heartbeat records (``__debezium-heartbeat.<source>``, a name Pub/Sub refuses) are dropped before the
 sink by Kafka Connect's ``Filter`` transform: they still advance the offsets and the slot, as in the
 embedded engine, but publish nothing. ``address`` (``host:port``) points the sink at a Pub/Sub
@@ -61,7 +63,11 @@ def server_properties(
     for key, value in format_properties(source).items():
         # key.converter.schemas.enable -> debezium.format.key.schemas.enable
         props[f"debezium.format.{key.replace('.converter', '')}"] = value
-    for key, value in connector_properties(source_name, source, tables).items():
+    connector = connector_properties(source_name, source, tables)
+    # BEGIN/END records on <source>.transaction: the merge job keeps the source's watermark from
+    # them (merge_jobs/watermark.py); the registry's debezium: may still turn them off
+    connector.setdefault("provide.transaction.metadata", "true")
+    for key, value in connector.items():
         props[f"debezium.source.{key}"] = value
     props["debezium.source.database.password"] = "${" + password_variable(source_name) + "}"
     heartbeats = props.get("debezium.source.topic.heartbeat.prefix", HEARTBEAT_PREFIX)

@@ -35,7 +35,12 @@ from connectors.deadletter import DeadLetterStore  # noqa: E402
 from connectors.pubsub import ensure_pubsub  # noqa: E402
 from connectors.warehouse import open_warehouse  # noqa: E402
 from merge_jobs.pool import POOL  # noqa: E402
-from merge_jobs.settings import JobSettings, registered_tables, subscriptions_of  # noqa: E402
+from merge_jobs.settings import (  # noqa: E402
+    JobSettings,
+    registered_tables,
+    subscriptions_of,
+    transaction_subscriptions_of,
+)
 from merge_jobs.streaming import build_streaming  # noqa: E402
 from merge_jobs.watermark import applied_of  # noqa: E402
 from state_models.debezium import decode_transaction_end  # noqa: E402
@@ -173,10 +178,11 @@ def test_the_beam_job_keeps_the_watermark_of_transactions_arriving_in_any_order(
     assert layout is not None
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     ensure_pubsub(layout, publisher, subscriber)
-    tx_topic = pubsub_emulator.topic_path("billing.transaction")
-    tx_sub = pubsub_emulator.subscription_path("billing.transaction.merge")
-    publisher.create_topic(name=tx_topic)
-    subscriber.create_subscription(name=tx_sub, topic=tx_topic, ack_deadline_seconds=10)
+    # `cdc pubsub setup` made the source's transaction topic and its subscription
+    tx_topic = layout.topic_path(layout.transaction_topic("billing"))
+    assert transaction_subscriptions_of(registry) == {
+        "billing": layout.subscription_path("billing.transaction.merge")
+    }
 
     # a transaction in the middle waits for its changes; a later one has a change corrupted
     held_tx, broken_tx = ends[8].tx_id, ends[16].tx_id
@@ -223,7 +229,7 @@ def test_the_beam_job_keeps_the_watermark_of_transactions_arriving_in_any_order(
         pipeline,
         settings,
         subscriptions_of(registry),
-        transaction_subscriptions={"billing": tx_sub},
+        transaction_subscriptions=transaction_subscriptions_of(registry),
         watermark_every_s=0.5,
     )
     result = pipeline.run()

@@ -135,9 +135,13 @@ def test_debezium_server_properties_hold_the_embedded_connector_settings(tmp_pat
     assert parsed["debezium.sink.pubsub.ordering.enabled"] == "true"
     from_server = connector_settings_of(parsed)
     engine_only = {"name", "offset.storage", "offset.storage.file.filename", "database.password"}
+    # the server publishes transaction metadata (the merge job's watermark); the embedded engine
+    # keeps its own watermark in log order and takes none
+    server_only = {"provide.transaction.metadata"}
     assert {k: v for k, v in embedded.items() if k not in engine_only} == {
-        k: v for k, v in from_server.items() if k not in engine_only
+        k: v for k, v in from_server.items() if k not in engine_only | server_only
     }
+    assert from_server["provide.transaction.metadata"] == "true"
     assert from_server["database.password"] == "${CDC_BILLING_DB_PASSWORD}"
     assert embedded["table.include.list"] == r"public\.subs,billing\$x\.odd_name"
     assert embedded["value.converter.schemas.enable"] == "false"

@@ -92,6 +92,25 @@ def test_per_table_names(tmp_path):
     assert layout.topic("billing.public.subscriptions") == "cdc.billing.public.subscriptions"
 
 
+def test_a_postgres_source_debezium_captures_gets_its_transaction_topic(tmp_path):
+    """Only a PostgreSQL source with engine: debezium: its BEGIN/END records feed the merge job's
+    watermark (pgoutput and binlog sources keep theirs under `cdc run`)."""
+    p = tmp_path / "cdc.yaml"
+    p.write_text(
+        REGISTRY.replace("engine: pgoutput", "engine: debezium") + "pubsub:\n  project: acme-data\n"
+    )
+    layout = load_config(p, env={}).registry.pubsub_layout()
+    assert layout.transaction_topics() == {"billing": "cdc.billing.transaction"}
+    assert "cdc.billing.transaction" not in layout.topics()  # not a change topic
+    spec = next(s for s in layout.subscriptions() if s.topic == "cdc.billing.transaction")
+    assert spec.name == "cdc.billing.transaction.merge" and not spec.ordered
+    assert spec.dead_letter_topic == "cdc.dead-letter"
+    layout.check()
+    assert (
+        load(tmp_path, "pubsub:\n  project: acme-data\n").pubsub_layout().transaction_topics() == {}
+    )
+
+
 def test_per_source_names(tmp_path):
     registry = load(
         tmp_path,
