@@ -106,9 +106,10 @@ class DecodeTransactionEnds(beam.PTransform):
         self._source = source
 
     def expand(self, messages: Any) -> Any:
-        return messages | "DecodeEnds" >> beam.ParDo(_DecodeEndFn(self._source)).with_outputs(
-            DEAD_LETTERS, main=ENDS
+        decode = beam.ParDo(_DecodeEndFn(self._source)).with_output_types(
+            tuple[str, TransactionEnd]
         )
+        return messages | "DecodeEnds" >> decode.with_outputs(DEAD_LETTERS, main=ENDS)
 
 
 def applied_of(
@@ -261,4 +262,5 @@ class KeepWatermark(beam.PTransform):
         self._fn = _KeepWatermarkFn(warehouse, tables, every_s, retry or RetryPolicy())
 
     def expand(self, ends: Any) -> Any:
-        return ends | "Walk" >> beam.ParDo(self._fn)
+        # a str key: a deterministic key coder for the per-source state
+        return ends | "Walk" >> beam.ParDo(self._fn).with_input_types(tuple[str, TransactionEnd])
