@@ -51,7 +51,13 @@ from merge_jobs.transforms import (
     WarehouseConnector,
     WriteChangelog,
 )
-from merge_jobs.watermark import DEFAULT_EVERY_S, ENDS, DecodeTransactionEnds, KeepWatermark
+from merge_jobs.watermark import (
+    DEFAULT_ASK_AFTER_S,
+    DEFAULT_EVERY_S,
+    ENDS,
+    DecodeTransactionEnds,
+    KeepWatermark,
+)
 
 
 @dataclass
@@ -79,6 +85,7 @@ def build_streaming(
     publisher: Callable[[], Any] | None = None,
     transaction_subscriptions: Mapping[str, str] | None = None,
     watermark_every_s: float = DEFAULT_EVERY_S,
+    watermark_ask_after_s: float = DEFAULT_ASK_AFTER_S,
 ) -> StreamingOutputs:
     """Add the streaming merge job's steps to ``pipeline`` (which must run in streaming mode).
 
@@ -88,7 +95,8 @@ def build_streaming(
     every ``datastream_poll_s`` seconds, until ``datastream_poll_until`` (a Beam ``Timestamp``) if
     given. ``transaction_subscriptions`` (source -> the subscription of its Debezium transaction
     topic) make the job keep those sources' watermarks (``merge_jobs.watermark``), walked every
-    ``watermark_every_s`` seconds while transactions wait.
+    ``watermark_every_s`` seconds while transactions wait, asking the state tables after
+    ``watermark_ask_after_s`` seconds without a move.
     """
     if not (subscriptions or datastream_notifications or datastream_files):
         raise ValueError(
@@ -129,7 +137,7 @@ def build_streaming(
         merge_inputs[0] if len(merge_inputs) == 1 else merge_inputs | "AllEvents" >> beam.Flatten()
     )
     connect = warehouse or WarehouseConnector(settings.warehouse_url)
-    reports, merge_rejects = events | "Merge" >> MergeIntoWarehouse(
+    merged = events | "Merge" >> MergeIntoWarehouse(
         connect,
         settings.table_defs,
         batch_size=settings.batch_size,
@@ -137,7 +145,9 @@ def build_streaming(
         # The DirectRunner's bundles are micro-batches already; its state and timers are slow.
         per_bundle=direct_runner.runs_on(pipeline),
         online=settings.online,
+        notify_applied=bool(transaction_subscriptions),
     )
+    reports, merge_rejects = merged[0], merged[1]
     watermarks = None
     if transaction_subscriptions:
         ends = []
@@ -149,9 +159,12 @@ def build_streaming(
             )
             ends.append(decoded_ends[ENDS])
             letters.append(decoded_ends[DEAD_LETTERS])
-        all_ends = ends[0] if len(ends) == 1 else ends | "AllEnds" >> beam.Flatten()
-        watermarks = all_ends | "Watermark" >> KeepWatermark(
-            connect, settings.table_defs, every_s=watermark_every_s
+        walked = (*ends, merged[2]) | "EndsAndApplied" >> beam.Flatten()
+        watermarks = walked | "Watermark" >> KeepWatermark(
+            connect,
+            settings.table_defs,
+            every_s=watermark_every_s,
+            ask_after_s=watermark_ask_after_s,
         )
     all_letters = (*letters, merge_rejects) | "AllDeadLetters" >> beam.Flatten()
     _ = all_letters | "DeadLetters" >> StoreDeadLetters(

@@ -59,6 +59,8 @@ NAMESPACE = "cdc"
 DEAD_LETTERS = "dead_letters"
 PROGRESS = "progress"
 ONLINE = "online"
+#: (source, ("applied", table id, ((tx_id, seq), ...))): what a MERGE applied, for the watermark
+APPLIED = "applied"
 #: how often (seconds of event time) the streaming job writes ``cdc_progress``: one MERGE of every
 #: table's row per window, so BigQuery sees one small DML statement per window, whatever the tables
 PROGRESS_WINDOW_S = 10.0
@@ -325,7 +327,9 @@ class _ApplyBatchFn(beam.DoFn):
         *,
         serialize: bool = False,
         online: Iterable[str] = (),
+        notify_applied: bool = False,
     ):
+        self._notify_applied = notify_applied
         self._connect = warehouse
         self._tables = dict(tables)
         self._online = frozenset(online)  # tables an online store keeps
@@ -410,6 +414,15 @@ class _ApplyBatchFn(beam.DoFn):
 
             yield pvalue.TaggedOutput(ONLINE, (table_id, touched_keys(events).get(table_id, [])))
         table = self._tables.get(table_id)
+        if table is not None and self._notify_applied:
+            rejected = {letter.context.get("event_id") for letter in collected.letters}
+            pairs = tuple(
+                (e.tx_id, e.seq)
+                for e in events
+                if e.tx_id is not None and e.event_id not in rejected
+            )
+            if pairs:
+                yield pvalue.TaggedOutput(APPLIED, (table.source, ("applied", table_id, pairs)))
         if table is not None:
             newest = max(events, key=lambda e: e.commit_ts)
             yield pvalue.TaggedOutput(
@@ -582,6 +595,8 @@ class MergeIntoWarehouse(beam.PTransform):
       event and holds every batch for its timer; its bundles are already micro-batches (one
       Pub/Sub pull each), so ``max_latency_s`` is not used. Nothing is lost by it: the
       DirectRunner acknowledges messages when it pulls them and keeps state in memory anyway.
+    - ``notify_applied``: a third output, what each MERGE applied per source (``APPLIED``), for the
+      watermark (``merge_jobs.watermark``).
     """
 
     def __init__(
@@ -594,8 +609,10 @@ class MergeIntoWarehouse(beam.PTransform):
         per_bundle: bool = False,
         retry: RetryPolicy = RetryPolicy(),
         online: Mapping[str, Any] | None = None,
+        notify_applied: bool = False,
     ):
         super().__init__()
+        self._notify_applied = notify_applied
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._online = dict(online or {})  # table id -> its online store (OnlineStore)
@@ -622,9 +639,10 @@ class MergeIntoWarehouse(beam.PTransform):
             self._retry,
             serialize=self._per_bundle,
             online=self._online,
+            notify_applied=self._notify_applied,
         )
         merged = batched | "Merge" >> beam.ParDo(apply).with_outputs(
-            DEAD_LETTERS, PROGRESS, ONLINE, main="reports"
+            DEAD_LETTERS, PROGRESS, ONLINE, APPLIED, main="reports"
         )
         if self._online:
             touched = merged[ONLINE]
@@ -646,6 +664,8 @@ class MergeIntoWarehouse(beam.PTransform):
             | "OneWrite" >> beam.GroupByKey()
             | "WriteProgress" >> beam.ParDo(_WriteProgressFn(self._warehouse, self._retry))
         )
+        if self._notify_applied:  # (reports, dead letters, applied)
+            return merged.reports, merged[DEAD_LETTERS], merged[APPLIED]
         return merged.reports, merged[DEAD_LETTERS]
 
 

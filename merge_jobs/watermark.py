@@ -10,21 +10,24 @@ commit LSN of the transaction before its own: the transactions chain
 
 ::
 
-    ReadFromPubSub (the source's transaction subscription) ─ DecodeTransactionEnds
-        ─ (source, END) ─ KeepWatermark (state per source: the ENDs not yet passed, the position)
-                            every ``every_s`` while ENDs wait: what the state tables hold of them
-                            (one query per table), walk the chain, record the watermark
+    ReadFromPubSub (the source's transaction subscription) ─ DecodeTransactionEnds ─ (source, END) ─┐
+    MergeIntoWarehouse(notify_applied) ─ APPLIED: (source, (tx_id, seq) of what each MERGE applied) ─┤
+        KeepWatermark (state per source: ENDs and applied changes of transactions not yet passed,
+        the position) ─ every ``every_s`` while transactions wait: walk the chain, record it
 
-The state tables themselves say what is applied (distinct ``_seq`` per transaction, the truncate
-log included), so the step needs nothing from the merge: a change that was dead-lettered is
-missing there and holds the watermark before its transaction, and after a restart (DirectRunner
-state is lost) the walk resumes from the watermark recorded in ``cdc_progress``.
+A dead-lettered change is never reported applied, so it holds the watermark before its
+transaction. When the walk stands still for a minute (state lost with a DirectRunner restart, so
+notices of earlier MERGEs are gone), it asks the state tables themselves (distinct ``_seq`` per
+transaction, the truncate log included) about the oldest waiting transactions, backing off to an
+hour: on BigQuery such a query reads two columns of each table whole, which polling would pay
+every few seconds. After a restart the walk resumes from the watermark in ``cdc_progress``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +68,8 @@ ENDS = "ends"
 #: how many of the oldest waiting transactions one walk asks the state tables about
 MAX_ASKED = 500
 DEFAULT_EVERY_S = 5.0
+#: how long the walk may stand still before it asks the state tables (then twice as long, ...)
+DEFAULT_ASK_AFTER_S = 60.0
 
 
 class _DecodeEndFn(beam.DoFn):
@@ -95,7 +100,7 @@ class _DecodeEndFn(beam.DoFn):
             )
             return
         if end is not None:  # a BEGIN says nothing the END will not
-            yield self._source, end
+            yield self._source, ("end", end)
 
 
 class DecodeTransactionEnds(beam.PTransform):
@@ -106,9 +111,7 @@ class DecodeTransactionEnds(beam.PTransform):
         self._source = source
 
     def expand(self, messages: Any) -> Any:
-        decode = beam.ParDo(_DecodeEndFn(self._source)).with_output_types(
-            tuple[str, TransactionEnd]
-        )
+        decode = beam.ParDo(_DecodeEndFn(self._source)).with_output_types(tuple[str, Any])
         return messages | "DecodeEnds" >> decode.with_outputs(DEAD_LETTERS, main=ENDS)
 
 
@@ -152,11 +155,37 @@ def record_watermark(
         warehouse.record_progress(rows, dt.datetime.now(dt.UTC))
 
 
+def applied_from_notices(notices: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str], Applied]:
+    """What the MERGEs said they applied, ``(tx_id, table id, seq)`` each (redeliveries once), as
+    :func:`applied_of` reads it from the state tables."""
+    seqs: dict[tuple[str, str], set[str]] = {}
+    for tx, table, seq in notices:
+        seqs.setdefault((tx, table), set()).add(seq)
+    return {
+        k: Applied(len(v), applied_prev(min(v), len({s.split("/", 1)[0] for s in v})))
+        for k, v in seqs.items()
+    }
+
+
+def _more(a: dict[tuple[str, str], Applied], b: dict[tuple[str, str], Applied]) -> None:
+    """Into ``a``, the entries of ``b`` that know of more changes."""
+    for k, v in b.items():
+        if k not in a or v.changes > a[k].changes:
+            a[k] = v
+
+
 class _KeepWatermarkFn(beam.DoFn):
-    """(source, END) -> the source's watermark, walked every ``every_s`` while ENDs wait."""
+    """(source, END | what a MERGE applied) -> the source's watermark, walked every ``every_s``
+    while transactions wait.
+
+    What is applied comes from the MERGEs themselves (no query); only when the walk has not moved
+    for ``ask_after_s`` (state lost with a DirectRunner restart, notices of merges before it) does
+    it ask the state tables about the oldest waiting transactions, then again after twice as long,
+    up to an hour: on BigQuery each such query reads the ``_tx_id`` and ``_seq`` columns whole."""
 
     WAITING = BagStateSpec("waiting", PickleCoder())
     POSITION = ReadModifyWriteStateSpec("position", PickleCoder())
+    ASK = ReadModifyWriteStateSpec("ask", PickleCoder())  # (not moved since, next ask after)
     ARMED = ReadModifyWriteStateSpec("armed", BooleanCoder())
     TICK = TimerSpec("tick", TimeDomain.REAL_TIME)
 
@@ -165,25 +194,35 @@ class _KeepWatermarkFn(beam.DoFn):
         warehouse: Callable[[], Warehouse],
         tables: Mapping[str, TableDef],
         every_s: float,
+        ask_after_s: float,
         retry: RetryPolicy,
+        clock: Callable[[], float] = time.time,
     ):
         self._connect = warehouse
         self._tables = dict(tables)
         self._every_s = every_s
+        self._ask_after_s = ask_after_s
         self._retry = retry
+        self._clock = clock
         self._moves = Metrics.counter(NAMESPACE, "watermark_moves")
+        self._asks = Metrics.counter(NAMESPACE, "watermark_state_table_queries")
         self._waiting = Metrics.distribution(NAMESPACE, "watermark_waiting_transactions")
         self._retries = Metrics.counter(NAMESPACE, "transient_retries")
 
     def process(
         self,
-        element: tuple[str, TransactionEnd],
+        element: tuple[str, tuple[Any, ...]],
         waiting: Any = beam.DoFn.StateParam(WAITING),
         armed: Any = beam.DoFn.StateParam(ARMED),
         tick: Any = beam.DoFn.TimerParam(TICK),
     ) -> Iterable[Any]:
-        waiting.add(element[1])
-        if not armed.read():  # never pushed back by later ENDs: a busy source still walks
+        item = element[1]
+        if item[0] == "end":
+            waiting.add(item[1])
+        else:  # ("applied", table id, ((tx_id, seq), ...))
+            for tx, seq in item[2]:
+                waiting.add((tx, item[1], seq))
+        if not armed.read():  # never pushed back by later input: a busy source still walks
             tick.set(Timestamp.now() + Duration(seconds=self._every_s))
             armed.write(True)
         return ()
@@ -194,23 +233,33 @@ class _KeepWatermarkFn(beam.DoFn):
         key: Any = beam.DoFn.KeyParam,
         waiting: Any = beam.DoFn.StateParam(WAITING),
         position: Any = beam.DoFn.StateParam(POSITION),
+        ask: Any = beam.DoFn.StateParam(ASK),
         armed: Any = beam.DoFn.StateParam(ARMED),
         tick: Any = beam.DoFn.TimerParam(TICK),
     ) -> Iterator[Any]:
         source = str(key)
         tables = [t for t in self._tables.values() if t.source == source]
         stored = position.read()
+        items = list(waiting.read())
+        now = self._clock()
+        still_since, ask_at = ask.read() or (now, now + self._ask_after_s)
 
-        def step() -> tuple[TransactionChain, bool]:
+        def step() -> tuple[TransactionChain, bool, bool]:
             warehouse = POOL.acquire(self._connect, self._connect)
             try:
                 chain = TransactionChain(
                     stored if stored is not None else _recorded_position(warehouse, source)
                 )
-                for end in waiting.read():
-                    chain.add(end)
-                asked = chain.pending()[:MAX_ASKED]
-                moved = chain.advance(applied_of(warehouse, tables, asked))
+                for item in items:
+                    if isinstance(item, TransactionEnd):
+                        chain.add(item)
+                applied = applied_from_notices(i for i in items if isinstance(i, tuple))
+                moved = chain.advance(applied)
+                asked = False
+                if not moved and chain.ends and now >= ask_at:
+                    asked = True
+                    _more(applied, applied_of(warehouse, tables, chain.pending()[:MAX_ASKED]))
+                    moved = chain.advance(applied)
                 if moved:
                     record_watermark(warehouse, source, tables, chain_cut(chain.position))
                     warehouse.ensure_consistency(source, tables)
@@ -218,15 +267,26 @@ class _KeepWatermarkFn(beam.DoFn):
                 POOL.discard(warehouse)  # a connection that failed may be unusable
                 raise
             POOL.release(self._connect, warehouse)
-            return chain, moved
+            return chain, moved, asked
 
-        chain, moved = self._retry.run(
+        chain, moved, asked = self._retry.run(
             f"keeping the watermark of source {source!r}", step, self._retries.inc
         )
+        if asked:
+            self._asks.inc()
+        if moved:
+            still_since, ask_at = now, now + self._ask_after_s
+        elif asked:  # again after twice as long as it has been stuck, at most an hour
+            ask_at = now + min(max(now - still_since, self._ask_after_s), 3600.0)
+        ask.write((still_since, ask_at))
         position.write(chain.position)
+        below = chain_cut(chain.position)
         waiting.clear()
         for end in chain.pending():
             waiting.add(end)
+        for item in items:  # what was applied of transactions not passed yet
+            if isinstance(item, tuple) and item[2] > below:
+                waiting.add(item)
         self._waiting.update(len(chain.ends))
         if chain.ends:
             tick.set(Timestamp.now() + Duration(seconds=self._every_s))
@@ -240,7 +300,7 @@ class _KeepWatermarkFn(beam.DoFn):
                 chain.position,
                 len(chain.ends),
             )
-            yield source, chain_cut(chain.position)
+            yield source, below
 
 
 def _recorded_position(warehouse: Warehouse, source: str) -> int:
@@ -249,18 +309,20 @@ def _recorded_position(warehouse: Warehouse, source: str) -> int:
 
 
 class KeepWatermark(beam.PTransform):
-    """(source, END) -> (source, watermark cut) each time a source's watermark moves."""
+    """(source, ("end", END)) and the merge's ``APPLIED`` output -> (source, watermark cut) each
+    time a source's watermark moves."""
 
     def __init__(
         self,
         warehouse: Callable[[], Warehouse],
         tables: Mapping[str, TableDef],
         every_s: float = DEFAULT_EVERY_S,
+        ask_after_s: float = DEFAULT_ASK_AFTER_S,
         retry: RetryPolicy | None = None,
     ):
         super().__init__()
-        self._fn = _KeepWatermarkFn(warehouse, tables, every_s, retry or RetryPolicy())
+        self._fn = _KeepWatermarkFn(warehouse, tables, every_s, ask_after_s, retry or RetryPolicy())
 
-    def expand(self, ends: Any) -> Any:
+    def expand(self, inputs: Any) -> Any:
         # a str key: a deterministic key coder for the per-source state
-        return ends | "Walk" >> beam.ParDo(self._fn).with_input_types(tuple[str, TransactionEnd])
+        return inputs | "Walk" >> beam.ParDo(self._fn).with_input_types(tuple[str, Any])

@@ -168,3 +168,21 @@ def test_a_fresh_engines_first_transaction_starts_the_chain():
     stuck = TransactionChain(0)
     stuck.add(second)
     assert not stuck.advance(applied) and stuck.position == 0
+
+
+def test_what_the_merges_report_reads_like_the_state_tables():
+    from merge_jobs.watermark import applied_from_notices
+
+    notices = [
+        ("9", "s.public.a", make_seq(480, 500)),
+        ("9", "s.public.a", make_seq(480, 500)),  # a redelivery, merged again
+        ("9", "s.public.a", make_seq(480, 530)),
+        ("9", "s.public.b", make_seq(480, 510)),
+        ("7", "s.public.a", make_seq(300, 300)),  # a fresh engine's first: own LSNs
+        ("7", "s.public.a", make_seq(320, 320)),
+    ]
+    assert applied_from_notices(notices) == {
+        ("9", "s.public.a"): Applied(2, 480),
+        ("9", "s.public.b"): Applied(1, 480),
+        ("7", "s.public.a"): Applied(2, 0),
+    }
