@@ -145,7 +145,7 @@ def build_streaming(
         # The DirectRunner's bundles are micro-batches already; its state and timers are slow.
         per_bundle=direct_runner.runs_on(pipeline),
         online=settings.online,
-        notify_applied=bool(transaction_subscriptions),
+        notify_applied=sorted(transaction_subscriptions or ()),
     )
     reports, merge_rejects = merged[0], merged[1]
     watermarks = None

@@ -327,9 +327,9 @@ class _ApplyBatchFn(beam.DoFn):
         *,
         serialize: bool = False,
         online: Iterable[str] = (),
-        notify_applied: bool = False,
+        notify_applied: Iterable[str] = (),
     ):
-        self._notify_applied = notify_applied
+        self._notify_applied = frozenset(notify_applied)  # sources whose watermark the job keeps
         self._connect = warehouse
         self._tables = dict(tables)
         self._online = frozenset(online)  # tables an online store keeps
@@ -414,7 +414,7 @@ class _ApplyBatchFn(beam.DoFn):
 
             yield pvalue.TaggedOutput(ONLINE, (table_id, touched_keys(events).get(table_id, [])))
         table = self._tables.get(table_id)
-        if table is not None and self._notify_applied:
+        if table is not None and table.source in self._notify_applied:
             rejected = {letter.context.get("event_id") for letter in collected.letters}
             pairs = tuple(
                 (e.tx_id, e.seq)
@@ -595,8 +595,8 @@ class MergeIntoWarehouse(beam.PTransform):
       event and holds every batch for its timer; its bundles are already micro-batches (one
       Pub/Sub pull each), so ``max_latency_s`` is not used. Nothing is lost by it: the
       DirectRunner acknowledges messages when it pulls them and keeps state in memory anyway.
-    - ``notify_applied``: a third output, what each MERGE applied per source (``APPLIED``), for the
-      watermark (``merge_jobs.watermark``).
+    - ``notify_applied`` (source names): a third output, what each MERGE applied of those sources'
+      tables (``APPLIED``), for their watermark (``merge_jobs.watermark``).
     """
 
     def __init__(
@@ -609,10 +609,10 @@ class MergeIntoWarehouse(beam.PTransform):
         per_bundle: bool = False,
         retry: RetryPolicy = RetryPolicy(),
         online: Mapping[str, Any] | None = None,
-        notify_applied: bool = False,
+        notify_applied: Iterable[str] = (),
     ):
         super().__init__()
-        self._notify_applied = notify_applied
+        self._notify_applied = tuple(sorted(notify_applied))
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._online = dict(online or {})  # table id -> its online store (OnlineStore)

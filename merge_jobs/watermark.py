@@ -67,6 +67,8 @@ log = logging.getLogger("cdc.beam.watermark")
 ENDS = "ends"
 #: how many of the oldest waiting transactions one walk asks the state tables about
 MAX_ASKED = 500
+#: applied changes kept per source for transactions whose END has not arrived (kept_notices)
+MAX_UNMATCHED = 100_000
 DEFAULT_EVERY_S = 5.0
 #: how long the walk may stand still before it asks the state tables (then twice as long, ...)
 DEFAULT_ASK_AFTER_S = 60.0
@@ -165,6 +167,24 @@ def applied_from_notices(notices: Iterable[tuple[str, str, str]]) -> dict[tuple[
         k: Applied(len(v), applied_prev(min(v), len({s.split("/", 1)[0] for s in v})))
         for k, v in seqs.items()
     }
+
+
+def kept_notices(
+    notices: Iterable[tuple[str, str, str]],
+    below: str,
+    waiting: Iterable[str],
+    limit: int = MAX_UNMATCHED,
+) -> list[tuple[str, str, str]]:
+    """The notices a walk keeps: those of transactions not passed (``seq`` above the cut
+    ``below``); of transactions whose END has not arrived (``waiting``: the xids that have one),
+    only the newest ``limit``, so a source whose ENDs never come (transaction metadata off) does
+    not grow the state without end. Dropping one costs nothing but a later query of the state
+    tables, which hold the truth."""
+    known = set(waiting)
+    live = [n for n in notices if n[2] > below]
+    matched = [n for n in live if n[0] in known]
+    unmatched = sorted((n for n in live if n[0] not in known), key=lambda n: n[2])
+    return matched + unmatched[-limit:] if limit else matched
 
 
 def _more(a: dict[tuple[str, str], Applied], b: dict[tuple[str, str], Applied]) -> None:
@@ -284,9 +304,9 @@ class _KeepWatermarkFn(beam.DoFn):
         waiting.clear()
         for end in chain.pending():
             waiting.add(end)
-        for item in items:  # what was applied of transactions not passed yet
-            if isinstance(item, tuple) and item[2] > below:
-                waiting.add(item)
+        notices = [i for i in items if isinstance(i, tuple)]
+        for item in kept_notices(notices, below, chain.ends):
+            waiting.add(item)
         self._waiting.update(len(chain.ends))
         if chain.ends:
             tick.set(Timestamp.now() + Duration(seconds=self._every_s))

@@ -186,3 +186,17 @@ def test_what_the_merges_report_reads_like_the_state_tables():
         ("9", "s.public.b"): Applied(1, 480),
         ("7", "s.public.a"): Applied(2, 0),
     }
+
+
+def test_a_walk_keeps_what_it_may_still_need_and_a_bounded_rest():
+    from merge_jobs.watermark import kept_notices
+
+    below = make_seq(500, (1 << 64) - 1)  # through the commit at 501
+    notices = [
+        ("5", "s.public.a", make_seq(480, 490)),  # passed
+        ("9", "s.public.a", make_seq(501, 520)),  # its END waits
+        ("11", "s.public.a", make_seq(600, 610)),  # no END yet
+        ("12", "s.public.a", make_seq(700, 710)),  # no END yet, newer
+    ]
+    assert kept_notices(notices, below, {"9"}) == notices[1:]
+    assert kept_notices(notices, below, {"9"}, limit=1) == [notices[1], notices[3]]
