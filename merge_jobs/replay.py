@@ -140,6 +140,23 @@ class Settled:
     reason: str = ""  # why there is none
 
 
+def unordered_changelog(registry: Any, source: str) -> str | None:
+    """Why a source's changelog may not be in log order across its tables (then a replay cannot
+    settle a watermark from it), or None. ``cdc run`` archives a source's changes in log order, all
+    tables at once; the streaming job archives each table's changes from Pub/Sub in its own
+    windows, so at the tail one table's file may hold a transaction whose other changes are not
+    archived yet. A Debezium source with a ``pubsub:`` section is read by that job."""
+    spec = registry.sources.get(source)
+    if spec is None:
+        return None
+    if spec.engine == "debezium" and registry.pubsub is not None:
+        return (
+            "its changelog is written by the streaming job from Pub/Sub, table by table, not in "
+            "log order; the job keeps the watermark itself (merge_jobs/watermark.py)"
+        )
+    return None
+
+
 def settle_watermark(
     warehouse: Warehouse,
     source: str,

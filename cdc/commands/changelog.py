@@ -428,11 +428,15 @@ def _settle(cfg: LoadedConfig, table: Any, warehouse: Any, dead_letters: Any) ->
     """After a replay: the source's transaction-consistent watermark (``settle_watermark``),
     when every table of the source holds its whole changelog."""
     from connectors.changelog.reader import ChangelogReader, ReadStats
-    from merge_jobs.replay import settle_watermark
+    from merge_jobs.replay import settle_watermark, unordered_changelog
     from state_models.scd2 import TableDef
 
     registered = [t for t in cfg.registry.tables() if t.source_name == table.source]
     if not registered or registered[0].source.engine == "datastream":
+        return  # its files arrive in no log order, and no watermark is kept for it
+    unordered = unordered_changelog(cfg.registry, table.source)
+    if unordered is not None:
+        print(f"source {table.source}: no transaction-consistent watermark: {unordered}")
         return
 
     def changelog_last(table_id: str) -> str | None:

@@ -116,3 +116,34 @@ def test_mysql_transactions_without_gtid_get_their_start_position_as_id() -> Non
     cuts.observe([*a[:1]])
     cuts.observe([a[1], *b])
     assert cuts.complete_through() == seq_before(b[0].seq)
+
+
+def test_a_replay_settles_no_watermark_from_a_changelog_the_streaming_job_wrote() -> None:
+    """The streaming job archives each table's changes in its own windows: at the tail a table may
+    hold a transaction whose other changes are not archived yet, so log order cannot be assumed."""
+    from merge_jobs.replay import unordered_changelog
+    from state_models.pubsub import PubSubSettings
+    from state_models.registry import Registry
+
+    sources = {
+        "billing": {
+            "kind": "postgres",
+            "engine": "debezium",
+            "dsn": "postgresql://x@h/db",
+            "tables": [{"name": "public.a"}],
+        },
+        "payments": {
+            "kind": "mysql",
+            "engine": "binlog",
+            "dsn": "mysql://x@h/p",
+            "tables": [{"name": "p.refunds"}],
+        },
+    }
+    local = Registry.model_validate({"sources": sources})
+    assert unordered_changelog(local, "billing") is None  # cdc run archives in log order
+    with_pubsub = Registry.model_validate(
+        {"sources": sources, "pubsub": PubSubSettings(project="acme-data").model_dump()}
+    )
+    reason = unordered_changelog(with_pubsub, "billing")
+    assert reason is not None and "streaming job" in reason
+    assert unordered_changelog(with_pubsub, "payments") is None
