@@ -222,6 +222,8 @@ def decode_transaction_end(
         raise DecodeError(
             "transaction END without an id 'xid:commit LSN' and its data_collections", raw=raw
         )
+    if not 0 < int(commit) < 1 << 64:
+        raise DecodeError(f"transaction END: commit LSN {commit} is not a PostgreSQL LSN", raw=raw)
     counts: dict[str, int] = {}
     for item in collections:
         name = item.get("data_collection") if isinstance(item, dict) else None

@@ -70,6 +70,8 @@ def test_an_end_record_gives_its_xid_commit_lsn_and_counts_per_table():
         {**END, "data_collections": None},
         {**END, "data_collections": [{"data_collection": "public.a", "event_count": "2"}]},
         {**END, "data_collections": [{"data_collection": "public.a", "event_count": -1}]},
+        {**END, "id": f"727:{1 << 64}"},  # no LSN is that large
+        {**END, "id": "727:0"},
         [1, 2],
     ],
 )
