@@ -43,7 +43,7 @@ from connectors.changelog.writer import ChangelogWriter
 from connectors.deadletter import DeadLetterStore, Sealing, default_folder
 from connectors.journal import ARCHIVED, MERGED, Journal, Segment
 from connectors.warehouse import Warehouse, open_warehouse
-from merge_jobs.apply import apply_events
+from merge_jobs.apply import applied_only, apply_events
 from state_models.errors import CdcError, TransientError
 from state_models.registry import Registry, table_infos
 from state_models.scd2 import TableDef
@@ -529,7 +529,7 @@ class Runtime:
 
     def _record(self, events: Sequence[Any], report: Any) -> None:
         now = self.clock()
-        for e in events:
+        for e in applied_only(events, report.dead_letters):  # a refused event's time may be wild
             p = self.progress.get(e.table)
             if p is None:
                 continue

@@ -165,6 +165,7 @@ def build_streaming(
             settings.table_defs,
             every_s=watermark_every_s,
             ask_after_s=watermark_ask_after_s,
+            dead_letters=settings.dead_letter_folder,
         )
     all_letters = (*letters, merge_rejects) | "AllDeadLetters" >> beam.Flatten()
     _ = all_letters | "DeadLetters" >> StoreDeadLetters(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,7 +44,7 @@ from apache_beam.transforms.window import FixedWindows
 from connectors.changelog import write_events
 from connectors.deadletter import DeadLetter, DeadLetterStore, NewDeadLetter, Sealing
 from connectors.warehouse import Warehouse, open_warehouse
-from merge_jobs.apply import apply_events
+from merge_jobs.apply import applied_only, apply_events
 from merge_jobs.pool import POOL
 from state_models.debezium import Tombstone, decode_debezium
 from state_models.errors import TerminalError, TransientError, UnknownTableError
@@ -195,6 +196,9 @@ class _DecodeFn(beam.DoFn):
                         "message_id": getattr(message, "message_id", None),
                         "publish_time": _iso(getattr(message, "publish_time", None)),
                         "attributes": attributes,
+                        # which transaction it held back, when the JSON says (the watermark
+                        # names the letter that holds it)
+                        "tx_id": _stated_tx_id(message.data),
                     },
                 ),
             )
@@ -204,6 +208,18 @@ class _DecodeFn(beam.DoFn):
             return
         self._decoded.inc()
         yield decoded.table, decoded
+
+
+def _stated_tx_id(data: Any) -> str | None:
+    """The transaction a message that did not decode says it belongs to, if its JSON says."""
+    try:
+        doc = json.loads(data)
+        doc = doc.get("payload", doc) if isinstance(doc, dict) else None
+        source = doc.get("source") if isinstance(doc, dict) else None
+        tx = source.get("txId") or source.get("gtid") if isinstance(source, dict) else None
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return str(tx) if isinstance(tx, (int, str)) and not isinstance(tx, bool) else None
 
 
 class DecodeMessages(beam.PTransform):
@@ -404,7 +420,10 @@ class _ApplyBatchFn(beam.DoFn):
         if counts:
             self._inserted.inc(counts.inserted)
         done_us = int(done * 1_000_000)
-        for e in events:
+        # lag, progress and the watermark are about what was applied: a refused event's own
+        # fields (a commit time in year 33658) are what may be wrong
+        applied = applied_only(events, collected.letters)
+        for e in applied:
             self._lag_ms.update(max(0, (done_us - e.commit_ts) // 1000))
         self._rejected.inc(len(collected.letters))
         for letter in collected.letters:
@@ -415,16 +434,11 @@ class _ApplyBatchFn(beam.DoFn):
             yield pvalue.TaggedOutput(ONLINE, (table_id, touched_keys(events).get(table_id, [])))
         table = self._tables.get(table_id)
         if table is not None and table.source in self._notify_applied:
-            rejected = {letter.context.get("event_id") for letter in collected.letters}
-            pairs = tuple(
-                (e.tx_id, e.seq)
-                for e in events
-                if e.tx_id is not None and e.event_id not in rejected
-            )
+            pairs = tuple((e.tx_id, e.seq) for e in applied if e.tx_id is not None)
             if pairs:
                 yield pvalue.TaggedOutput(APPLIED, (table.source, ("applied", table_id, pairs)))
-        if table is not None:
-            newest = max(events, key=lambda e: e.commit_ts)
+        if table is not None and applied:
+            newest = max(applied, key=lambda e: e.commit_ts)
             yield pvalue.TaggedOutput(
                 PROGRESS,
                 (
@@ -433,7 +447,7 @@ class _ApplyBatchFn(beam.DoFn):
                         source=table.source,
                         table_id=table_id,
                         state_table=table.state_table,
-                        applied_seq=max(e.seq for e in events),
+                        applied_seq=max(e.seq for e in applied),
                         applied_commit_at=dt.datetime.fromtimestamp(newest.commit_ts / 1e6, dt.UTC),
                         commit_to_visible_s=max(0.0, done - newest.commit_ts / 1e6),
                         writer="beam",

@@ -44,7 +44,7 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from connectors.deadletter import NewDeadLetter
+from connectors.deadletter import DeadLetterStore, NewDeadLetter
 from connectors.warehouse import Warehouse
 from merge_jobs.pool import POOL
 from merge_jobs.transforms import DEAD_LETTERS, NAMESPACE, RetryPolicy, _iso
@@ -140,9 +140,15 @@ def applied_of(
 
 
 def record_watermark(
-    warehouse: Warehouse, source: str, tables: Iterable[TableDef], cut: str, writer: str = "beam"
+    warehouse: Warehouse,
+    source: str,
+    tables: Iterable[TableDef],
+    cut: str,
+    writer: str = "beam",
+    held_by: str | None = None,
 ) -> None:
-    """``cut`` as the source's watermark in ``cdc_progress`` (forward only), for each of its tables."""
+    """``cut`` as the source's watermark in ``cdc_progress`` (forward only), for each of its
+    tables, with the dead letter that holds it there, if one is known."""
     rows = [
         Progress(
             source=source,
@@ -150,6 +156,7 @@ def record_watermark(
             state_table=t.state_table,
             writer=writer,
             watermark_seq=cut,
+            watermark_held_by=held_by,
         )
         for t in tables
     ]
@@ -217,7 +224,9 @@ class _KeepWatermarkFn(beam.DoFn):
         ask_after_s: float,
         retry: RetryPolicy,
         clock: Callable[[], float] = time.time,
+        dead_letters: str | None = None,
     ):
+        self._dead_letters = dead_letters  # the store's folder, to name a letter that holds it
         self._connect = warehouse
         self._tables = dict(tables)
         self._every_s = every_s
@@ -246,6 +255,19 @@ class _KeepWatermarkFn(beam.DoFn):
             tick.set(Timestamp.now() + Duration(seconds=self._every_s))
             armed.write(True)
         return ()
+
+    def _holding(self, source: str, tx_id: str) -> str | None:
+        """The id of a dead letter of the transaction the walk stands before, if the store holds
+        one (a change the merge refused; a message that did not decode names no transaction)."""
+        if self._dead_letters is None:
+            return None
+        held = [
+            d.id
+            for d in DeadLetterStore(self._dead_letters).list()
+            # a message that did not decode may name no source (it came without attributes)
+            if d.source in (source, None) and d.context.get("tx_id") == tx_id
+        ]
+        return min(held) if held else None
 
     @on_timer(TICK)
     def walk(
@@ -280,6 +302,16 @@ class _KeepWatermarkFn(beam.DoFn):
                     asked = True
                     _more(applied, applied_of(warehouse, tables, chain.pending()[:MAX_ASKED]))
                     moved = chain.advance(applied)
+                    if not moved and chain.blocked is not None:
+                        held_by = self._holding(source, chain.blocked.tx_id)
+                        if held_by is not None:  # name it where `cdc status` looks
+                            record_watermark(
+                                warehouse,
+                                source,
+                                tables,
+                                chain_cut(chain.position),
+                                held_by=held_by,
+                            )
                 if moved:
                     record_watermark(warehouse, source, tables, chain_cut(chain.position))
                     warehouse.ensure_consistency(source, tables)
@@ -339,9 +371,17 @@ class KeepWatermark(beam.PTransform):
         every_s: float = DEFAULT_EVERY_S,
         ask_after_s: float = DEFAULT_ASK_AFTER_S,
         retry: RetryPolicy | None = None,
+        dead_letters: str | None = None,
     ):
         super().__init__()
-        self._fn = _KeepWatermarkFn(warehouse, tables, every_s, ask_after_s, retry or RetryPolicy())
+        self._fn = _KeepWatermarkFn(
+            warehouse,
+            tables,
+            every_s,
+            ask_after_s,
+            retry or RetryPolicy(),
+            dead_letters=dead_letters,
+        )
 
     def expand(self, inputs: Any) -> Any:
         # a str key: a deterministic key coder for the per-source state

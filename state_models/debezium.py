@@ -20,6 +20,8 @@ from typing import Any
 
 from state_models.errors import DecodeError, TerminalError, UnknownTableError
 from state_models.events import (
+    MAX_TIMESTAMP_US,
+    MIN_TIMESTAMP_US,
     UNAVAILABLE_PLACEHOLDER,
     UNAVAILABLE_PLACEHOLDER_B64,
     ChangeEvent,
@@ -320,12 +322,20 @@ def _sequence_parts(sequence: str) -> Any:
 
 def _commit_ts(source: Mapping[str, Any], doc: Mapping[str, Any], raw: str | None) -> int:
     if source.get("ts_us") is not None:
-        return int(source["ts_us"])
-    if source.get("ts_ns") is not None:
-        return int(source["ts_ns"]) // 1000
-    if source.get("ts_ms") is not None:
-        return int(source["ts_ms"]) * 1000
-    raise DecodeError("source block has no commit time (ts_us / ts_ms)", raw=raw)
+        micros = int(source["ts_us"])
+    elif source.get("ts_ns") is not None:
+        micros = int(source["ts_ns"]) // 1000
+    elif source.get("ts_ms") is not None:
+        micros = int(source["ts_ms"]) * 1000
+    else:
+        raise DecodeError("source block has no commit time (ts_us / ts_ms)", raw=raw)
+    if not MIN_TIMESTAMP_US <= micros <= MAX_TIMESTAMP_US:
+        # no warehouse, changelog partition or clock holds it: refused here, with its bytes,
+        # before it reaches the changelog or the progress of the rest
+        raise DecodeError(
+            f"source commit time {micros} µs is not a time in years 1 to 9999", raw=raw
+        )
+    return micros
 
 
 def _tx_id(connector: str | None, source: Mapping[str, Any], doc: Mapping[str, Any]) -> str | None:

@@ -26,6 +26,11 @@ UNAVAILABLE_PLACEHOLDER = "__debezium_unavailable_value"
 #: The same placeholder as Debezium sends it for bytea columns (base64 of the text above).
 UNAVAILABLE_PLACEHOLDER_B64 = base64.b64encode(UNAVAILABLE_PLACEHOLDER.encode()).decode()
 
+#: The commit times a change may have (µs since the epoch): years 1 to 9999, what BigQuery and
+#: Python hold (DuckDB holds more, which then cannot be read back).
+MIN_TIMESTAMP_US = -62_135_596_800_000_000
+MAX_TIMESTAMP_US = 253_402_300_799_999_999
+
 
 class Op(StrEnum):
     INSERT = "c"

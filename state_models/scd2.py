@@ -26,7 +26,7 @@ from operator import attrgetter
 from typing import Any
 
 from state_models.errors import SchemaChangeError, TerminalError
-from state_models.events import ChangeEvent, Op, json_value
+from state_models.events import MAX_TIMESTAMP_US, MIN_TIMESTAMP_US, ChangeEvent, Op, json_value
 from state_models.types import (
     BOOL,
     NAME_LIST,
@@ -70,10 +70,6 @@ METADATA_COLUMNS: tuple[tuple[str, WarehouseType], ...] = (
     (UNAVAILABLE, NAME_LIST),
 )
 METADATA_NAMES = frozenset(name for name, _ in METADATA_COLUMNS)
-#: The times a version may start at (µs since the epoch): years 1 to 9999, what BigQuery and Python
-#: hold (DuckDB holds more, which then cannot be read back).
-MIN_TIMESTAMP_US = -62_135_596_800_000_000
-MAX_TIMESTAMP_US = 253_402_300_799_999_999
 #: Staging-only column: the event's position in its batch (the first delivery of a change wins).
 ORD = "_ord"
 #: BigQuery-only column: a hash bucket of the key, the table's partitioning column.

@@ -181,6 +181,8 @@ class TransactionChain:
     def __init__(self, position: int):
         self.position = position
         self.ends: dict[str, TransactionEnd] = {}
+        #: after ``advance``: the next transaction, when the tables hold part of it but not all
+        self.blocked: TransactionEnd | None = None
 
     def add(self, end: TransactionEnd) -> None:
         if end.commit > self.position:  # an END redelivered after its transaction was passed
@@ -207,9 +209,11 @@ class TransactionChain:
             )
             successor[prev] = (end, whole)
         moved = False
+        self.blocked = None
         while self.position in successor:
             end, whole = successor[self.position]
             if not whole:
+                self.blocked = end
                 break
             del self.ends[end.tx_id]
             self.position = end.commit

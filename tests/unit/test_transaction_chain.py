@@ -202,3 +202,14 @@ def test_a_walk_keeps_what_it_may_still_need_and_a_bounded_rest():
     ]
     assert kept_notices(notices, below, {"9"}) == notices[1:]
     assert kept_notices(notices, below, {"9"}, limit=1) == [notices[1], notices[3]]
+
+
+def test_a_change_with_an_impossible_commit_time_is_refused_with_its_bytes():
+    """Year 33658 fits no warehouse, changelog partition or clock: refused at decode, before it
+    can reach the changelog or the progress of the changes around it."""
+    resolve = resolver_for([TableInfo("x.public.a", ("id",))], "x")
+    wild = {**CHANGE, "source": {**CHANGE["source"], "ts_ms": 10**15}}
+    text = json.dumps(wild)
+    with pytest.raises(DecodeError, match="not a time in years 1 to 9999") as info:
+        decode_debezium(text, resolve)
+    assert info.value.raw == text
