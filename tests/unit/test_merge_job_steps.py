@@ -312,7 +312,9 @@ def test_transient_errors_are_retried_and_unfit_events_dead_lettered(
     assert c["dead_letters"] == len(letters)
     d = distributions(result)
     assert d["batch_size"].sum == n and d["batch_size"].count == c["merges"] == 1
-    assert d["commit_to_merge_lag_ms"].count == n and d["commit_to_merge_lag_ms"].min > 0
+    # the lag of what was applied: a refused event's commit time is what may be wrong
+    lag = d["commit_to_merge_lag_ms"]
+    assert lag.count == c["events_merged"] == n - len(letters) and lag.min > 0
 
 
 def test_streaming_merge_gives_up_after_the_retry_budget(paths: dict[str, str]) -> None:
