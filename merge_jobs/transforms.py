@@ -186,20 +186,14 @@ class _DecodeFn(beam.DoFn):
             self._rejected.inc()
             yield pvalue.TaggedOutput(
                 DEAD_LETTERS,
-                NewDeadLetter.from_error(
+                undecoded_letter(
                     exc,
-                    raw=bytes(message.data) if message.data is not None else None,
-                    source=source,
-                    table=table_attr,
-                    context={
-                        "stage": "decode",
-                        "message_id": getattr(message, "message_id", None),
-                        "publish_time": _iso(getattr(message, "publish_time", None)),
-                        "attributes": attributes,
-                        # which transaction it held back, when the JSON says (the watermark
-                        # names the letter that holds it)
-                        "tx_id": _stated_tx_id(message.data),
-                    },
+                    message,
+                    source,
+                    table_attr,
+                    # which transaction it held back, when the JSON says (the watermark names
+                    # the letter that holds it)
+                    {"attributes": attributes, "tx_id": _stated_tx_id(message.data)},
                 ),
             )
             return
@@ -208,6 +202,29 @@ class _DecodeFn(beam.DoFn):
             return
         self._decoded.inc()
         yield decoded.table, decoded
+
+
+def undecoded_letter(
+    error: TerminalError,
+    message: Any,
+    source: str | None,
+    table: str | None,
+    extra: Mapping[str, Any] | None = None,
+) -> NewDeadLetter:
+    """The dead letter of a Pub/Sub message that did not decode: its exact bytes, and where it
+    came from (message id, publish time, and ``extra``)."""
+    return NewDeadLetter.from_error(
+        error,
+        raw=bytes(message.data) if message.data is not None else None,
+        source=source,
+        table=table,
+        context={
+            "stage": "decode",
+            "message_id": getattr(message, "message_id", None),
+            "publish_time": _iso(getattr(message, "publish_time", None)),
+            **(extra or {}),
+        },
+    )
 
 
 def _stated_tx_id(data: Any) -> str | None:

@@ -44,10 +44,10 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from connectors.deadletter import DeadLetterStore, NewDeadLetter
+from connectors.deadletter import DeadLetterStore
 from connectors.warehouse import Warehouse
 from merge_jobs.pool import POOL
-from merge_jobs.transforms import DEAD_LETTERS, NAMESPACE, RetryPolicy, _iso
+from merge_jobs.transforms import DEAD_LETTERS, NAMESPACE, RetryPolicy, undecoded_letter
 from state_models.debezium import decode_transaction_end
 from state_models.errors import TerminalError
 from state_models.plans import plan_tx_changes
@@ -87,18 +87,7 @@ class _DecodeEndFn(beam.DoFn):
         except TerminalError as exc:
             self._rejected.inc()
             yield pvalue.TaggedOutput(
-                DEAD_LETTERS,
-                NewDeadLetter.from_error(
-                    exc,
-                    raw=bytes(message.data) if message.data is not None else None,
-                    source=self._source,
-                    table=None,
-                    context={
-                        "stage": "decode",
-                        "message_id": getattr(message, "message_id", None),
-                        "publish_time": _iso(getattr(message, "publish_time", None)),
-                    },
-                ),
+                DEAD_LETTERS, undecoded_letter(exc, message, self._source, None)
             )
             return
         if end is not None:  # a BEGIN says nothing the END will not
