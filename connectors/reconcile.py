@@ -328,6 +328,7 @@ def _shape(
     pii: Mapping[str, exp.Expr] | None = None,
     pii_in_sql: bool = False,
     precomputed: Mapping[str, exp.Expr] | None = None,
+    delimited: Sequence[bool] = (),
 ) -> RelationShape:
     """Keys, column texts and the row text are computed once, in a derived table; the plans
     compare and hash its columns (``collations``: per key, how it compares, e.g. ``"C"``)."""
@@ -365,7 +366,8 @@ def _shape(
         rendered = rendered.select(*_fence(dialect, "__fence1"), copy=False)
         return (
             exp.select(
-                exp.Star(), exp.alias_(row_text(text_columns, dialect), "__row_text", quoted=True)
+                exp.Star(),
+                exp.alias_(row_text(text_columns, dialect, delimited), "__row_text", quoted=True),
             )
             .from_(rendered.subquery("rendered"))
             .subquery("rows")
@@ -469,6 +471,7 @@ def source_shape(
         list(state.key),
         pii,
         precomputed=precomputed,
+        delimited=delimited(state, compared),
     )
 
 
@@ -487,8 +490,25 @@ def state_shape(
     }
     pii = {c: render(exp.column(_ident(c)), state.column_type(c), dialect) for c in compared.pii}
     return _shape(
-        dialect, relation, keys, key_types, texts, (), list(state.key), pii, pii_in_sql=True
+        dialect,
+        relation,
+        keys,
+        key_types,
+        texts,
+        (),
+        list(state.key),
+        pii,
+        pii_in_sql=True,
+        delimited=delimited(state, compared),
     )
+
+
+def delimited(state: StateTable, compared: Compared) -> list[bool]:
+    """Per compared column, whether its row-text piece is the short comma-ended form (decided
+    by the state table's type, so both sides agree)."""
+    from state_models.canonical import DELIMITED_KINDS
+
+    return [state.column_type(c).kind in DELIMITED_KINDS for c in compared.columns]
 
 
 def key_condition(key_columns: Sequence[str], keys: Sequence[Key]) -> exp.Expr:

@@ -822,24 +822,46 @@ def _source_rule(wtype: WarehouseType, dialect: str, source_type: str | None) ->
     return rule
 
 
-def row_text(columns: Sequence[exp.Expr], dialect: str) -> exp.Expr:
+#: Kinds whose canonical text never holds a comma and never starts with ``~`` (numbers, times,
+#: booleans, hex): in a row text they end with a comma instead of carrying their length.
+DELIMITED_KINDS = frozenset(
+    {
+        Kind.BOOL,
+        Kind.INT64,
+        Kind.FLOAT64,
+        Kind.DECIMAL,
+        Kind.BYTES,
+        Kind.DATE,
+        Kind.TIME,
+        Kind.DATETIME,
+        Kind.TIMESTAMP,
+    }
+)
+
+
+def row_text(columns: Sequence[exp.Expr], dialect: str, delimited: Sequence[bool] = ()) -> exp.Expr:
     """Unambiguous concatenation of already rendered texts: per column ``N`` when NULL, else
     ``L`` + char length + ``:`` + text (so NULL differs from '' and 'a|b','c' differs from
-    'a','b|c').
+    'a','b|c'). A column marked in ``delimited`` (its kind in :data:`DELIMITED_KINDS`, on both
+    sides) is its text + ``,``, or ``~`` when NULL: a cheaper form that stays unambiguous because
+    such a text holds no comma and no text starts with ``~``.
 
     Each text appears twice in the result: pass column references of a derived table
     that renders the columns when the renderings are long (floats on BigQuery).
     """
     if dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
+    plain = [*delimited, *[False] * len(columns)][: len(columns)]
     parts: list[exp.Expr] = [
-        exp.Coalesce(
+        exp.Coalesce(this=_concat(c.copy(), _str(",")), expressions=[_str("~")])
+        if short
+        else exp.Coalesce(
             this=_concat(
                 _str("L"), _as_text(exp.Length(this=c.copy()), dialect), _str(":"), c.copy()
             ),
             expressions=[_str("N")],
         )
-        for c in columns
+        for c, short in zip(columns, plain, strict=True)
     ]
     if not parts:
         return _str("")

@@ -37,6 +37,7 @@ from state_models.types import (
     STRING,
     TIME,
     TIMESTAMP,
+    Kind,
     WarehouseType,
     decimal,
 )
@@ -586,6 +587,49 @@ def test_row_text_tells_null_from_empty_and_does_not_run_values_together() -> No
     assert text("😀é", "N") == "L2:😀éL1:N"
     assert text(None) != text("")
     assert con.execute(exp.select(row_text([], "duckdb")).sql("duckdb")).fetchall() == [("",)]
+
+
+def test_a_delimited_piece_ends_with_a_comma_and_null_is_a_tilde() -> None:
+    con = duckdb.connect()
+
+    def text(values: list[str | None], delimited: list[bool]) -> str:
+        cols = [
+            exp.cast(exp.Literal.string(v) if v is not None else exp.Null(), "VARCHAR")
+            for v in values
+        ]
+        sql = exp.select(row_text(cols, "duckdb", delimited)).sql("duckdb")
+        return con.execute(sql).fetchall()[0][0]
+
+    assert text(["12", None, "", "a,b"], [True, True, True, False]) == "12,~,L3:a,b"
+    # NULL, '' (empty bytes) and a value stay apart; a prefixed neighbour cannot run into them
+    assert len({text([None], [True]), text([""], [True]), text(["N"], [True])}) == 3
+    assert text(["1", "2"], [True, True]) != text(["12", None], [True, True])
+    assert text([None, "x"], [True, False]) != text(["", "x"], [True, False])
+    assert text(["7"], [True, True]) == "7,"  # extra flags are ignored
+
+
+def test_delimited_kinds_render_without_commas_or_a_leading_tilde() -> None:
+    """The short form is unambiguous only if no rendering of those kinds holds a comma."""
+    from state_models.canonical import DELIMITED_KINDS
+
+    con = duckdb.connect()
+    samples = {
+        Kind.BOOL: "true",
+        Kind.INT64: "-9223372036854775808",
+        Kind.FLOAT64: "-1.5e+300",
+        Kind.DECIMAL: "-1234567.891",
+        Kind.BYTES: "\\x00ff",
+        Kind.DATE: "2026-12-08",
+        Kind.TIME: "23:59:59.999999",
+        Kind.DATETIME: "9999-12-31 23:59:59.999999",
+        Kind.TIMESTAMP: "2026-12-08 01:02:03.456789+00",
+    }
+    assert set(samples) == set(DELIMITED_KINDS)
+    for kind, literal in samples.items():
+        wtype = WarehouseType(kind, 38, 9) if kind is Kind.DECIMAL else WarehouseType(kind)
+        value = exp.cast(exp.Literal.string(literal), wtype.to_sql("duckdb"))
+        [(out,)] = con.execute(exp.select(render(value, wtype, "duckdb")).sql("duckdb")).fetchall()
+        assert out and "," not in out and not out.startswith("~"), (kind, out)
 
 
 @pytest.mark.parametrize("text", ["", "NL0:", "L3:a|bL1:c", "L2:😀é"])
