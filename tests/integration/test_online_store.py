@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -243,3 +245,102 @@ def test_the_beam_merge_feeds_the_store_through_disorder(online_server, tmp_path
     assert held['{"id":3}'] == {"_seq": make_seq(31, 31), "_deleted": "1"}
     assert held['{"id":4}']["plan"] == '"p29"' and held['{"id":4}']["_seq"] == make_seq(29, 29)
     assert held['{"id":0}']["plan"] == '"p30"'
+
+
+@pytest.mark.slow
+def test_cdc_run_on_a_live_source_keeps_the_store_equal_to_the_source_through_a_crash(
+    online_server, postgres, source_dsn, tmp_path
+):
+    """A real PostgreSQL with a workload of inserts, updates and deletes, captured by `cdc run`
+    (pgoutput), SIGKILLed once mid-workload and restarted (it re-merges and re-sends what it had
+    not marked done): at the end the store equals `_current` (`cdc online verify`) and holds the
+    source's rows exactly, deleted keys as tombstones."""
+    import signal
+
+    import psycopg
+
+    from tests.integration.test_run_crash import (
+        PG_SCHEMA,
+        Source,
+        start_run,
+        stop_run,
+        wait_streaming,
+        workload,
+    )
+
+    db = source_dsn.rsplit("/", 1)[1]
+    postgres.execute(PG_SCHEMA, database=db)
+    source = Source(
+        registry="",
+        table="billing.public.accounts",
+        connect=lambda: psycopg.connect(source_dsn),
+        query=lambda sql: postgres.execute(sql.replace("{t}", "public."), database=db),
+    )
+    config = tmp_path / "cdc.yaml"
+    config.write_text(f"""
+changelog: ./changelog
+warehouse: duckdb:///{tmp_path}/warehouse.duckdb
+state_dir: {tmp_path}/state
+online:
+  url: {online_server.url}
+  key_prefix: "live:"
+sources:
+  billing:
+    kind: postgres
+    engine: pgoutput
+    dsn: {source_dsn}
+    slot: cdc_online_{db}
+    publication: cdc_online_{db}
+    tables:
+      - name: public.accounts
+        primary_key: [id]
+        columns: {{id: bigint, balance: "numeric(12,2)", note: text}}
+""")
+    state, log = tmp_path / "state", tmp_path / "run.log"
+    proc = start_run(config, log)
+    try:
+        wait_streaming(state, proc)
+        done = threading.Event()
+        writer = threading.Thread(target=workload, args=(source, 600, 5, done))
+        writer.start()
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGKILL)  # mid-workload: merged, maybe not yet in the store
+        proc.wait(30)
+        proc = start_run(config, log)
+        wait_streaming(state, proc)
+        writer.join(180)
+        assert done.is_set(), "the workload did not finish"
+        deadline = time.monotonic() + 120
+        table = "billing.public.accounts"
+        while True:  # until the end marker is in the store and the store equals _current
+            time.sleep(1.0)
+            store = backend(online_server, "live:")
+            try:
+                held = dict(store.rows(table))
+            finally:
+                store.close()
+            if '{"id":-1}' in held or time.monotonic() > deadline:
+                break
+        assert stop_run(proc, log) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    code, said = cli(config, "online", "verify", table)
+    assert code == 0, said
+    live = {
+        f'{{"id":{key}}}': (str(balance), note)
+        for key, balance, note in source.query("SELECT id, balance, note FROM {t}accounts")
+    }
+    store = backend(online_server, "live:")
+    try:
+        held = dict(store.rows(table))
+    finally:
+        store.close()
+    rows = {k: v for k, v in held.items() if v.get("_deleted") != "1"}
+    assert len(live) > 100  # the workload left rows to compare
+    assert {k: (json.loads(v["balance"]), json.loads(v["note"])) for k, v in rows.items()} == {
+        k: (b, n) for k, (b, n) in live.items()
+    }
+    deleted = {k for k, v in held.items() if v.get("_deleted") == "1"}
+    assert deleted and not deleted & set(live)  # the workload deleted keys: tombstones
