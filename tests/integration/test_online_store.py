@@ -249,16 +249,18 @@ def test_the_beam_merge_feeds_the_store_through_disorder(online_server, tmp_path
 
 @pytest.mark.slow
 def test_cdc_run_on_a_live_source_keeps_the_store_equal_to_the_source_through_a_crash(
-    online_server, postgres, source_dsn, tmp_path
+    online_server, postgres, source_dsn, tmp_path, monkeypatch
 ):
     """A real PostgreSQL with a workload of inserts, updates and deletes, captured by `cdc run`
     (pgoutput), SIGKILLed once mid-workload and restarted (it re-merges and re-sends what it had
     not marked done): at the end the store equals `_current` (`cdc online verify`) and holds the
-    source's rows exactly, deleted keys as tombstones."""
+    source's rows exactly, deleted keys as tombstones; the `pii: hash` column only as its token,
+    its clear text nowhere in the store."""
     import signal
 
     import psycopg
 
+    from state_models.pii import TOKEN_PREFIX, PiiKey
     from tests.integration.test_run_crash import (
         PG_SCHEMA,
         Source,
@@ -295,7 +297,10 @@ sources:
       - name: public.accounts
         primary_key: [id]
         columns: {{id: bigint, balance: "numeric(12,2)", note: text}}
+        pii: {{note: hash}}
 """)
+    secret = "online-test-key-0123456789abcdef"
+    monkeypatch.setenv("CDC_PII_KEY", secret)
     state, log = tmp_path / "state", tmp_path / "run.log"
     proc = start_run(config, log)
     try:
@@ -339,8 +344,12 @@ sources:
         store.close()
     rows = {k: v for k, v in held.items() if v.get("_deleted") != "1"}
     assert len(live) > 100  # the workload left rows to compare
+    pii = PiiKey(secret.encode())
     assert {k: (json.loads(v["balance"]), json.loads(v["note"])) for k, v in rows.items()} == {
-        k: (b, n) for k, (b, n) in live.items()
+        k: (b, pii.token(n)) for k, (b, n) in live.items()
     }
+    held_text = json.dumps(held)
+    assert all(json.loads(v["note"]).startswith(TOKEN_PREFIX) for v in rows.values())
+    assert not [n for _, n in live.values() if f'\\"{n}\\"' in held_text]  # no clear note
     deleted = {k for k, v in held.items() if v.get("_deleted") == "1"}
     assert deleted and not deleted & set(live)  # the workload deleted keys: tombstones
