@@ -653,11 +653,17 @@ class Runtime:
         pending = self.journal.pending(ARCHIVED)
         total = 0
         for chunk in _chunks(pending, 64):
-            events = [e for seg in chunk for e in Journal.read(seg)]
-            self._writer.append(events)
+            for seg in chunk:  # one segment at a time: memory stays bounded whatever the backlog
+                rows = Journal.rows(seg)
+                if rows is None:  # an older segment format: through its events
+                    events = list(Journal.read(seg))
+                    self._writer.append(events)
+                    total += len(events)
+                else:
+                    self._writer.append_rows(rows)
+                    total += rows.num_rows
             self._writer.flush()
             Journal.mark(chunk, ARCHIVED)
-            total += len(events)
         with self._journal_lock:
             self.journal.prune()
         self.summary.events_archived += total

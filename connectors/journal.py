@@ -147,6 +147,19 @@ class Journal:
                 yield from from_batch(reader.get_batch(i))
 
     @staticmethod
+    def rows(segment: Segment) -> pa.Table | None:
+        """The segment's changelog rows as Arrow (read into memory: one capture batch), or None
+        when it is not in the current format (an older JSON-lines segment, or Arrow of another
+        schema: read its events)."""
+        if segment.path.suffix != ".arrow":
+            return None
+        with pa.OSFile(str(segment.path)) as source:
+            reader = pa.ipc.open_file(source)
+            if reader.schema.remove_metadata() != SCHEMA.remove_metadata():
+                return None
+            return reader.read_all()
+
+    @staticmethod
     def mark(segments: Sequence[Segment], marker: str) -> None:
         """Record that ``segments`` are done for one consumer (durably: marker files, dir fsync)."""
         dirs = set()

@@ -690,6 +690,10 @@ def encode_debezium(event: ChangeEvent, kind: str) -> str:
             sequence=json.dumps([str(sections[0]), str(sections[1])]),
             lsn=sections[1],
         )
+        if event.tx_id is not None:  # the xid, a number as Debezium sends it; any other id as is
+            tx = event.tx_id
+            canonical = tx.isascii() and tx.isdigit() and str(int(tx)) == tx
+            source["txId"] = int(tx) if canonical else tx
     else:
         if len(sections) != 3:
             raise ValueError(

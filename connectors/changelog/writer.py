@@ -27,7 +27,6 @@ efficient, small enough that seq-range replays skip most of a file and a reader 
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import threading
 import time
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from connectors.changelog.records import SCHEMA, to_batch
@@ -76,8 +76,8 @@ class _Part:
     table: str
     hour: int
     opened_at: float
-    pending: list[ChangeEvent] = field(default_factory=list)
-    pending_ingested: list[int] = field(default_factory=list)
+    pending: list[pa.Table] = field(default_factory=list)  # changelog rows in arrival order
+    pending_rows: int = 0
     sink: pa.BufferOutputStream | None = None
     writer: pq.ParquetWriter | None = None
     rows: int = 0
@@ -145,6 +145,25 @@ class ChangelogWriter:
                 self._parts.clear()
                 raise
 
+    def append_rows(self, rows: pa.RecordBatch | pa.Table) -> list[PublishedFile]:
+        """``append`` for events that are already changelog rows (``SCHEMA``, e.g. a journal
+        segment): they go to their files as Arrow, never as Python objects, so a backlog of any
+        size is rolled in bounded memory. Each row's ``ingested_at`` is this writer's clock, as in
+        ``append``."""
+        if rows.schema.remove_metadata() != SCHEMA.remove_metadata():
+            raise ValueError(
+                f"append_rows expects changelog rows of the current schema; got {rows.schema}"
+            )
+        with self._lock:
+            try:
+                done = self._append_rows(
+                    pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+                )
+                return done + self._publish(self._due())
+            except BaseException:
+                self._parts.clear()
+                raise
+
     def poll(self) -> list[PublishedFile]:
         """Publish the parts whose oldest event has waited ``max_file_age_s``."""
         with self._lock:
@@ -167,7 +186,7 @@ class ChangelogWriter:
 
     @property
     def pending_events(self) -> int:
-        return sum(p.rows + len(p.pending) for p in self._parts.values())
+        return sum(p.rows + p.pending_rows for p in self._parts.values())
 
     def __enter__(self) -> ChangelogWriter:
         return self
@@ -183,25 +202,53 @@ class ChangelogWriter:
     def _append(self, events: Sequence[ChangeEvent]) -> list[PublishedFile]:
         if not events:
             return []
-        now_us = self._now_us()
-        touched: dict[tuple[str, int], _Part] = {}
-        parts = self._parts
+        groups: dict[tuple[str, int], list[ChangeEvent]] = {}
         for e in events:
-            k = (e.table, e.commit_ts // _HOUR_US)
-            part = touched.get(k)
-            if part is None:
-                part = parts.get(k)
-                if part is None:
-                    table_dir(e.table)  # reject a malformed table id before buffering anything
-                    part = parts[k] = _Part(e.table, k[1], self._clock())
-                touched[k] = part
-            part.pending.append(e)
+            groups.setdefault((e.table, e.commit_ts // _HOUR_US), []).append(e)
+        now_us = self._now_us()
+        return self._add_parts(
+            {k: to_batch(group, [now_us] * len(group)) for k, group in groups.items()}
+        )
+
+    def _append_rows(self, rows: pa.Table) -> list[PublishedFile]:
+        if not rows.num_rows:
+            return []
+        rows = rows.replace_schema_metadata(SCHEMA.metadata)
+        at = SCHEMA.get_field_index("ingested_at")
+        now = pa.array([self._now_us()] * rows.num_rows, pa.int64()).cast(SCHEMA.field(at).type)
+        rows = rows.set_column(at, SCHEMA.field(at), now)
+        ts = rows.column("commit_ts").cast(pa.int64())
+        hour = pc.divide(ts, _HOUR_US)  # truncates toward zero; the hour floors, as in _append
+        inexact = pc.and_(pc.less(ts, 0), pc.not_equal(pc.multiply(hour, _HOUR_US), ts))
+        hour = pc.if_else(inexact, pc.subtract(hour, 1), hour)
+        tables = rows.column("table")
+        keys = list(dict.fromkeys(zip(tables.to_pylist(), hour.to_pylist(), strict=True)))
+        if len(keys) == 1:  # in the order they first appear, as in _append
+            return self._add_parts({keys[0]: rows})
+        return self._add_parts(
+            {
+                (t, h): rows.filter(pc.and_(pc.equal(tables, t), pc.equal(hour, h)))
+                for t, h in keys
+            }
+        )
+
+    def _add_parts(
+        self, groups: Mapping[tuple[str, int], pa.RecordBatch | pa.Table]
+    ) -> list[PublishedFile]:
+        parts = self._parts
+        for k in groups:
+            if k not in parts:
+                table_dir(k[0])  # reject a malformed table id before buffering anything
         done: list[PublishedFile] = []
-        for part in touched.values():
-            part.pending_ingested.extend(
-                [now_us] * (len(part.pending) - len(part.pending_ingested))
-            )
-            while len(part.pending) >= self.row_group_rows:
+        for k, rows in groups.items():
+            part = parts.get(k)
+            if part is None:
+                part = parts[k] = _Part(k[0], k[1], self._clock())
+            if isinstance(rows, pa.RecordBatch):
+                rows = pa.Table.from_batches([rows])
+            part.pending.append(rows)
+            part.pending_rows += rows.num_rows
+            while part.pending_rows >= self.row_group_rows:
                 self._encode_row_group(part, self.row_group_rows)
                 if part.sink is not None and part.sink.tell() >= self.max_file_bytes:
                     done.append(self._close_file(part))
@@ -215,15 +262,15 @@ class ChangelogWriter:
         return [k for k, p in self._parts.items() if p.opened_at <= cutoff]
 
     def _encode_row_group(self, part: _Part, n: int) -> None:
-        events, part.pending = part.pending[:n], part.pending[n:]
-        ingested, part.pending_ingested = part.pending_ingested[:n], part.pending_ingested[n:]
-        seqs = [e.seq for e in events]
-        if any(a > b for a, b in itertools.pairwise(seqs)):
-            order = sorted(range(len(events)), key=seqs.__getitem__)
-            events = [events[i] for i in order]
-            ingested = [ingested[i] for i in order]
-        first, last = events[0].seq, events[-1].seq
-        batch = to_batch(events, ingested)
+        """The first ``n`` pending rows (in arrival order) as one row group, sorted by ``seq``."""
+        pending = pa.concat_tables(part.pending) if len(part.pending) > 1 else part.pending[0]
+        rows, rest = pending.slice(0, n), pending.slice(n)
+        part.pending = [rest] if rest.num_rows else []
+        part.pending_rows = rest.num_rows
+        rows = rows.take(pc.sort_indices(rows, [("seq", "ascending")]))  # stable
+        batch = rows.combine_chunks().to_batches()[0]
+        seqs = batch.column("seq")
+        first, last = seqs[0].as_py(), seqs[-1].as_py()
         if part.writer is None:
             part.sink = pa.BufferOutputStream()
             part.writer = pq.ParquetWriter(
@@ -237,15 +284,15 @@ class ChangelogWriter:
             part.first_seq, part.last_seq = first, last
         else:
             part.first_seq, part.last_seq = min(part.first_seq, first), max(part.last_seq, last)
-        part.writer.write_batch(batch, row_group_size=len(events))
-        part.rows += len(events)
+        part.writer.write_batch(batch, row_group_size=batch.num_rows)
+        part.rows += batch.num_rows
 
     def _publish(self, keys: list[tuple[str, int]]) -> list[PublishedFile]:
         done = []
         for k in keys:
             part = self._parts[k]
-            if part.pending:
-                self._encode_row_group(part, len(part.pending))
+            if part.pending_rows:
+                self._encode_row_group(part, part.pending_rows)
             if part.writer is not None:
                 done.append(self._close_file(part))
             del self._parts[k]

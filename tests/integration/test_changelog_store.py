@@ -234,3 +234,60 @@ def test_the_writer_is_a_capture_event_sink(changelog_root):
     assert isinstance(sink, EventSink)
     sink.write([])  # an empty batch is durable at once and writes nothing
     assert layout_files(changelog_root) == []
+
+
+def test_rows_appended_as_arrow_make_the_same_files_as_their_events(tmp_path):
+    """`append_rows` (the archiver's path for journal segments) and `append` of the same events
+    give byte-identical files: same partitions (an hour before 1970 floors too), row groups in
+    arrival order, each sorted by seq, same seq bounds."""
+    from connectors.changelog.records import to_batch
+
+    evs = events(230, spacing_us=40_000_000)  # three hour partitions
+    evs += events(20, start=500, table="billing.public.invoices")
+    evs += [
+        ChangeEvent(
+            table=TABLE,
+            op=Op.UPDATE,
+            key={"id": k},
+            before=None,
+            after={"id": k, "plan": "old"},
+            seq=make_seq(10 + k, k),
+            commit_ts=-HOUR - k,  # 1969-12-31T23:00 exactly (k=0), else in the hour before
+        )
+        for k in range(3)
+    ]
+    evs = evs[::7] + [e for i, e in enumerate(evs) if i % 7]  # seqs out of order in a batch
+
+    def write(root, feed):
+        w = ChangelogWriter(
+            str(root), writer_id="wsame", row_group_rows=64, now_us=lambda: T0, clock=lambda: 0.0
+        )
+        for i in range(0, len(evs), 50):
+            feed(w, evs[i : i + 50])
+        w.flush()
+        return w.published
+
+    by_events = write(tmp_path / "a", lambda w, chunk: w.append(chunk))
+    by_rows = write(
+        tmp_path / "b", lambda w, chunk: w.append_rows(to_batch(chunk, [0] * len(chunk)))
+    )
+    assert len(by_events) == 6
+    assert any("dt=1969-12-31/hour=22" in f.path for f in by_rows)
+    assert any("dt=1969-12-31/hour=23" in f.path for f in by_rows)
+    for a, b in zip(by_events, by_rows, strict=True):
+        assert (a.table, a.partition, a.first_seq, a.last_seq, a.rows) == (
+            b.table,
+            b.partition,
+            b.first_seq,
+            b.last_seq,
+            b.rows,
+        )
+        ta, tb = pq.read_table(a.path), pq.read_table(b.path)
+        assert ta.equals(tb)
+        assert ta.column("seq").to_pylist() == sorted(ta.column("seq").to_pylist()) or (
+            pq.ParquetFile(a.path).num_row_groups > 1
+        )
+    with pytest.raises(ValueError, match="changelog rows of the current schema"):
+        ChangelogWriter(str(tmp_path / "c")).append_rows(
+            to_batch(evs[:2], [0, 0]).drop_columns(["raw"])
+        )

@@ -224,12 +224,12 @@ def test_a_slow_changelog_write_does_not_hold_up_the_merges(tmp_path, monkeypatc
 
     release = threading.Event()
     writing = threading.Event()
-    original = ChangelogWriter.append
+    original = ChangelogWriter.append_rows  # the archiver rolls journal rows as Arrow
 
-    def slow_append(self, events):
+    def slow_append(self, rows):
         writing.set()
         release.wait(20)
-        return original(self, events)
+        return original(self, rows)
 
     cfg = load_config(registry(tmp_path))
     batches = [[change(1, 1, "basic", Op.INSERT)]] + [
@@ -241,7 +241,7 @@ def test_a_slow_changelog_write_does_not_hold_up_the_merges(tmp_path, monkeypatc
         capture_factory=factory(batches),
     )
     rt._last_archive = -1e9  # type: ignore[attr-defined]  # archive at once
-    monkeypatch.setattr(ChangelogWriter, "append", slow_append)
+    monkeypatch.setattr(ChangelogWriter, "append_rows", slow_append)
 
     merged_during_write: list[int] = []
 
