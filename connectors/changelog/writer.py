@@ -1,7 +1,8 @@
 """Append change events to the raw changelog as immutable zstd Parquet files.
 
 One open *part* per (table, commit hour). Events accumulate in a part; every ``row_group_rows``
-events become one Parquet row group (sorted by ``seq``, so its min/max statistics prune seq-range
+events (or fewer, once they hold ``row_group_bytes`` of Arrow data: wide rows) become one Parquet
+row group (sorted by ``seq``, so its min/max statistics prune seq-range
 replays), encoded into an in-memory file. A part is published as one file when it reaches
 ``max_file_bytes``, when its oldest event has waited ``max_file_age_s``, or on ``flush()``.
 
@@ -51,6 +52,10 @@ from state_models.events import ChangeEvent
 
 _HOUR_US = 3_600_000_000
 DEFAULT_ROW_GROUP_ROWS = 65_536
+#: Arrow bytes that close a row group before it has ``row_group_rows`` rows: a native capture's
+#: event carries its Debezium envelope with the schema block (~3 KiB), so 65,536 of them would be
+#: ~200 MiB held, copied and encoded at once by the writer and by every reader of the group.
+DEFAULT_ROW_GROUP_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FILE_AGE_S = 60.0
 #: Measured on Debezium-like rows (benchmarks/replay_throughput.py): level 1 files were smaller
@@ -78,6 +83,7 @@ class _Part:
     opened_at: float
     pending: list[pa.Table] = field(default_factory=list)  # changelog rows in arrival order
     pending_rows: int = 0
+    pending_bytes: int = 0
     sink: pa.BufferOutputStream | None = None
     writer: pq.ParquetWriter | None = None
     rows: int = 0
@@ -101,19 +107,22 @@ class ChangelogWriter:
         storage_options: Mapping[str, Any] | None = None,
         fs: Any = None,
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+        row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         max_file_age_s: float = DEFAULT_MAX_FILE_AGE_S,
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         clock: Callable[[], float] = time.monotonic,
         now_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ):
-        if row_group_rows < 1 or max_file_bytes < 1 or max_file_age_s < 0:
+        if row_group_rows < 1 or row_group_bytes < 1 or max_file_bytes < 1 or max_file_age_s < 0:
             raise ValueError(
-                "row_group_rows and max_file_bytes must be positive, max_file_age_s not negative"
+                "row_group_rows, row_group_bytes and max_file_bytes must be positive, "
+                "max_file_age_s not negative"
             )
         self.root: Root = open_root(root, storage_options=storage_options, fs=fs)
         self.writer_id = check_writer_id(writer_id or new_writer_id())
         self.row_group_rows = row_group_rows
+        self.row_group_bytes = row_group_bytes
         self.max_file_bytes = max_file_bytes
         self.max_file_age_s = max_file_age_s
         self.zstd_level = zstd_level
@@ -226,10 +235,7 @@ class ChangelogWriter:
         if len(keys) == 1:  # in the order they first appear, as in _append
             return self._add_parts({keys[0]: rows})
         return self._add_parts(
-            {
-                (t, h): rows.filter(pc.and_(pc.equal(tables, t), pc.equal(hour, h)))
-                for t, h in keys
-            }
+            {(t, h): rows.filter(pc.and_(pc.equal(tables, t), pc.equal(hour, h))) for t, h in keys}
         )
 
     def _add_parts(
@@ -248,8 +254,15 @@ class ChangelogWriter:
                 rows = pa.Table.from_batches([rows])
             part.pending.append(rows)
             part.pending_rows += rows.num_rows
-            while part.pending_rows >= self.row_group_rows:
-                self._encode_row_group(part, self.row_group_rows)
+            part.pending_bytes += rows.nbytes
+            while (
+                part.pending_rows >= self.row_group_rows
+                or part.pending_bytes >= self.row_group_bytes
+            ):
+                # rows of about row_group_bytes, at most row_group_rows
+                per_row = part.pending_bytes / part.pending_rows
+                n = min(self.row_group_rows, max(1, int(self.row_group_bytes / per_row)))
+                self._encode_row_group(part, min(n, part.pending_rows))
                 if part.sink is not None and part.sink.tell() >= self.max_file_bytes:
                     done.append(self._close_file(part))
                     part.opened_at = self._clock()
@@ -267,6 +280,7 @@ class ChangelogWriter:
         rows, rest = pending.slice(0, n), pending.slice(n)
         part.pending = [rest] if rest.num_rows else []
         part.pending_rows = rest.num_rows
+        part.pending_bytes = rest.nbytes
         rows = rows.take(pc.sort_indices(rows, [("seq", "ascending")]))  # stable
         batch = rows.combine_chunks().to_batches()[0]
         seqs = batch.column("seq")

@@ -291,3 +291,17 @@ def test_rows_appended_as_arrow_make_the_same_files_as_their_events(tmp_path):
         ChangelogWriter(str(tmp_path / "c")).append_rows(
             to_batch(evs[:2], [0, 0]).drop_columns(["raw"])
         )
+
+
+def test_wide_rows_close_a_row_group_by_bytes_before_it_has_its_rows(changelog_root):
+    evs = events(300)
+    for e in evs:
+        object.__setattr__(e, "raw", "x" * 2000)  # a native capture's envelope: ~2 KiB each
+    w = ChangelogWriter(changelog_root, row_group_rows=1000, row_group_bytes=100_000)
+    w.append(evs)
+    [f] = w.flush()
+    meta = pq.ParquetFile(open_root(f.path).fs.open(f.path, "rb")).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sum(sizes) == 300 and len(sizes) >= 6 and max(sizes) <= 60, sizes
+    back = read_all(ChangelogReader(changelog_root))
+    assert sorted(norm(e)[0] for e in back) == sorted(e.event_id for e in evs)
