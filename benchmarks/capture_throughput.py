@@ -9,7 +9,8 @@ For each engine, on a throwaway server of its own:
 Engines: ``debezium`` (embedded Debezium on the local JVM) and ``pgoutput`` (native reader) on
 PostgreSQL with wal_level=logical; ``binlog`` (native reader) on MariaDB with a ROW binlog
 (binlog_row_metadata=FULL), run when ``connectors.capture.binlog`` and the MariaDB binaries exist.
-Each capture uses the defaults ``cdc run`` uses (Debezium JSON kept in ``raw``).
+Each capture uses the defaults ``cdc run`` uses (the native readers render no Debezium envelope;
+``--envelopes`` makes them render it into ``raw`` as before, to compare).
 
 ``seconds`` runs from the first streamed batch the sink receives to the last, and ``events/s``
 counts the events delivered after that first batch, so it is the capture's own rate; ``from SQL``
@@ -81,7 +82,15 @@ def report(**fields: Any) -> None:
     print(MARK + json.dumps(fields), flush=True)
 
 
-def capture_child(engine: str, dsn: str, table: str, seeded: int, rows: int, timeout: float) -> int:
+def capture_child(
+    engine: str,
+    dsn: str,
+    table: str,
+    seeded: int,
+    rows: int,
+    timeout: float,
+    envelopes: bool = False,
+) -> int:
     """Capture ``table`` until the sink has seen ``seeded`` snapshot rows and ``rows`` updates."""
     from connectors.capture import make_capture, prepare_engines
     from state_models.registry import Registry, Source, TableSpec, table_infos
@@ -96,7 +105,8 @@ def capture_child(engine: str, dsn: str, table: str, seeded: int, rows: int, tim
     )
     infos = table_infos(Registry(sources={name: source}), name)
     state_dir = Path(tempfile.mkdtemp(prefix=f"cdc-capbench-{engine}-"))
-    capture = make_capture(name, source, infos, state_dir)
+    options = {"keep_raw": True} if envelopes and engine != "debezium" else {}
+    capture = make_capture(name, source, infos, state_dir, **options)
     sink = TimedCountingSink()
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -272,7 +282,9 @@ def read_report(child: subprocess.Popen[str], deadline: float) -> dict[str, Any]
     raise RuntimeError("capture process did not report in time")
 
 
-def run_engine(engine: str, rows: int, transactions: int, timeout: float) -> dict[str, Any]:
+def run_engine(
+    engine: str, rows: int, transactions: int, timeout: float, envelopes: bool = False
+) -> dict[str, Any]:
     """Seed, capture the snapshot, stream ``rows`` updates; the figures of one engine."""
     bench: PostgresBench | MariaDBBench
     t = time.monotonic()
@@ -280,7 +292,7 @@ def run_engine(engine: str, rows: int, transactions: int, timeout: float) -> dic
     seed_s = time.monotonic() - t
     log = Path(tempfile.mkstemp(prefix=f"cdc-capbench-{engine}-", suffix=".log")[1])
     cmd = [sys.executable, __file__, "--child", engine, "--dsn", bench.dsn, "--table", bench.table]
-    cmd += ["--rows", str(rows), "--timeout", str(timeout)]
+    cmd += ["--rows", str(rows), "--timeout", str(timeout)] + (["--envelopes"] if envelopes else [])
     with log.open("w") as err:
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
     try:
@@ -334,12 +346,19 @@ def main() -> int:
     )
     ap.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase of each engine, s")
+    ap.add_argument(
+        "--envelopes",
+        action="store_true",
+        help="the native readers render each event's Debezium envelope into raw (before issue 17)",
+    )
     ap.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     ap.add_argument("--dsn", help=argparse.SUPPRESS)
     ap.add_argument("--table", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        rc = capture_child(args.child, args.dsn, args.table, args.rows, args.rows, args.timeout)
+        rc = capture_child(
+            args.child, args.dsn, args.table, args.rows, args.rows, args.timeout, args.envelopes
+        )
         print(f"capture: exiting {rc}", file=sys.stderr, flush=True)
         return rc
 
@@ -363,7 +382,9 @@ def main() -> int:
             skipped[engine] = reason
             continue
         try:
-            results.append(run_engine(engine, args.rows, args.transactions, args.timeout))
+            results.append(
+                run_engine(engine, args.rows, args.transactions, args.timeout, args.envelopes)
+            )
         except RuntimeError as exc:
             failed[engine] = str(exc)
             print(f"{engine}: FAILED: {exc}", file=sys.stderr, flush=True)

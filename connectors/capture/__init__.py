@@ -43,8 +43,17 @@ def make_capture(
     state_dir: str | Path,
     **options: Any,
 ) -> Capture:
-    """The capture engine the registry names for this source."""
+    """The capture engine the registry names for this source.
+
+    The native readers render no Debezium envelope into ``ChangeEvent.raw`` unless
+    ``keep_raw=True`` is passed: ``cdc run``'s journal, merge and changelog keep the event's own
+    columns, and the sinks that need Debezium JSON encode it when they need it (Pub/Sub:
+    ``state_models.pubsub.message_for``; a dead letter: ``merge_jobs.apply``). The envelope with
+    its schema block was ~3 KiB of every ~3.4 KiB event. The Debezium engine's records are the
+    engine's own messages and are kept."""
     engine = source.engine
+    if engine in ("pgoutput", "binlog"):
+        options.setdefault("keep_raw", False)
     if engine == "debezium" and source.kind == "postgres":
         from connectors.capture.debezium import DebeziumCapture
 

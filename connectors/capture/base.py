@@ -26,9 +26,9 @@ position. Events inside a batch are in source commit order (``seq`` ascending, e
 of one snapshot share the snapshot's seq). Across restarts a sink may see a suffix of what it
 already acknowledged again, never a gap.
 
-Native readers (pgoutput, binlog) also render the Debezium JSON envelope of every event into
-``ChangeEvent.raw`` (``keep_raw=True``, the default), so that sinks that publish or archive the
-wire message treat every engine alike.
+Native readers (pgoutput, binlog) can also render the Debezium JSON envelope of every event into
+``ChangeEvent.raw`` (``keep_raw=True``, their constructors' default); ``make_capture``, which
+``cdc run`` uses, turns it off: a sink that needs Debezium JSON encodes it from the event.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ def purge_binlogs(server: Any, timeout: float = 30) -> None:
 
 
 def _capture(dsn: str, state_dir: Path, *specs: TableSpec, **options: Any) -> BinlogCapture:
+    options.setdefault("keep_raw", True)  # these tests check the envelopes too
     capture = my_capture(dsn, state_dir, *specs, **options)
     assert isinstance(capture, BinlogCapture)
     return capture

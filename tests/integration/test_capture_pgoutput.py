@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 def _capture(dsn: str, state_dir: Path, *specs: TableSpec, **options: Any) -> PgoutputCapture:
+    options.setdefault("keep_raw", True)  # these tests check the envelopes too
     capture = pg_capture("pgoutput", dsn, state_dir, *specs, **options)
     assert isinstance(capture, PgoutputCapture)
     return capture

@@ -111,3 +111,16 @@ def test_make_capture_refuses_engines_without_a_local_capture(tmp_path: Path) ->
     ds = Source(kind="postgres", engine="datastream", dsn="postgresql://x@h/db")
     with pytest.raises(ConfigError, match="Datastream"):
         make_capture("billing", ds, [], tmp_path)
+
+
+def test_make_capture_renders_no_envelopes_for_the_native_readers_unless_asked(
+    tmp_path: Path,
+) -> None:
+    """cdc run's captures (make_capture) leave raw empty: a sink that needs Debezium JSON encodes
+    it from the event (Pub/Sub, dead letters)."""
+    pg = Source(kind="postgres", engine="pgoutput", dsn="postgresql://x@127.0.0.1:1/db")
+    my = Source(kind="mysql", engine="binlog", dsn="mysql://root@127.0.0.1:1/db", server_id=7)
+    for source in (pg, my):
+        assert make_capture("s", source, [], tmp_path).keep_raw is False  # type: ignore[attr-defined]
+        asked = make_capture("s", source, [], tmp_path, keep_raw=True)
+        assert asked.keep_raw is True  # type: ignore[attr-defined]
