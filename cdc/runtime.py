@@ -49,6 +49,9 @@ from state_models.registry import Registry, table_infos
 from state_models.scd2 import TableDef
 from state_models.watermark import TransactionCuts, hold_for, later
 
+#: in the state folder: the tables whose online store may lack merged changes (JSON list of ids)
+ONLINE_UNSYNCED = "online_unsynced.json"
+
 log = logging.getLogger("cdc.run")
 
 STATUS_FILE = "status.json"
@@ -218,6 +221,9 @@ class Runtime:
         self._set_aside_seen = 0  # changes the captures set aside, when the holds were read
         #: table id -> the syncer of the online store that keeps it (started by run)
         self.online: dict[str, Any] = {}
+        #: tables whose merged changes may not all be in their online store yet, kept durably in
+        #: ONLINE_UNSYNCED: a run that stops or dies before its store has them refills them next time
+        self._unsynced: set[str] = set()
         self._next_progress = 0.0
         self.captures: dict[str, Capture] = {}
         self.summary = RunSummary(tables=self.progress)
@@ -398,6 +404,7 @@ class Runtime:
             for name, changes in by_source.items():
                 if name in self._cuts:
                     starts.update(self._cuts[name].observe(changes))
+            self._mark_unsynced({e.table for e in events})
             try:
                 report = apply_events(
                     self._warehouse,
@@ -441,6 +448,18 @@ class Runtime:
                 syncers[id(store)] = OnlineSyncer(open_online(store))
             self.online[t.id] = syncers[id(store)]
             syncers[id(store)].tables.add(t.id)
+        # the last run stopped or died before its stores had everything it merged: refill those
+        # tables from their state tables (through the fence) once the store answers
+        try:
+            owed = json.loads((self.state_dir / ONLINE_UNSYNCED).read_text())
+        except FileNotFoundError:
+            owed = []
+        except ValueError:  # torn by hand: refill every kept table
+            owed = list(self.online)
+        for table_id in owed:
+            if table_id in self.online:
+                self.online[table_id].stale.add(table_id)
+                self._unsynced.add(table_id)
 
     def _feed_online(self, events: Sequence[Any]) -> None:
         """Hand the current version of each key the merge touched to its online store."""
@@ -470,10 +489,39 @@ class Runtime:
             for table_id in sorted(syncer.stale):
                 syncer.put(current_online_rows(self._warehouse, self.tables[table_id]))
                 syncer.stale.discard(table_id)
+        self._clear_synced()
+
+    def _mark_unsynced(self, table_ids: set[str]) -> None:
+        """Before a merge of these tables: note durably that their store may lack changes."""
+        kept = {t for t in table_ids if t in self.online} - self._unsynced
+        if kept:
+            self._unsynced |= kept
+            self._write_unsynced()
+
+    def _clear_synced(self) -> None:
+        """Once every store has written all it was handed (and needs no refill), nothing is owed."""
+        if not self._unsynced:
+            return
+        syncers = {id(self.online[t]): self.online[t] for t in self._unsynced}.values()
+        if all(s.idle() and not s.stale for s in syncers):
+            self._unsynced.clear()
+            self._write_unsynced()
+
+    def _write_unsynced(self) -> None:
+        from connectors.capture.offsets import write_atomically
+
+        path = self.state_dir / ONLINE_UNSYNCED
+        if self._unsynced:
+            write_atomically(path, json.dumps(sorted(self._unsynced)).encode())
+        else:
+            path.unlink(missing_ok=True)
 
     def _stop_online(self) -> None:
-        for syncer in {id(s): s for s in self.online.values()}.values():
-            syncer.flush(10.0)
+        syncers = {id(s): s for s in self.online.values()}.values()
+        for syncer in syncers:
+            syncer.flush(10.0)  # what is not written by then is refilled at the next start
+        self._clear_synced()
+        for syncer in syncers:
             syncer.close()
 
     def _hold_context(self, event: Any, starts: dict[str, str | None]) -> dict[str, Any]:

@@ -190,6 +190,58 @@ def test_cdc_run_keeps_the_store_equal_to_current_through_disorder_and_an_outage
     assert code == 0, said
 
 
+def test_a_run_that_stops_before_its_store_has_everything_refills_it_at_the_next_start(
+    online_server, tmp_path, monkeypatch
+):
+    """Merged, then stopped while the store still owed writes (here: its writes hang, as on a
+    store that stopped answering mid-write or a process killed before its writer caught up): the
+    owed tables stay noted in the state folder, and the next run refills them from the state
+    table, so the store ends equal to `_current` without a new change to those keys."""
+    from cdc.runtime import ONLINE_UNSYNCED
+    from connectors.online import OnlineSyncer
+
+    config = registry(tmp_path, online_server.url)
+    cfg = load_config(config)
+    hang, writing = threading.Event(), threading.Event()
+    real_run = OnlineSyncer._run
+
+    def hung_writer(self):  # takes a batch off the queue and never writes it
+        with self._lock:
+            while not self._queue:
+                self._lock.wait(0.05)
+            self._queue.clear()
+            self._busy = True
+        writing.set()
+        hang.wait(60)
+
+    monkeypatch.setattr(OnlineSyncer, "_run", hung_writer)
+    batches = [
+        [change(i, i, "basic", Op.INSERT) for i in range(1, 11)],
+        [change(20, 3, None, Op.DELETE)],
+    ]
+    rt = Runtime(cfg, RuntimeOptions(max_latency_s=0), capture_factory=factory(batches))
+    try:
+        run_until(rt, lambda r: r.summary.events_merged >= 11 and writing.is_set(), timeout=60)
+    finally:
+        hang.set()
+    owed = cfg.state_dir / ONLINE_UNSYNCED
+    assert json.loads(owed.read_text()) == [TABLE]  # the store never got them: noted
+    code, said = cli(config, "online", "verify", TABLE)
+    assert code == 1, said  # indeed behind
+
+    monkeypatch.setattr(OnlineSyncer, "_run", real_run)
+    rt = Runtime(cfg, RuntimeOptions(max_latency_s=0), capture_factory=factory([]))
+    run_until(rt, lambda r: not owed.exists(), timeout=60)
+    assert not owed.exists()
+    code, said = cli(config, "online", "verify", TABLE)
+    assert code == 0, said
+    store = backend(online_server, "test:")
+    try:
+        assert dict(store.rows(TABLE))['{"id":3}'].get("_deleted") == "1"
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("per_bundle", [False, True], ids=["group_into_batches", "per_bundle"])
 def test_the_beam_merge_feeds_the_store_through_disorder(online_server, tmp_path, per_bundle):
     """The streaming job's merge step (as `cdc job streaming` builds it from the registry) writes
@@ -315,17 +367,19 @@ sources:
         wait_streaming(state, proc)
         writer.join(180)
         assert done.is_set(), "the workload did not finish"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         table = "billing.public.accounts"
-        while True:  # until the end marker is in the store and the store equals _current
+        while True:  # the store catches up while cdc run runs (writes go out concurrently)
             time.sleep(1.0)
-            store = backend(online_server, "live:")
-            try:
-                held = dict(store.rows(table))
-            finally:
-                store.close()
-            if '{"id":-1}' in held or time.monotonic() > deadline:
-                break
+            code, said = cli(config, "online", "verify", table)
+            if code == 0:
+                store = backend(online_server, "live:")
+                try:
+                    if '{"id":-1}' in dict(store.rows(table)):  # the workload's end is in
+                        break
+                finally:
+                    store.close()
+            assert time.monotonic() < deadline, said
         assert stop_run(proc, log) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
