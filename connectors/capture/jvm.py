@@ -19,6 +19,9 @@ Two process-wide rules come with an embedded JVM:
   engine and saves its position before ``cdc run`` returns; an engine that did not stop in time
   (``debezium.ENGINE_STOP_S``) must not keep the process alive past its SIGTERM budget: whatever
   it could still do is redone from the saved position at the next start, as after a crash.
+- The ``cdc`` command ends a process whose JVM ran with ``os._exit`` and its own exit code, once
+  its work is durable (``cdc/__main__.py``): the interpreter's teardown racing the JVM's threads
+  aborted a clean ``cdc run`` now and then ("FATAL: exception not rethrown", exit -6, seen in CI).
 """
 
 from __future__ import annotations
