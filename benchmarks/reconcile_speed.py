@@ -49,6 +49,21 @@ sources:
 """
 
 
+def seed(server: PostgresServer, rows: int) -> str:
+    """Database ``bench`` with ``public.subscriptions`` of ``rows`` rows; its DSN."""
+    dsn = server.create_database("bench")
+    server.execute(
+        "CREATE TABLE public.subscriptions (id bigint PRIMARY KEY, plan text, "
+        "amount numeric(12,2), renews_at timestamptz, note text, flags jsonb);"
+        "INSERT INTO public.subscriptions SELECT g, 'plan ' || (g % 7), (g % 100000) * 1.25, "
+        "'2026-01-01 00:00:00+00'::timestamptz + g * interval '1 second', "
+        "CASE WHEN g % 3 = 0 THEN NULL ELSE 'note ' || g END, jsonb_build_object('g', g) "
+        f"FROM generate_series(1, {rows}) g; ANALYZE public.subscriptions;",
+        database="bench",
+    )
+    return dsn
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -101,16 +116,7 @@ def main() -> int:
     server = PostgresServer().start()
     run = None
     try:
-        dsn = server.create_database("bench")
-        server.execute(
-            "CREATE TABLE public.subscriptions (id bigint PRIMARY KEY, plan text, "
-            "amount numeric(12,2), renews_at timestamptz, note text, flags jsonb);"
-            "INSERT INTO public.subscriptions SELECT g, 'plan ' || (g % 7), (g % 100000) * 1.25, "
-            "'2026-01-01 00:00:00+00'::timestamptz + g * interval '1 second', "
-            "CASE WHEN g % 3 = 0 THEN NULL ELSE 'note ' || g END, jsonb_build_object('g', g) "
-            f"FROM generate_series(1, {args.rows}) g; ANALYZE public.subscriptions;",
-            database="bench",
-        )
+        dsn = seed(server, args.rows)
         folder = Path(tempfile.mkdtemp(prefix="cdc-reconcile-bench-"))
         (folder / "cdc.yaml").write_text(REGISTRY.replace("{dsn}", dsn))
         print(f"capturing {args.rows:,} rows with cdc run ...", flush=True)

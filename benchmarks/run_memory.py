@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reconcile_speed import REGISTRY, idle  # the same table and registry
+from reconcile_speed import REGISTRY, idle, seed  # the same table and registry
 
 from connectors.local_servers import PostgresServer
 
@@ -44,16 +44,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="cdc-run-memory-"))
     run = None
     try:
-        dsn = server.create_database("bench")
-        server.execute(
-            "CREATE TABLE public.subscriptions (id bigint PRIMARY KEY, plan text, "
-            "amount numeric(12,2), renews_at timestamptz, note text, flags jsonb);"
-            "INSERT INTO public.subscriptions SELECT g, 'plan ' || (g % 7), (g % 100000) * 1.25, "
-            "'2026-01-01 00:00:00+00'::timestamptz + g * interval '1 second', "
-            "CASE WHEN g % 3 = 0 THEN NULL ELSE 'note ' || g END, jsonb_build_object('g', g) "
-            f"FROM generate_series(1, {args.rows}) g; ANALYZE public.subscriptions;",
-            database="bench",
-        )
+        dsn = seed(server, args.rows)
         (folder / "cdc.yaml").write_text(REGISTRY.replace("{dsn}", dsn))
         print(f"cdc run capturing a snapshot of {args.rows:,} rows ...", flush=True)
         started = time.monotonic()
